@@ -1,0 +1,3 @@
+from mss_relay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Wiring: configuration in, listeners up, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from mss_relay import __version__
+from mss_relay.config import Config, ConfigError, ListenerConfig
+from mss_relay.core.mailbox import BalDirectory
+from mss_relay.core.policy import Policy
+from mss_relay.delivery.capture import CaptureUpstream
+from mss_relay.delivery.upstream import SmtpUpstream, Upstream
+from mss_relay.front.smtp import RelayContext, RelayHandler, RelaySMTP
+from mss_relay.log import LineWriter, make_logger, utc_now
+from mss_relay.tls import server_context
+
+# Idle time after which a silent client is disconnected (RFC 5321 §4.5.3.2.7).
+SESSION_TIMEOUT = 300.0
+
+
+def read_upstream_password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("upstream.password_file", f"cannot read: {error}") from None
+
+
+def make_upstream(config: Config) -> Upstream:
+    if config.upstream.capture is not None:
+        return CaptureUpstream(config.upstream.capture)
+    password = read_upstream_password(config.upstream.password_file)
+    return SmtpUpstream(config.upstream, config.hostname, password)
+
+
+def prepare(config: Config) -> tuple[Upstream, ssl.SSLContext | None]:
+    """Everything that can fail on the configuration, before anything listens."""
+    tls = server_context(config.tls, config.hostname) if config.tls else None
+    return make_upstream(config), tls
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop,
+    listener: ListenerConfig,
+    context: RelayContext,
+    config: Config,
+    tls: ssl.SSLContext | None,
+) -> asyncio.Server:
+    implicit = listener.tls == "implicit"
+    starttls = listener.tls == "starttls"
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(
+            RelayHandler(context),
+            implicit_tls=implicit,
+            data_size_limit=config.limits.wire_size_limit,
+            hostname=config.hostname,
+            ident="ESMTP mss-relay",
+            tls_context=tls if starttls else None,
+            require_starttls=starttls,
+            auth_required=True,
+            auth_require_tls=not implicit,
+            timeout=SESSION_TIMEOUT,
+            loop=loop,
+        )
+
+    return await loop.create_server(
+        factory, host=listener.host, port=listener.port, ssl=tls if implicit else None
+    )
+
+
+async def serve(config: Config) -> int:
+    upstream, tls = prepare(config)
+    writer = LineWriter(config.log.file)
+    log = make_logger(writer)
+    # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    policy = Policy(config.limits, BalDirectory(config.bals))
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.Server] = []
+    try:
+        for i, listener in enumerate(config.listeners):
+            context = RelayContext(
+                policy=policy,
+                upstream=upstream,
+                users=config.users,
+                hostname=config.hostname,
+                role=listener.role,
+                log=log.bind(listener=listener.name),
+                clock=utc_now,
+            )
+            try:
+                servers.append(await _listen(loop, listener, context, config, tls))
+            except OSError as error:
+                raise ConfigError(
+                    f"listeners[{i}]",
+                    f"cannot listen on {listener.host}:{listener.port}: {error.strerror or error}",
+                ) from None
+        for warning in config.warnings:
+            log.warning("config_warning", message=warning)
+        log.info(
+            "started",
+            version=__version__,
+            config=str(config.path),
+            listeners=[f"{li.name}={li.host}:{li.port}/{li.tls}" for li in config.listeners],
+        )
+        print(
+            f"mss-relay {__version__}: listening on "
+            + ", ".join(f"{li.host}:{li.port} ({li.name}, {li.tls})" for li in config.listeners),
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), timeout=10)
+        writer.close()
+    return 0

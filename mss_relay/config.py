@@ -1,0 +1,390 @@
+"""YAML configuration -> frozen dataclasses, validated once at start-up.
+
+Every error names the key path (« bals[2].type: must be one of ... ») so that
+the operator can fix the file without reading a traceback. Relative paths are
+relative to the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from mss_relay.core.addresses import in_trust_space, normalize_address, split_address
+from mss_relay.core.mailbox import Bal, BalType
+from mss_relay.core.policy import Limits
+from mss_relay.passwords import is_password_hash
+from mss_relay.sizes import parse_size
+
+LISTENER_ROLES = ("submission",)
+LISTENER_TLS = ("starttls", "implicit", "none")
+UPSTREAM_TLS = ("none", "starttls", "implicit")
+DEFAULT_LIMITS = Limits(
+    max_attachment_size=20 * 1024**2, max_message_size=60 * 1024**2, max_recipients=50
+)
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    role: str
+    host: str
+    port: int
+    tls: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    certificate: Path
+    private_key: Path
+    self_signed: bool  # create a self-signed pair when missing (demo only)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    host: str
+    port: int
+    tls: str
+    ca_file: Path | None = None
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    timeout: float = 60.0
+    capture: Path | None = None  # write .eml files there instead of relaying (demo)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    file: Path | None  # None: standard output
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    hostname: str
+    listeners: tuple[ListenerConfig, ...]
+    tls: TlsConfig | None
+    upstream: UpstreamConfig
+    limits: Limits
+    users: Mapping[str, str]  # name -> password hash
+    bals: tuple[Bal, ...]
+    database: Path
+    log: LogConfig
+    warnings: tuple[str, ...] = field(default=())
+
+    def summary(self) -> str:
+        listeners = ", ".join(f"{li.name} {li.host}:{li.port} ({li.tls})" for li in self.listeners)
+        up = (
+            f"capture to {self.upstream.capture}"
+            if self.upstream.capture
+            else f"{self.upstream.host}:{self.upstream.port} ({self.upstream.tls})"
+        )
+        return (
+            f"{self.path}: OK: {len(self.listeners)} listener(s) [{listeners}],"
+            f" upstream {up}, {len(self.users)} user(s), {len(self.bals)} BAL(s)"
+        )
+
+
+def _fail(path: str, message: str) -> NoReturn:
+    raise ConfigError(path, message)
+
+
+def _key(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Section:
+    """A mapping read key by key; keys nobody asked for are errors (typos)."""
+
+    def __init__(self, value: object, path: str, base: Path) -> None:
+        if not isinstance(value, dict):
+            _fail(path, "must be a mapping of keys to values")
+        self.data: dict[Any, Any] = value
+        self.path = path
+        self.base = base
+        self.seen: set[str] = set()
+
+    def _get(self, key: str, default: object) -> object:
+        self.seen.add(key)
+        if key in self.data and self.data[key] is not None:
+            return self.data[key]
+        if default is _REQUIRED:
+            _fail(_key(self.path, key), "is required")
+        return default
+
+    def text(self, key: str, default: object = None) -> Any:
+        value = self._get(key, default)
+        if value is not None and not isinstance(value, str):
+            _fail(_key(self.path, key), "must be a string")
+        if isinstance(value, str) and not value.strip() and default is _REQUIRED:
+            _fail(_key(self.path, key), "must not be empty")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: object = None) -> Any:
+        value = self.text(key, default)
+        if value is not None and value not in choices:
+            _fail(_key(self.path, key), "must be one of " + ", ".join(choices))
+        return value
+
+    def integer(self, key: str, default: object, low: int, high: int) -> Any:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(_key(self.path, key), "must be a whole number")
+        if not low <= value <= high:
+            _fail(_key(self.path, key), f"must be between {low} and {high}")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            _fail(_key(self.path, key), "must be a positive number")
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            _fail(_key(self.path, key), "must be true or false")
+        return value
+
+    def size(self, key: str, default: int) -> int:
+        value = self._get(key, default)
+        try:
+            return parse_size(value)
+        except ValueError as error:
+            _fail(_key(self.path, key), str(error))
+
+    def file(self, key: str, *, must_exist: bool, default: object = None) -> Path | None:
+        value: str | None = self.text(key, default)
+        if value is None:
+            return None
+        resolved = (self.base / value).resolve()
+        if must_exist and not resolved.is_file():
+            _fail(_key(self.path, key), f"file not found: {resolved}")
+        return resolved
+
+    def section(self, key: str, required: bool = False) -> _Section | None:
+        value = self._get(key, _REQUIRED if required else None)
+        return None if value is None else _Section(value, _key(self.path, key), self.base)
+
+    def items(self, key: str, required: bool = False) -> list[_Section]:
+        value = self._get(key, _REQUIRED if required else [])
+        if not isinstance(value, list):
+            _fail(_key(self.path, key), "must be a list")
+        return [_Section(v, f"{_key(self.path, key)}[{i}]", self.base) for i, v in enumerate(value)]
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                expected = ", ".join(sorted(self.seen))
+                _fail(_key(self.path, str(key)), f"unknown key (expected one of: {expected})")
+
+
+_REQUIRED = object()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listeners(root: _Section) -> tuple[ListenerConfig, ...]:
+    listeners = []
+    names: dict[str, str] = {}
+    endpoints: dict[tuple[str, int], str] = {}
+    for item in root.items("listeners", required=True):
+        listener = ListenerConfig(
+            name=item.text("name", _REQUIRED),
+            role=item.choice("role", LISTENER_ROLES, _REQUIRED),
+            host=item.text("host", "127.0.0.1"),
+            port=item.integer("port", _REQUIRED, 1, 65535),
+            tls=item.choice("tls", LISTENER_TLS, "starttls"),
+        )
+        item.done()
+        if listener.name in names:
+            _fail(
+                _key(item.path, "name"), f"duplicate listener name (already {names[listener.name]})"
+            )
+        names[listener.name] = item.path
+        endpoint = (listener.host, listener.port)
+        if endpoint in endpoints:
+            _fail(_key(item.path, "port"), f"same host and port as {endpoints[endpoint]}")
+        endpoints[endpoint] = item.path
+        if listener.tls == "none" and not _is_loopback(listener.host):
+            _fail(
+                _key(item.path, "tls"),
+                "none is refused on a non-loopback host (mail and passwords would"
+                " cross the network in clear); use starttls or implicit",
+            )
+        listeners.append(listener)
+    if not listeners:
+        _fail("listeners", "must list at least one listener")
+    return tuple(listeners)
+
+
+def _tls(root: _Section, listeners: tuple[ListenerConfig, ...]) -> TlsConfig | None:
+    section = root.section("tls")
+    if section is None:
+        for i, listener in enumerate(listeners):
+            if listener.tls != "none":
+                _fail(f"listeners[{i}].tls", f"{listener.tls} needs a top-level tls section")
+        return None
+    self_signed = section.flag("self_signed", False)
+    cert = section.file("certificate", must_exist=not self_signed, default=_REQUIRED)
+    key = section.file("private_key", must_exist=not self_signed, default=_REQUIRED)
+    section.done()
+    assert cert is not None and key is not None
+    return TlsConfig(certificate=cert, private_key=key, self_signed=self_signed)
+
+
+def _upstream(root: _Section) -> UpstreamConfig:
+    section = root.section("upstream", required=True)
+    assert section is not None
+    capture = section.file("capture", must_exist=False)
+    required = None if capture else _REQUIRED
+    tls = section.choice("tls", UPSTREAM_TLS, "starttls")
+    default_port = 465 if tls == "implicit" else 25
+    upstream = UpstreamConfig(
+        host=section.text("host", required) or "",
+        port=section.integer("port", default_port, 1, 65535),
+        tls=tls,
+        ca_file=section.file("ca_file", must_exist=True),
+        client_certificate=section.file("client_certificate", must_exist=True),
+        client_key=section.file("client_key", must_exist=True),
+        username=section.text("username"),
+        password_file=section.file("password_file", must_exist=True),
+        timeout=section.number("timeout", 60.0),
+        capture=capture,
+    )
+    section.done()
+    if (upstream.username is None) != (upstream.password_file is None):
+        _fail("upstream.password_file", "username and password_file go together")
+    if (upstream.client_certificate is None) != (upstream.client_key is None):
+        _fail("upstream.client_key", "client_certificate and client_key go together")
+    return upstream
+
+
+def _limits(root: _Section) -> Limits:
+    section = root.section("limits")
+    if section is None:
+        return DEFAULT_LIMITS
+    limits = Limits(
+        max_attachment_size=section.size("max_attachment_size", DEFAULT_LIMITS.max_attachment_size),
+        max_message_size=section.size("max_message_size", DEFAULT_LIMITS.max_message_size),
+        max_recipients=section.integer("max_recipients", DEFAULT_LIMITS.max_recipients, 1, 100_000),
+    )
+    section.done()
+    if limits.max_attachment_size > limits.max_message_size:
+        _fail("limits.max_attachment_size", "must not exceed limits.max_message_size")
+    return limits
+
+
+def _users(root: _Section) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for item in root.items("users"):
+        name = item.text("name", _REQUIRED)
+        password_hash = item.text("password_hash", _REQUIRED)
+        item.done()
+        if name in users:
+            _fail(_key(item.path, "name"), f"duplicate user {name!r}")
+        if not is_password_hash(password_hash):
+            _fail(
+                _key(item.path, "password_hash"),
+                "not a hash made by « mss-relay hash-password »",
+            )
+        users[name] = password_hash
+    return users
+
+
+def _bals(root: _Section, users: Mapping[str, str], warnings: list[str]) -> tuple[Bal, ...]:
+    bals: list[Bal] = []
+    seen: dict[str, str] = {}
+    for item in root.items("bals"):
+        address = item.text("address", _REQUIRED).strip()
+        bal_type = item.choice("type", tuple(t.value for t in BalType), _REQUIRED)
+        raw_users = item._get("users", [])
+        item.done()
+        local, domain = split_address(address)
+        if not local or not domain or " " in address:
+            _fail(_key(item.path, "address"), f"{address!r} is not an e-mail address")
+        if not in_trust_space(domain):
+            _fail(_key(item.path, "address"), f"{address} is not an MSSanté address (*.mssante.fr)")
+        normalized = normalize_address(address)
+        if normalized in seen:
+            _fail(
+                _key(item.path, "address"), f"duplicate BAL {address} (already {seen[normalized]})"
+            )
+        seen[normalized] = item.path
+        if not isinstance(raw_users, list) or not all(isinstance(u, str) for u in raw_users):
+            _fail(_key(item.path, "users"), "must be a list of user names")
+        for user in raw_users:
+            if user not in users:
+                warnings.append(f"{_key(item.path, 'users')}: user {user!r} is not in users")
+        bals.append(Bal(address=address, type=BalType(bal_type), users=frozenset(raw_users)))
+    return tuple(bals)
+
+
+def parse_config(data: object, path: Path) -> Config:
+    base = path.parent
+    root = _Section({} if data is None else data, "", base)
+    warnings: list[str] = []
+    listeners = _listeners(root)
+    users = _users(root)
+    state = root.section("state")
+    database = (
+        state.file("database", must_exist=False, default="var/state.sqlite3")
+        if state
+        else (base / "var/state.sqlite3").resolve()
+    )
+    if state:
+        state.done()
+    log = root.section("log")
+    log_file = log.text("file", "-") if log else "-"
+    if log:
+        log.done()
+    config = Config(
+        path=path,
+        hostname=root.text("hostname") or socket.getfqdn(),
+        listeners=listeners,
+        tls=_tls(root, listeners),
+        upstream=_upstream(root),
+        limits=_limits(root),
+        users=users,
+        bals=_bals(root, users, warnings),
+        database=database or base / "var/state.sqlite3",
+        log=LogConfig(file=None if log_file == "-" else (base / log_file).resolve()),
+        warnings=tuple(warnings),
+    )
+    root.done()
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    config_path = Path(path).resolve()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"{config_path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("", f"{config_path}: cannot read: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError("", f"{config_path}: not valid YAML: {error}") from None
+    return parse_config(data, config_path)

@@ -1,0 +1,70 @@
+"""Addresses: the MSSanté trust space, patient addresses and the INS matricule.
+
+Seeds 000 §2 and 003: only addresses ending in « mssante.fr » belong to the
+trust space. Seeds 000 §13, 001 and 004: a patient's address is
+<matricule INS>@patient.mssante.fr.
+"""
+
+from __future__ import annotations
+
+import re
+
+from stdnum.fr import nir
+
+TRUST_SPACE_DOMAIN = "mssante.fr"
+PATIENT_DOMAIN = "patient.mssante.fr"
+
+# Sex/type digit, year, month, department (2 digits or Corsica 2A/2B), commune,
+# order number, key: exactly 15 characters, no separators. stdnum's own compact()
+# would strip spaces and dots, which an e-mail local part must not contain.
+_MATRICULE = re.compile(r"\A[0-9]{5}(?:[0-9]{2}|2[AaBb])[0-9]{8}\Z")
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """Split at the last « @ ». A missing domain gives an empty string."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    return local, domain
+
+
+def normalize_domain(domain: str) -> str:
+    """Domains compare case-insensitively; a trailing dot (FQDN form) is the same domain."""
+    return domain.strip().lower().removesuffix(".")
+
+
+def normalize_address(address: str) -> str:
+    """The form in which addresses are compared. Like Postfix's table look-ups,
+    the local part compares case-insensitively too: no operator gives
+    « Jean.Dupont » and « jean.dupont » to two different people."""
+    local, domain = split_address(address.strip())
+    if not domain:
+        return local.lower()
+    return f"{local.lower()}@{normalize_domain(domain)}"
+
+
+def domain_of(address: str) -> str:
+    return normalize_domain(split_address(address)[1])
+
+
+def in_trust_space(domain: str) -> bool:
+    """True for mssante.fr and its sub-domains; lookalikes such as
+    evilmssante.fr or mssante.fr.example.com are outside."""
+    d = normalize_domain(domain)
+    return d == TRUST_SPACE_DOMAIN or d.endswith("." + TRUST_SPACE_DOMAIN)
+
+
+def is_patient_domain(domain: str) -> bool:
+    return normalize_domain(domain) == PATIENT_DOMAIN
+
+
+def is_patient_address(address: str) -> bool:
+    return is_patient_domain(split_address(address)[1])
+
+
+def is_valid_ins_matricule(local_part: str) -> bool:
+    """A matricule INS (NIR or NIA): 13 characters plus the key 97 − (n mod 97),
+    2A counted as 19 and 2B as 18 for the computation (python-stdnum does it)."""
+    if not _MATRICULE.match(local_part):
+        return False
+    return bool(nir.is_valid(local_part.upper()))

@@ -1,0 +1,89 @@
+"""SMTP replies, each named once with the RFC that defines its codes.
+
+Reply codes: RFC 5321 §4.2. Enhanced status codes: RFC 3463 (and RFC 4954 for
+AUTH, RFC 3207 for STARTTLS). The texts are French because mail clients show
+them to health professionals; code, logs and documentation stay in English.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"bad SMTP code {self.code}")
+        if not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]:
+            raise ValueError(f"bad enhanced code {self.enhanced!r} for {self.code}")
+        if "\r" in self.text or "\n" in self.text:
+            raise ValueError("reply text must be one line")
+
+    @property
+    def is_success(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    def with_text(self, text: str) -> Reply:
+        return Reply(self.code, self.enhanced, text)
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+# 2xx
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Expéditeur accepté")
+RECIPIENT_OK = Reply(250, "2.1.5", "Destinataire accepté")
+MESSAGE_ACCEPTED = Reply(250, "2.0.0", "Message accepté et transmis")
+
+# 4xx: the client keeps the message and tries again later.
+TOO_MANY_RCPTS = Reply(452, "4.5.3", "Trop de destinataires pour ce message")
+UPSTREAM_UNAVAILABLE = Reply(
+    451, "4.4.1", "Serveur de l'opérateur MSSanté injoignable, réessayez plus tard"
+)
+UPSTREAM_TIMEOUT = Reply(
+    451, "4.4.2", "Le serveur de l'opérateur MSSanté ne répond plus, réessayez plus tard"
+)
+INTERNAL_ERROR = Reply(451, "4.3.0", "Erreur interne temporaire, réessayez plus tard")
+
+# 5xx: permanent refusals.
+NOT_TRUST_SPACE = Reply(
+    550,
+    "5.7.1",
+    "Destinataire hors de l'espace de confiance MSSanté (adresses en mssante.fr uniquement)",
+)
+INVALID_INS = Reply(
+    553,
+    "5.1.3",
+    "Matricule INS invalide : l'adresse patient doit être <matricule INS>@patient.mssante.fr",
+)
+SENDER_NOT_OWNED = Reply(
+    553, "5.7.1", "Vous n'êtes pas autorisé à envoyer depuis cette boîte aux lettres"
+)
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message trop volumineux")
+ATTACHMENT_TOO_BIG = Reply(552, "5.3.4", "Pièce jointe trop volumineuse")
+
+
+_ASCII_PUNCTUATION = str.maketrans(
+    {"«": '"', "»": '"', "’": "'", "‘": "'", "“": '"', "”": '"', "–": "-", "—": "-", "\u00a0": " "}
+)
+
+
+def ascii_text(text: str) -> str:
+    """RFC 5321 §4.2: reply text is printable US-ASCII (without SMTPUTF8, which
+    we do not offer). French accents are folded (« MSSanté » -> "MSSante")."""
+    folded = unicodedata.normalize("NFKD", text.translate(_ASCII_PUNCTUATION))
+    return "".join(c for c in folded if 32 <= ord(c) < 127)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import math
+
+from mss_relay.core.facts import MailFacts, MessageFacts
+from mss_relay.core.reply import ATTACHMENT_TOO_BIG, MESSAGE_TOO_BIG
+from mss_relay.core.verdict import Verdict
+
+# Room for headers and MIME boundaries on top of the encoded body.
+HEADER_ALLOWANCE = 1024 * 1024
+
+
+def wire_size_limit(max_decoded: int) -> int:
+    """The size on the wire of max_decoded bytes sent in base64, as mail clients
+    do for attachments: 57 bytes become a 76-character line plus CRLF."""
+    return math.ceil(max_decoded / 57) * 78 + HEADER_ALLOWANCE
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} Mo"
+
+
+def declared_size(facts: MailFacts, max_message_size: int) -> Verdict | None:
+    """RFC 1870: a SIZE= above the limit is refused at MAIL, before any data."""
+    limit = wire_size_limit(max_message_size)
+    if facts.declared_size is None or facts.declared_size <= limit:
+        return None
+    return Verdict.reject(
+        MESSAGE_TOO_BIG.with_text(
+            f"Message trop volumineux : {_mb(facts.declared_size)} annoncés,"
+            f" maximum {_mb(max_message_size)} de contenu"
+        ),
+        rule="declared_size",
+        reason=f"SIZE={facts.declared_size} > {limit}",
+    )
+
+
+def attachment_sizes(
+    facts: MessageFacts, max_attachment_size: int, max_message_size: int
+) -> Verdict | None:
+    """Seeds 000 §12 and 002: 20 Mo per attachment and 60 Mo per message,
+    measured on the decoded content."""
+    for part in facts.info.attachments:
+        if part.decoded_size > max_attachment_size:
+            return Verdict.reject(
+                ATTACHMENT_TOO_BIG.with_text(
+                    f"Pièce jointe « {part.display_name} » trop volumineuse :"
+                    f" {_mb(part.decoded_size)}, maximum {_mb(max_attachment_size)}"
+                    " par pièce jointe"
+                ),
+                rule="attachment_size",
+                reason=f"{part.decoded_size} > {max_attachment_size}",
+            )
+    total = facts.info.total_decoded_size
+    if total > max_message_size:
+        return Verdict.reject(
+            MESSAGE_TOO_BIG.with_text(
+                f"Message trop volumineux : {_mb(total)} de contenu,"
+                f" maximum {_mb(max_message_size)} par message"
+            ),
+            rule="message_size",
+            reason=f"{total} > {max_message_size}",
+        )
+    return None

@@ -1,0 +1,452 @@
+"""The SMTP front end: an aiosmtpd protocol and a per-connection handler.
+
+The handler turns each SMTP stage into facts, asks the policy core for a
+verdict, mirrors the accepted steps to the upstream, and renders the outcome
+as a reply. It holds no policy of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from structlog.typing import FilteringBoundLogger
+
+from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
+from mss_relay.core.message import MessageInfo, inspect_message
+from mss_relay.core.policy import Policy
+from mss_relay.core.reply import (
+    INTERNAL_ERROR,
+    MESSAGE_ACCEPTED,
+    RECIPIENT_OK,
+    SENDER_OK,
+    ascii_text,
+)
+from mss_relay.core.verdict import Verdict
+from mss_relay.delivery.upstream import Upstream, UpstreamSession
+from mss_relay.front.replies import localize
+from mss_relay.log import Clock
+from mss_relay.passwords import verify_password
+
+# Messages above this size are parsed in a worker thread, off the event loop.
+_INLINE_PARSE_LIMIT = 256 * 1024
+# DSN parameters (RFC 3461) that clients send although we do not offer DSN:
+# tolerated and dropped rather than refused.
+_DSN_RCPT_PARAMS = ("NOTIFY=", "ORCPT=")
+_DSN_MAIL_PARAMS = ("RET=", "ENVID=")
+# A hash to verify against when the user is unknown, so that timing does not
+# tell which user names exist.
+_DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
+
+
+def new_id() -> str:
+    return secrets.token_hex(6).upper()
+
+
+@dataclass(frozen=True)
+class RelayContext:
+    """What every connection shares: policy, upstream, users, log, clock."""
+
+    policy: Policy
+    upstream: Upstream
+    users: Mapping[str, str]
+    hostname: str
+    role: str
+    log: FilteringBoundLogger
+    clock: Clock
+
+
+@dataclass
+class _Transaction:
+    txid: str
+    started: float
+    mail: MailFacts
+    recipients: list[str] = field(default_factory=list)
+
+
+def _strip_params(arg: str | None, prefixes: tuple[str, ...]) -> str | None:
+    """Drop trailing ESMTP parameters we tolerate but do not implement."""
+    if not arg:
+        return arg
+    words = arg.split(" ")
+    while len(words) > 1 and words[-1].upper().startswith(prefixes):
+        words.pop()
+    return " ".join(words)
+
+
+_TRAILING_DOT = re.compile(r"^((?:TO|FROM):\s*<[^<>]*@[^<>]*?)\.+>", re.IGNORECASE)
+
+
+def _without_trailing_dot(arg: str | None) -> str | None:
+    """« x@ch.mssante.fr. » (the FQDN form) is « x@ch.mssante.fr »: aiosmtpd's
+    parser refuses the dot, and the upstream should not see it either."""
+    return _TRAILING_DOT.sub(r"\1>", arg) if arg else arg
+
+
+def _printable(text: str, limit: int = 255) -> str:
+    return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "_" for c in text)[:limit]
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with our replies, our AUTH and our error handling."""
+
+    def __init__(self, handler: RelayHandler, *, implicit_tls: bool, **kwargs: Any) -> None:
+        self._raw = False
+        self._data_started = False
+        self._implicit_tls = implicit_tls
+        with warnings.catch_warnings():
+            # With implicit TLS the whole connection is encrypted, so aiosmtpd's
+            # « AUTH without TLS » warning does not apply.
+            warnings.simplefilter("ignore")
+            super().__init__(handler, **kwargs)
+        self.relay = handler
+
+    # Replies ---------------------------------------------------------------
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and not self._raw:
+            localized = ascii_text(localize(status))
+            if localized.startswith("354"):
+                self._data_started = True
+            await super().push(localized)
+            return
+        await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._data_started = False
+        await super().smtp_DATA(arg)
+        if self._data_started:
+            # aiosmtpd refuses an over-long line or too much data itself, without
+            # calling handle_DATA: close our side of the transaction too.
+            await self.relay.data_refused()
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034 §3: no enhanced codes in the EHLO/HELO answer (keywords).
+        self._raw = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw = False
+        await self.relay.reset_transaction("ehlo")
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw = False
+        await self.relay.reset_transaction("helo")
+
+    # Parameters ------------------------------------------------------------
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(_without_trailing_dot(_strip_params(arg, _DSN_MAIL_PARAMS)))
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(_without_trailing_dot(_strip_params(arg, _DSN_RCPT_PARAMS)))
+
+    # AUTH, verified off the event loop --------------------------------------
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd calls this synchronously; scrypt must not block the loop, so
+        # hand the credentials back and verify them in _settle().
+        return AuthResult(success=False, handled=False, auth_data=("pending", auth_data))
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._settle(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._settle(await super().auth_LOGIN(_, args))
+
+    async def _settle(self, result: AuthResult) -> AuthResult:
+        data = result.auth_data
+        if not (isinstance(data, tuple) and data[:1] == ("pending",)):
+            return result
+        credentials: LoginPassword = data[1]
+        return await self.relay.authenticate(credentials.login, credentials.password)
+
+    # Connection ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._implicit_tls and self.session is not None:
+            self.session.ssl = transport.get_extra_info("ssl_object")
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.relay.connection_lost()
+
+
+class RelayHandler:
+    """One per connection: its upstream session and its current transaction."""
+
+    def __init__(self, context: RelayContext) -> None:
+        self.ctx = context
+        self.session_id = new_id()
+        self.log = context.log.bind(session=self.session_id)
+        self.client = ""
+        self.helo = ""
+        self.tls = False
+        self.user: str | None = None
+        self.server: RelaySMTP | None = None
+        self.upstream: UpstreamSession | None = None
+        self.txn: _Transaction | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # Helpers ---------------------------------------------------------------
+    def _session_facts(self) -> SessionFacts:
+        return SessionFacts(
+            client_address=self.client,
+            helo=self.helo,
+            tls=self.tls,
+            user=self.user,
+            role=self.ctx.role,
+        )
+
+    def _observe(self, server: RelaySMTP, session: Session) -> None:
+        self.server = server
+        if session.peer and not self.client:
+            self.client = str(session.peer[0])
+        self.helo = session.host_name or self.helo
+        self.tls = session.ssl is not None
+
+    def _decision(self, stage: str, verdict: Verdict, **fields: Any) -> None:
+        self.log.info(
+            "decision",
+            stage=stage,
+            txid=self.txn.txid if self.txn else None,
+            verdict=verdict.action.value,
+            rule=verdict.rule,
+            reason=verdict.reason,
+            reply=str(verdict.reply) if verdict.reply else None,
+            **fields,
+        )
+
+    def _outcome(
+        self,
+        outcome: str,
+        reply: str,
+        *,
+        content: bytes | None = None,
+        info: MessageInfo | None = None,
+        verdict: Verdict | None = None,
+        upstream: str | None = None,
+    ) -> None:
+        txn = self.txn
+        if txn is None:
+            return
+        self.log.info(
+            "transaction",
+            txid=txn.txid,
+            client=self.client,
+            user=self.user,
+            sender=txn.mail.sender,
+            recipients=list(txn.recipients),
+            message_id=info.message_id if info else None,
+            size=len(content) if content is not None else None,
+            sha256=hashlib.sha256(content).hexdigest() if content is not None else None,
+            outcome=outcome,
+            rule=verdict.rule if verdict else None,
+            reason=verdict.reason if verdict else None,
+            reply=reply,
+            upstream=upstream,
+            duration_ms=round((time.monotonic() - txn.started) * 1000, 1),
+        )
+
+    def _received(self, txid: str) -> bytes:
+        proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.user else "")
+        helo = _printable(self.helo) or "unknown"
+        return (
+            f"Received: from {helo} ([{self.client}])\r\n"
+            f"\tby {self.ctx.hostname} (mss-relay) with {proto} id {txid};\r\n"
+            f"\t{format_datetime(self.ctx.clock())}\r\n"
+        ).encode("ascii", "replace")
+
+    async def data_refused(self) -> None:
+        if self.txn is not None:
+            self._outcome("rejected", "refused while receiving data (size or line length)")
+            self.txn = None
+        if self.upstream is not None:
+            await self.upstream.reset()
+
+    async def reset_transaction(self, why: str) -> None:
+        if self.txn is not None:
+            self._outcome("abandoned", why)
+            self.txn = None
+        if self.upstream is not None:
+            await self.upstream.reset()
+
+    async def authenticate(self, login: bytes, password: bytes) -> AuthResult:
+        user = login.decode("utf-8", "replace")
+        encoded = self.ctx.users.get(user)
+        valid = await asyncio.to_thread(verify_password, password, encoded or _DUMMY_HASH)
+        ok = valid and encoded is not None
+        self.log.info(
+            "auth",
+            client=self.client,
+            user=_printable(user, 64),
+            result="success" if ok else "failure",
+        )
+        if ok:
+            self.user = user
+            return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+    def connection_lost(self) -> None:
+        if self.txn is not None:
+            self._outcome("abandoned", "connection lost")
+            self.txn = None
+        self.log.info("disconnect", client=self.client)
+        if self.upstream is not None:
+            task = asyncio.get_running_loop().create_task(self.upstream.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            self.upstream = None
+
+    # aiosmtpd hooks --------------------------------------------------------
+    async def handle_EHLO(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        self._observe(server, session)
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        self._observe(server, session)
+        size = next((o[5:] for o in options if o.startswith("SIZE=")), None)
+        mail = MailFacts(
+            session=self._session_facts(),
+            sender=address,
+            declared_size=int(size) if size and size.isdigit() else None,
+        )
+        self.txn = _Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
+        verdict = self.ctx.policy.evaluate_mail(mail)
+        self._decision("mail", verdict, sender=address)
+        if verdict.reply is not None:
+            self.txn = None
+            return str(verdict.reply)
+        if self.upstream is None:
+            self.upstream = self.ctx.upstream.session()
+        result = await self.upstream.mail(address, options)
+        if not result.accepted:
+            self.log.warning(
+                "upstream",
+                stage="mail",
+                txid=self.txn.txid,
+                outcome=result.outcome.value,
+                upstream=result.upstream,
+            )
+            self.txn = None
+            return str(result.reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(SENDER_OK)
+
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        txn = self.txn
+        assert txn is not None and self.upstream is not None  # aiosmtpd checks MAIL first
+        facts = RcptFacts(mail=txn.mail, recipient=address, accepted_so_far=len(txn.recipients))
+        verdict = self.ctx.policy.evaluate_rcpt(facts)
+        self._decision("rcpt", verdict, recipient=address)
+        if verdict.reply is not None:
+            return str(verdict.reply)
+        result = await self.upstream.rcpt(address)
+        if not result.accepted:
+            self.log.warning(
+                "upstream",
+                stage="rcpt",
+                txid=txn.txid,
+                recipient=address,
+                outcome=result.outcome.value,
+                upstream=result.upstream,
+            )
+            return str(result.reply)
+        txn.recipients.append(address)
+        envelope.rcpt_tos.append(address)
+        return str(RECIPIENT_OK)
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        txn = self.txn
+        assert txn is not None and self.upstream is not None
+        content = envelope.original_content or b""
+        if len(content) > _INLINE_PARSE_LIMIT:
+            info = await asyncio.to_thread(inspect_message, content)
+        else:
+            info = inspect_message(content)
+        facts = MessageFacts(
+            mail=txn.mail, recipients=tuple(txn.recipients), size=len(content), info=info
+        )
+        verdict = self.ctx.policy.evaluate_message(facts)
+        self._decision("data", verdict, message_id=info.message_id)
+        if verdict.reply is not None:
+            await self.upstream.reset()
+            self._outcome(
+                "rejected", str(verdict.reply), content=content, info=info, verdict=verdict
+            )
+            self.txn = None
+            return str(verdict.reply)
+        result = await self.upstream.data(self._received(txn.txid) + content, txn.txid)
+        if result.accepted:
+            reply = MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txn.txid})")
+        else:
+            reply = result.reply
+        self._outcome(
+            "delivered" if result.accepted else result.outcome.value,
+            str(reply),
+            content=content,
+            info=info,
+            verdict=verdict,
+            upstream=result.upstream,
+        )
+        self.txn = None
+        return str(reply)
+
+    async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        await self.reset_transaction("rset")
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        await self.reset_transaction("quit")
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            await upstream.close()
+        return "221 2.0.0 Au revoir"
+
+    async def handle_exception(self, error: Exception) -> str:
+        ref = self.txn.txid if self.txn else self.session_id
+        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+        self.log.error("internal_error", txid=ref, error=type(error).__name__, where=where)
+        if self.txn is not None:
+            self._outcome("tempfailed", "internal error")
+            self.txn = None
+        if self.upstream is not None:
+            await self.upstream.reset()
+        return str(
+            INTERNAL_ERROR.with_text(f"Erreur interne temporaire, réessayez plus tard (id {ref})")
+        )

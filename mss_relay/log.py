@@ -1,0 +1,93 @@
+"""The horodated transaction log: structlog, one JSON object per line.
+
+Every line has « ts » (UTC, ISO 8601, milliseconds), « level » and « event »
+(a fixed verb: connect, auth, decision, transaction, ...). Subjects and bodies
+are never logged (health data), nor passwords.
+
+Rendering happens on the event loop; the write itself is handed to a thread so
+that a slow disk never stalls the SMTP sessions.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_ms(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LineWriter:
+    """Writes rendered lines from a background thread, flushing each one."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._stream: TextIO
+        if path is None:
+            self._stream = sys.stdout
+            self._owned = False
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._stream = path.open("a", encoding="utf-8")
+            self._owned = True
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mss-relay-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (line := self._queue.get()) is not None:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def write(self, line: str) -> None:
+        self._queue.put(line)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        if self._owned:
+            self._stream.close()
+
+
+class _QueueLogger:
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write(message)
+
+    debug = info = warning = error = critical = msg
+
+
+def _order(
+    clock: Clock,
+) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
+    def processor(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        head = {"ts": iso_ms(clock()), "level": method, "event": event.pop("event", "")}
+        return {**head, **event}
+
+    return processor
+
+
+def make_logger(writer: LineWriter, clock: Clock = utc_now) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        _QueueLogger(writer),
+        processors=[_order(clock), structlog.processors.JSONRenderer(ensure_ascii=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=True,
+    )
+    return logger

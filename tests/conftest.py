@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from mss_relay.passwords import hash_password
+from tests.support.processes import Relay, Upstream, free_port
+
+PASSWORDS = {"jdupont": "jdupont-Secret-1", "msecret": "msecret-Secret-2"}
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: trustme.CA
+    cert: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1", "relay.ch-exemple.mssante.fr")
+    cert, key = directory / "relay.pem", directory / "relay.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    for blob in issued.cert_chain_pems[1:]:
+        blob.write_to_path(str(cert), append=True)
+    issued.private_key_pem.write_to_path(str(key))
+    return Pki(ca, cert, key)
+
+
+@pytest.fixture(scope="session")
+def password_hashes() -> dict[str, str]:
+    return {name: hash_password(pw) for name, pw in PASSWORDS.items()}
+
+
+def base_config(
+    pki: Pki, hashes: dict[str, str], upstream_port: int, **overrides: Any
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "hostname": "relay.ch-exemple.mssante.fr",
+        "listeners": [
+            {
+                "name": "submission",
+                "role": "submission",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "tls": "starttls",
+            },
+        ],
+        "tls": {"certificate": str(pki.cert), "private_key": str(pki.key)},
+        "upstream": {"host": "127.0.0.1", "port": upstream_port, "tls": "none", "timeout": 5},
+        "limits": {
+            "max_attachment_size": "20MiB",
+            "max_message_size": "60MiB",
+            "max_recipients": 5,
+        },
+        "users": [{"name": n, "password_hash": h} for n, h in hashes.items()],
+        "bals": [
+            {
+                "address": "jean.dupont@ch-exemple.mssante.fr",
+                "type": "nominative",
+                "users": ["jdupont"],
+            },
+            {
+                "address": "accueil@ch-exemple.mssante.fr",
+                "type": "organisationnelle",
+                "users": ["jdupont", "msecret"],
+            },
+            {
+                "address": "secretariat@ch-exemple.mssante.fr",
+                "type": "organisationnelle",
+                "users": ["msecret"],
+            },
+        ],
+        "state": {"database": "var/state.sqlite3"},
+        "log": {"file": "var/log/mss-relay.jsonl"},
+    }
+    config.update(overrides)
+    return config
+
+
+@dataclass
+class Stack:
+    relay: Relay
+    upstream: Upstream
+    pki: Pki
+
+
+def _stack(tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any) -> Iterator[Stack]:
+    upstream = Upstream(tmp)
+    upstream.start()
+    relay = Relay(tmp, base_config(pki, hashes, upstream.port, **overrides))
+    try:
+        relay.start()
+        yield Stack(relay, upstream, pki)
+    finally:
+        relay.stop()
+        upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_stack(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, password_hashes: dict[str, str]
+) -> Iterator[Stack]:
+    """One relay and one upstream for the tests that do not disturb them."""
+    yield from _stack(tmp_path_factory.mktemp("stack"), pki, password_hashes)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterator[Stack]:
+    """A relay and an upstream of the test's own (to stop, restart or misconfigure)."""
+    yield from _stack(tmp_path, pki, password_hashes)

@@ -1,0 +1,62 @@
+"""Building real messages and talking to the relay with smtplib."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+
+from tests.conftest import PASSWORDS, Stack
+
+
+def make_message(
+    sender: str = "jean.dupont@ch-exemple.mssante.fr",
+    to: str = "dr.martin@chu-b.mssante.fr",
+    subject: str = "Compte rendu",
+    body: str = "Bonjour,\nci-joint le compte rendu.\n",
+    attachments: dict[str, bytes] | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{os.urandom(6).hex()}@ch-exemple.mssante.fr>"
+    msg.set_content(body)
+    for name, data in (attachments or {}).items():
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return msg.as_bytes(policy=SMTP_POLICY)
+
+
+def wire_data(content: bytes) -> bytes:
+    """RFC 5321 §4.5.2: dot-stuffed, ended by CRLF.CRLF."""
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + (b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+def connect(stack: Stack, user: str | None = "jdupont") -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", stack.relay.port, timeout=30)
+    client.ehlo("client.test")
+    client.starttls(context=stack.pki.client_context())
+    client.ehlo("client.test")
+    if user is not None:
+        client.login(user, PASSWORDS[user])
+    return client
+
+
+def send(
+    client: smtplib.SMTP, sender: str, recipients: list[str], content: bytes
+) -> tuple[list[tuple[int, bytes]], tuple[int, bytes]]:
+    """MAIL, each RCPT, DATA: every reply, without smtplib's interpretation."""
+    code, text = client.mail(sender)
+    assert code == 250, (code, text)
+    rcpt_replies = [client.rcpt(r) for r in recipients]
+    if not any(code == 250 for code, _ in rcpt_replies):
+        client.rset()
+        return rcpt_replies, (0, b"")
+    code, text = client.docmd("DATA")
+    assert code == 354, (code, text)
+    client.send(wire_data(content))
+    return rcpt_replies, client.getreply()

@@ -1,0 +1,155 @@
+"""Start the real relay and the real upstream as processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
+    """Readiness, not timing: poll until the port accepts or the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class Process:
+    def __init__(self, args: list[str], workdir: Path, name: str) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / f"{self.name}.stderr"
+
+    def start(self, port: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with (
+            (self.workdir / f"{self.name}.stdout").open("ab") as out,
+            self.stderr_path.open("ab") as err,
+        ):
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=err, env=env)
+        wait_port(port, self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+
+class Upstream:
+    """The recording upstream SMTP server (tests/support/upstream_server.py)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "upstream"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process = Process(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.upstream_server",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.dir),
+            ],
+            workdir,
+            "upstream",
+        )
+
+    def start(self) -> None:
+        self.process.start(self.port)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def control(self, **settings: Any) -> None:
+        (self.dir / "control.json").write_text(json.dumps(settings))
+
+    def messages(self) -> list[tuple[dict[str, Any], bytes]]:
+        return [
+            (json.loads(p.with_suffix(".json").read_text()), p.read_bytes())
+            for p in sorted(self.dir.glob("*.eml"))
+        ]
+
+
+class Relay:
+    """The real « mss-relay serve » process with a configuration written for it."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.port = int(config["listeners"][0]["port"])
+        self.config_path = workdir / "relay.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.process = Process(
+            [sys.executable, "-m", "mss_relay", "serve", "--config", str(self.config_path)],
+            workdir,
+            "relay",
+        )
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / self.config["log"]["file"]
+
+    def start(self) -> None:
+        self.process.start(self.port)
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
+        return [e for e in lines if name is None or e.get("event") == name]
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The log is written by a thread: wait until the lines are there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events(name)
+            if len(events) >= count or time.monotonic() > deadline:
+                return events
+            time.sleep(0.02)

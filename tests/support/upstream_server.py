@@ -1,0 +1,101 @@
+"""A real upstream SMTP server, run as its own process by the tests.
+
+It records every message it accepts as NNNN.eml plus NNNN.json (envelope) in
+its directory, and reads control.json there before each step, so a test can
+make it refuse a sender, a recipient or the data, or stall before answering:
+
+    {"mail": "451 4.3.0 busy", "rcpt": {"x@y.mssante.fr": "550 5.1.1 unknown"},
+     "data": "554 5.6.0 no", "data_delay": 30}
+
+Usage: python -m tests.support.upstream_server --port N --dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class Recorder:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        existing = sorted(directory.glob("*.eml"))
+        start = int(existing[-1].stem) + 1 if existing else 1
+        self.counter = itertools.count(start)
+
+    def control(self) -> dict[str, Any]:
+        path = self.directory / "control.json"
+        if not path.exists():
+            return {}
+        return dict(json.loads(path.read_text()))
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        refusal = self.control().get("mail")
+        if refusal:
+            return str(refusal)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        refusal = self.control().get("rcpt", {}).get(address)
+        if refusal:
+            return str(refusal)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        control = self.control()
+        delay = control.get("data_delay")
+        if delay:
+            await asyncio.sleep(float(delay))
+        if control.get("data"):
+            return str(control["data"])
+        number = next(self.counter)
+        content = envelope.original_content or b""
+        meta = {
+            "mail_from": envelope.mail_from,
+            "mail_options": envelope.mail_options,
+            "rcpt_tos": envelope.rcpt_tos,
+        }
+        (self.directory / f"{number:04d}.json").write_text(json.dumps(meta))
+        temporary = self.directory / f".{number:04d}.tmp"
+        temporary.write_bytes(content)
+        temporary.replace(self.directory / f"{number:04d}.eml")
+        return f"250 2.0.0 Ok: queued as UP{number:04d}"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(args.dir)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(recorder, hostname="upstream.test", data_size_limit=None),
+        host="127.0.0.1",
+        port=args.port,
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    server.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+
+from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
+from mss_relay.core.mailbox import Bal, BalDirectory, BalType
+from mss_relay.core.message import MessageInfo, PartInfo
+from mss_relay.core.policy import Limits, Policy
+from mss_relay.core.reply import Reply, ascii_text
+from mss_relay.core.verdict import Action, Verdict
+
+POLICY = Policy(
+    Limits(max_attachment_size=20 * 2**20, max_message_size=60 * 2**20, max_recipients=2),
+    BalDirectory(
+        [
+            Bal("jean.dupont@ch.mssante.fr", BalType.NOMINATIVE, frozenset({"jd"})),
+            Bal("accueil@ch.mssante.fr", BalType.ORGANISATIONNELLE, frozenset({"jd", "ms"})),
+        ]
+    ),
+)
+
+
+def _mail(
+    sender: str = "jean.dupont@ch.mssante.fr", user: str | None = "jd", size: int | None = None
+) -> MailFacts:
+    return MailFacts(SessionFacts("127.0.0.1", "h", True, user, "submission"), sender, size)
+
+
+@pytest.mark.parametrize(
+    ("sender", "user", "accepted"),
+    [
+        ("jean.dupont@ch.mssante.fr", "jd", True),
+        ("JEAN.DUPONT@CH.MSSANTE.FR", "jd", True),  # compared as Postfix's tables do
+        ("jean.dupont@CH.MSSANTE.FR.", "jd", True),
+        ("accueil@ch.mssante.fr", "ms", True),
+        ("jean.dupont@ch.mssante.fr", "ms", False),
+        ("jean.dupont@ch.mssante.fr", None, False),
+        ("autre@ch.mssante.fr", "jd", False),
+    ],
+)
+def test_sender_ownership(sender: str, user: str | None, accepted: bool) -> None:
+    verdict = POLICY.evaluate_mail(_mail(sender, user))
+    assert verdict.accepted is accepted
+    if not accepted:
+        assert verdict.reply is not None and (verdict.reply.code, verdict.reply.enhanced) == (
+            553,
+            "5.7.1",
+        )
+
+
+def test_declared_size() -> None:
+    assert POLICY.evaluate_mail(_mail(size=1000)).accepted
+    verdict = POLICY.evaluate_mail(_mail(size=POLICY.limits.wire_size_limit + 1))
+    assert verdict.reply is not None and verdict.reply.code == 552
+
+
+@pytest.mark.parametrize(
+    ("recipient", "count", "code"),
+    [
+        ("a@chu.mssante.fr", 0, None),
+        ("a@gmail.com", 0, 550),
+        ("a@evilmssante.fr", 0, 550),
+        ("123@patient.mssante.fr", 0, 553),
+        ("295109912611193@patient.mssante.fr", 0, None),
+        ("a@chu.mssante.fr", 2, 452),
+        ("a@gmail.com", 2, 550),  # permanent causes win over the count
+    ],
+)
+def test_recipient_rules(recipient: str, count: int, code: int | None) -> None:
+    verdict = POLICY.evaluate_rcpt(RcptFacts(_mail(), recipient, count))
+    assert (verdict.reply.code if verdict.reply else None) == code
+
+
+def _info(*sizes: tuple[str | None, int]) -> MessageInfo:
+    parts = tuple(PartInfo("application/pdf", n, s, n is not None) for n, s in sizes)
+    return MessageInfo(parts, None, None, (), None, None, 0)
+
+
+@pytest.mark.parametrize(
+    ("parts", "rule"),
+    [
+        ([("a.pdf", 20 * 2**20)], None),
+        ([("a.pdf", 20 * 2**20 + 1)], "attachment_size"),
+        ([("a.pdf", 19 * 2**20), ("b.pdf", 19 * 2**20), ("c.pdf", 19 * 2**20)], None),
+        ([(f"{i}.pdf", 19 * 2**20) for i in range(4)], "message_size"),
+        ([(None, 61 * 2**20)], "message_size"),
+    ],
+)
+def test_attachment_and_message_sizes(
+    parts: list[tuple[str | None, int]], rule: str | None
+) -> None:
+    facts = MessageFacts(_mail(), ("a@chu.mssante.fr",), 100, _info(*parts))
+    verdict = POLICY.evaluate_message(facts)
+    assert (None if verdict.accepted else verdict.rule) == rule
+    if rule == "attachment_size":
+        assert verdict.reply is not None and "a.pdf" in verdict.reply.text
+
+
+def test_verdict_and_reply_invariants() -> None:
+    with pytest.raises(ValueError):
+        Reply(550, "4.7.1", "x")
+    with pytest.raises(ValueError):
+        Reply(250, "2.0.0", "two\r\nlines")
+    with pytest.raises(ValueError):
+        Verdict.reject(Reply(451, "4.3.0", "x"), rule="r")
+    with pytest.raises(ValueError):
+        Verdict.tempfail(Reply(550, "5.0.0", "x"), rule="r")
+    assert Verdict.accept().action is Action.ACCEPT
+
+
+def test_ascii_text_folds_french() -> None:
+    assert ascii_text("« MSSanté » n’est pas là") == '" MSSante " n\'est pas la'
