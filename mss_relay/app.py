@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 from pathlib import Path
 
+from structlog.typing import FilteringBoundLogger
+
 from mss_relay import __version__
-from mss_relay.config import Config, ConfigError, ListenerConfig
+from mss_relay.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.policy import Policy
 from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.smtp import RelayContext, RelayHandler, RelaySMTP
 from mss_relay.log import LineWriter, make_logger, utc_now
+from mss_relay.state.conversations import ConversationStore
 from mss_relay.tls import server_context
 
 # Idle time after which a silent client is disconnected (RFC 5321 §4.5.3.2.7).
@@ -33,17 +37,40 @@ def read_upstream_password(path: Path | None) -> str | None:
         raise ConfigError("upstream.password_file", f"cannot read: {error}") from None
 
 
-def make_upstream(config: Config) -> Upstream:
-    if config.upstream.capture is not None:
-        return CaptureUpstream(config.upstream.capture)
-    password = read_upstream_password(config.upstream.password_file)
-    return SmtpUpstream(config.upstream, config.hostname, password)
+def make_upstream(config: Config, delivery: UpstreamConfig | None = None) -> Upstream:
+    delivery = delivery or config.upstream
+    if delivery.capture is not None:
+        return CaptureUpstream(delivery.capture)
+    password = read_upstream_password(delivery.password_file)
+    return SmtpUpstream(delivery, config.hostname, password)
 
 
-def prepare(config: Config) -> tuple[Upstream, ssl.SSLContext | None]:
+def prepare(config: Config) -> tuple[Upstream, Upstream | None, ssl.SSLContext | None]:
     """Everything that can fail on the configuration, before anything listens."""
     tls = server_context(config.tls, config.hostname) if config.tls else None
-    return make_upstream(config), tls
+    inbound = make_upstream(config, config.inbound_delivery) if config.inbound_delivery else None
+    return make_upstream(config), inbound, tls
+
+
+async def maintain(store: ConversationStore, config: Config, log: FilteringBoundLogger) -> None:
+    """Close idle conversations and purge old ones, now and then, for ever."""
+    settings = config.conversations
+    while True:
+        try:
+            closed = await store.close_idle()
+            if closed:
+                log.info("conversations_auto_closed", count=closed, how="idle")
+            conversations, messages = await store.purge(settings.retention_days)
+            if conversations or messages:
+                log.info(
+                    "conversations_purged",
+                    conversations=conversations,
+                    message_ids=messages,
+                    retention_days=settings.retention_days,
+                )
+        except Exception as error:
+            log.error("maintenance_error", error=type(error).__name__)
+        await asyncio.sleep(settings.purge_interval)
 
 
 async def _listen(
@@ -65,7 +92,7 @@ async def _listen(
             ident="ESMTP mss-relay",
             tls_context=tls if starttls else None,
             require_starttls=starttls,
-            auth_required=True,
+            auth_required=listener.role != "inbound",
             auth_require_tls=not implicit,
             timeout=SESSION_TIMEOUT,
             loop=loop,
@@ -77,7 +104,13 @@ async def _listen(
 
 
 async def serve(config: Config) -> int:
-    upstream, tls = prepare(config)
+    upstream, inbound_delivery, tls = prepare(config)
+    try:
+        store = await ConversationStore.open(
+            config.database, idle_days=config.conversations.close_after_days
+        )
+    except (OSError, sqlite3.Error) as error:
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     writer = LineWriter(config.log.file)
     log = make_logger(writer)
     # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
@@ -89,7 +122,10 @@ async def serve(config: Config) -> int:
         for i, listener in enumerate(config.listeners):
             context = RelayContext(
                 policy=policy,
-                upstream=upstream,
+                upstream=inbound_delivery
+                if listener.role == "inbound" and inbound_delivery
+                else upstream,
+                store=store,
                 users=config.users,
                 hostname=config.hostname,
                 role=listener.role,
@@ -117,16 +153,19 @@ async def serve(config: Config) -> int:
             file=sys.stderr,
             flush=True,
         )
+        maintenance = loop.create_task(maintain(store, config, log))
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("stopping")
+        maintenance.cancel()
     finally:
         for server in servers:
             server.close()
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=10)
+        await store.close()
         writer.close()
     return 0

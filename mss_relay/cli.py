@@ -1,10 +1,12 @@
-"""The mss-relay command: serve, check-config, hash-password."""
+"""The mss-relay command: serve, check-config, hash-password, conversations."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +15,8 @@ from mss_relay.config import ConfigError, load_config
 from mss_relay.passwords import hash_password
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus can name it
+CONFIG_ENV = "MSS_RELAY_CONFIG"
+DEFAULT_CONFIG = "/etc/mss-relay/mss-relay.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +31,34 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("--config", required=True, help="path to the YAML configuration")
     commands.add_parser("hash-password", help="read a password on standard input, print its hash")
+    conversations = commands.add_parser(
+        "conversations", help="look at and close patient conversations"
+    )
+    _config_option(conversations)
+    actions = conversations.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list conversations")
+    _config_option(listing)
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument("--open", dest="state", action="store_const", const="open")
+    which.add_argument("--closed", dest="state", action="store_const", const="closed")
+    listing.add_argument("--bal", help="only this BAL's conversations")
+    show = actions.add_parser("show", help="one patient's conversations and messages")
+    _config_option(show)
+    show.add_argument("patient", metavar="PATIENT_ADDRESS")
+    close = actions.add_parser("close", help="close a conversation (logged as administrative)")
+    _config_option(close)
+    close.add_argument("bal", metavar="BAL")
+    close.add_argument("patient", metavar="PATIENT_ADDRESS")
     return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given before or after the action, neither default overwrites the other.
+    parser.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help=f"path to the YAML configuration (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})",
+    )
 
 
 def _config_error(error: ConfigError) -> int:
@@ -44,6 +75,8 @@ def _check_config(path: str) -> int:
         if config.tls and not (config.tls.self_signed and not config.tls.certificate.exists()):
             server_context(config.tls, config.hostname)
         make_upstream(config)
+        if config.inbound_delivery:
+            make_upstream(config, config.inbound_delivery)
     except ConfigError as error:
         return _config_error(error)
     for warning in config.warnings:
@@ -76,8 +109,28 @@ def _hash_password() -> int:
     return 0
 
 
+def _conversations(args: argparse.Namespace) -> int:
+    from mss_relay import admin
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        config = load_config(path)
+        if args.action == "list":
+            return asyncio.run(admin.list_conversations(config, args.state, args.bal))
+        if args.action == "show":
+            return asyncio.run(admin.show_conversation(config, args.patient))
+        return asyncio.run(admin.close_conversation(config, args.bal, args.patient))
+    except ConfigError as error:
+        return _config_error(error)
+    except sqlite3.Error as error:
+        print(f"mss-relay: state database {error}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "conversations":
+        return _conversations(args)
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "check-config":

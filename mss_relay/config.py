@@ -16,17 +16,27 @@ from typing import Any, NoReturn
 
 import yaml
 
-from mss_relay.core.addresses import in_trust_space, normalize_address, split_address
+from mss_relay.core.addresses import (
+    in_trust_space,
+    normalize_address,
+    normalize_domain,
+    split_address,
+)
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
 from mss_relay.passwords import is_password_hash
 from mss_relay.sizes import parse_size
 
-LISTENER_ROLES = ("submission",)
+LISTENER_ROLES = ("submission", "inbound")
 LISTENER_TLS = ("starttls", "implicit", "none")
 UPSTREAM_TLS = ("none", "starttls", "implicit")
+# Mon espace santé is reported to accept about 25 MB per message.
+DEFAULT_PER_DOMAIN = {"patient.mssante.fr": 25_000_000}
 DEFAULT_LIMITS = Limits(
-    max_attachment_size=20 * 1024**2, max_message_size=60 * 1024**2, max_recipients=50
+    max_attachment_size=20 * 1024**2,
+    max_message_size=60 * 1024**2,
+    max_recipients=50,
+    per_domain=DEFAULT_PER_DOMAIN,
 )
 
 
@@ -67,6 +77,13 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationsConfig:
+    close_after_days: int | None = None  # close conversations idle this long
+    retention_days: int = 92  # purge closed conversations after three months (seed 000 §8)
+    purge_interval: float = 3600.0  # seconds between two purges
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     file: Path | None  # None: standard output
 
@@ -78,6 +95,8 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     tls: TlsConfig | None
     upstream: UpstreamConfig
+    inbound_delivery: UpstreamConfig | None
+    conversations: ConversationsConfig
     limits: Limits
     users: Mapping[str, str]  # name -> password hash
     bals: tuple[Bal, ...]
@@ -253,15 +272,17 @@ def _tls(root: _Section, listeners: tuple[ListenerConfig, ...]) -> TlsConfig | N
     return TlsConfig(certificate=cert, private_key=key, self_signed=self_signed)
 
 
-def _upstream(root: _Section) -> UpstreamConfig:
-    section = root.section("upstream", required=True)
-    assert section is not None
+def _delivery(root: _Section, key: str, required: bool) -> UpstreamConfig | None:
+    """upstream and inbound_delivery: the same keys."""
+    section = root.section(key, required=required)
+    if section is None:
+        return None
     capture = section.file("capture", must_exist=False)
-    required = None if capture else _REQUIRED
+    host_default = None if capture else _REQUIRED
     tls = section.choice("tls", UPSTREAM_TLS, "starttls")
     default_port = 465 if tls == "implicit" else 25
     upstream = UpstreamConfig(
-        host=section.text("host", required) or "",
+        host=section.text("host", host_default) or "",
         port=section.integer("port", default_port, 1, 65535),
         tls=tls,
         ca_file=section.file("ca_file", must_exist=True),
@@ -274,10 +295,44 @@ def _upstream(root: _Section) -> UpstreamConfig:
     )
     section.done()
     if (upstream.username is None) != (upstream.password_file is None):
-        _fail("upstream.password_file", "username and password_file go together")
+        _fail(f"{key}.password_file", "username and password_file go together")
     if (upstream.client_certificate is None) != (upstream.client_key is None):
-        _fail("upstream.client_key", "client_certificate and client_key go together")
+        _fail(f"{key}.client_key", "client_certificate and client_key go together")
     return upstream
+
+
+def _conversations(root: _Section) -> ConversationsConfig:
+    section = root.section("conversations")
+    if section is None:
+        return ConversationsConfig()
+    idle = section._get("close_after_days", None)
+    config = ConversationsConfig(
+        close_after_days=None
+        if idle is None
+        else section.integer("close_after_days", None, 1, 3650),
+        retention_days=section.integer("retention_days", 92, 1, 36500),
+        purge_interval=section.number("purge_interval", 3600.0),
+    )
+    section.done()
+    return config
+
+
+def _per_domain(section: _Section) -> dict[str, int]:
+    raw = section._get("per_domain", None)
+    if raw is None:
+        return dict(DEFAULT_PER_DOMAIN)
+    if not isinstance(raw, dict):
+        _fail(_key(section.path, "per_domain"), "must map domains to sizes")
+    limits = {}
+    for domain, value in raw.items():
+        path = f"{_key(section.path, 'per_domain')}.{domain}"
+        if not isinstance(domain, str) or "." not in domain:
+            _fail(path, "must be a domain name")
+        try:
+            limits[normalize_domain(domain)] = parse_size(value)
+        except ValueError as error:
+            _fail(path, str(error))
+    return limits
 
 
 def _limits(root: _Section) -> Limits:
@@ -288,6 +343,7 @@ def _limits(root: _Section) -> Limits:
         max_attachment_size=section.size("max_attachment_size", DEFAULT_LIMITS.max_attachment_size),
         max_message_size=section.size("max_message_size", DEFAULT_LIMITS.max_message_size),
         max_recipients=section.integer("max_recipients", DEFAULT_LIMITS.max_recipients, 1, 100_000),
+        per_domain=_per_domain(section),
     )
     section.done()
     if limits.max_attachment_size > limits.max_message_size:
@@ -319,6 +375,8 @@ def _bals(root: _Section, users: Mapping[str, str], warnings: list[str]) -> tupl
         address = item.text("address", _REQUIRED).strip()
         bal_type = item.choice("type", tuple(t.value for t in BalType), _REQUIRED)
         raw_users = item._get("users", [])
+        may_initiate = item.flag("patients_may_initiate", False)
+        auto_close = item.flag("auto_close", False)
         item.done()
         local, domain = split_address(address)
         if not local or not domain or " " in address:
@@ -336,7 +394,15 @@ def _bals(root: _Section, users: Mapping[str, str], warnings: list[str]) -> tupl
         for user in raw_users:
             if user not in users:
                 warnings.append(f"{_key(item.path, 'users')}: user {user!r} is not in users")
-        bals.append(Bal(address=address, type=BalType(bal_type), users=frozenset(raw_users)))
+        bals.append(
+            Bal(
+                address=address,
+                type=BalType(bal_type),
+                users=frozenset(raw_users),
+                patients_may_initiate=may_initiate,
+                auto_close=auto_close,
+            )
+        )
     return tuple(bals)
 
 
@@ -354,6 +420,13 @@ def parse_config(data: object, path: Path) -> Config:
     )
     if state:
         state.done()
+    upstream = _delivery(root, "upstream", required=True)
+    assert upstream is not None
+    inbound_delivery = _delivery(root, "inbound_delivery", required=False)
+    if inbound_delivery is None:
+        for i, listener in enumerate(listeners):
+            if listener.role == "inbound":
+                _fail(f"listeners[{i}].role", "inbound needs a top-level inbound_delivery section")
     log = root.section("log")
     log_file = log.text("file", "-") if log else "-"
     if log:
@@ -363,7 +436,9 @@ def parse_config(data: object, path: Path) -> Config:
         hostname=root.text("hostname") or socket.getfqdn(),
         listeners=listeners,
         tls=_tls(root, listeners),
-        upstream=_upstream(root),
+        upstream=upstream,
+        inbound_delivery=inbound_delivery,
+        conversations=_conversations(root),
         limits=_limits(root),
         users=users,
         bals=_bals(root, users, warnings),

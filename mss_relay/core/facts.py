@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mss_relay.core.conversation import ConversationFacts
 from mss_relay.core.message import MessageInfo
 
 
@@ -17,7 +18,7 @@ class SessionFacts:
     helo: str
     tls: bool
     user: str | None
-    role: str  # "submission" (outgoing) for now; "inbound" and "milter" come later
+    role: str  # "submission" (outgoing) or "inbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +41,5 @@ class MessageFacts:
     recipients: tuple[str, ...]
     size: int  # bytes on the wire, after dot-unstuffing
     info: MessageInfo
+    # For a patient's message on the incoming side: the conversation it replies to.
+    conversation: ConversationFacts | None = None

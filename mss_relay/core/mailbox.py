@@ -26,6 +26,12 @@ class Bal:
     address: str
     type: BalType
     users: frozenset[str]
+    # The officine exception (seed 001): patients may write first, for a
+    # digital prescription.
+    patients_may_initiate: bool = False
+    # Close every conversation right after each message this BAL sends
+    # (typically an applicative no_reply box; seed 004).
+    auto_close: bool = False
 
 
 class BalDirectory:

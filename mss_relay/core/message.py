@@ -38,6 +38,9 @@ class MessageInfo:
     in_reply_to: str | None
     references: str | None
     header_count: int
+    reply_to: tuple[str, ...] = ()
+    x_mss_mes: str | None = None
+    has_date: bool = True
 
     @property
     def total_decoded_size(self) -> int:
@@ -120,4 +123,7 @@ def inspect_message(raw: bytes) -> MessageInfo:
         in_reply_to=_header(msg, "In-Reply-To"),
         references=_header(msg, "References"),
         header_count=len(msg.keys()),
+        reply_to=tuple(str(v) for v in msg.get_all("Reply-To", [])),
+        x_mss_mes=_header(msg, "X-MSS-MES"),
+        has_date=msg.get("Date") is not None,
     )

@@ -2,18 +2,22 @@
 
 evaluate_* run the stage's rules in order; the first that fires decides. An
 accepting verdict names the rules that were checked, so the log keeps the audit
-trail of hits and misses.
+trail of hits and misses. The outgoing side (role « submission ») and the
+incoming side (role « inbound ») have their own lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.mailbox import BalDirectory
-from mss_relay.core.rules import recipients, sender, size
+from mss_relay.core.rules import inbound, recipients, sender, size
 from mss_relay.core.verdict import Verdict
+
+INBOUND = "inbound"
+Check = tuple[str, Callable[[], Verdict | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,13 +25,15 @@ class Limits:
     max_attachment_size: int
     max_message_size: int
     max_recipients: int
+    # Destination domain -> its own maximum message size (bytes on the wire).
+    per_domain: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def wire_size_limit(self) -> int:
         return size.wire_size_limit(self.max_message_size)
 
 
-def _first(stage: str, checks: Sequence[tuple[str, Callable[[], Verdict | None]]]) -> Verdict:
+def _first(stage: str, checks: list[Check]) -> Verdict:
     for _name, check in checks:
         verdict = check()
         if verdict is not None:
@@ -41,41 +47,55 @@ class Policy:
         self.bals = bals
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
-        return _first(
-            "mail",
-            [
-                ("sender_owned", lambda: sender.sender_owned(facts, self.bals)),
-                (
-                    "declared_size",
-                    lambda: size.declared_size(facts, self.limits.max_message_size),
-                ),
-            ],
-        )
+        limits = self.limits
+        checks: list[Check] = []
+        if facts.session.role == INBOUND:
+            checks.append(("sender_trust_space", lambda: inbound.sender_in_trust_space(facts)))
+        else:
+            checks.append(("sender_owned", lambda: sender.sender_owned(facts, self.bals)))
+        checks.append(("declared_size", lambda: size.declared_size(facts, limits.max_message_size)))
+        return _first("mail", checks)
 
     def evaluate_rcpt(self, facts: RcptFacts) -> Verdict:
-        return _first(
-            "rcpt",
-            [
-                # Permanent causes first: a client told 452 would retry a
-                # recipient that can never be accepted.
+        limits = self.limits
+        checks: list[Check]
+        if facts.mail.session.role == INBOUND:
+            checks = [("recipient_is_bal", lambda: inbound.recipient_is_bal(facts, self.bals))]
+        else:
+            # Permanent causes first: a client told 452 would retry a recipient
+            # that can never be accepted.
+            checks = [
                 ("trust_space", lambda: recipients.trust_space(facts)),
                 ("patient_matricule", lambda: recipients.patient_matricule(facts)),
                 (
-                    "max_recipients",
-                    lambda: recipients.max_recipients(facts, self.limits.max_recipients),
+                    "per_domain_size",
+                    lambda: size.per_domain_declared_size(facts, limits.per_domain),
                 ),
-            ],
+            ]
+        checks.append(
+            ("max_recipients", lambda: recipients.max_recipients(facts, limits.max_recipients))
         )
+        return _first("rcpt", checks)
 
     def evaluate_message(self, facts: MessageFacts) -> Verdict:
-        return _first(
-            "data",
-            [
-                (
-                    "attachment_size",
-                    lambda: size.attachment_sizes(
-                        facts, self.limits.max_attachment_size, self.limits.max_message_size
-                    ),
+        limits = self.limits
+        checks: list[Check] = [
+            (
+                "attachment_size",
+                lambda: size.attachment_sizes(
+                    facts, limits.max_attachment_size, limits.max_message_size
                 ),
-            ],
-        )
+            ),
+        ]
+        if facts.mail.session.role == INBOUND:
+            checks.append(
+                (
+                    "patient_conversation",
+                    lambda: inbound.patient_conversation(facts, facts.conversation, self.bals),
+                )
+            )
+        else:
+            checks.append(
+                ("per_domain_size", lambda: size.per_domain_size(facts, limits.per_domain))
+            )
+        return _first("data", checks)

@@ -74,6 +74,30 @@ SENDER_NOT_OWNED = Reply(
     553, "5.7.1", "Vous n'êtes pas autorisé à envoyer depuis cette boîte aux lettres"
 )
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message trop volumineux")
+SENDER_NOT_TRUST_SPACE = Reply(
+    550,
+    "5.7.1",
+    "Expéditeur hors de l'espace de confiance MSSanté (adresses en mssante.fr uniquement)",
+)
+UNKNOWN_BAL = Reply(550, "5.1.1", "Boîte aux lettres inconnue ici")
+CONVERSATION_NOT_OPENED = Reply(
+    550,
+    "5.7.1",
+    "Aucune conversation ouverte par un professionnel : un patient ne peut que répondre"
+    " à un message qu'un professionnel lui a envoyé",
+)
+CONVERSATION_CLOSED = Reply(
+    550, "5.7.1", "La conversation a été close par le professionnel ([FIN])"
+)
+NOT_A_REPLY = Reply(
+    550,
+    "5.7.1",
+    "Ce message ne répond à aucun message du professionnel : répondez au message reçu"
+    " dans Mon espace santé",
+)
+WRONG_CONVERSATION_BAL = Reply(
+    550, "5.7.1", "Cette réponse n'est pas adressée à la boîte aux lettres de la conversation"
+)
 ATTACHMENT_TOO_BIG = Reply(552, "5.3.4", "Pièce jointe trop volumineuse")
 
 

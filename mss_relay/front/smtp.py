@@ -22,9 +22,17 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from structlog.typing import FilteringBoundLogger
 
+from mss_relay.core.changes import inbound_change, outgoing_changes
+from mss_relay.core.conversation import (
+    Change,
+    ConversationFacts,
+    message_ids,
+    patient_sender,
+    references,
+)
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, inspect_message
-from mss_relay.core.policy import Policy
+from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.reply import (
     INTERNAL_ERROR,
     MESSAGE_ACCEPTED,
@@ -37,6 +45,7 @@ from mss_relay.delivery.upstream import Upstream, UpstreamSession
 from mss_relay.front.replies import localize
 from mss_relay.log import Clock
 from mss_relay.passwords import verify_password
+from mss_relay.state.conversations import ConversationStore
 
 # Messages above this size are parsed in a worker thread, off the event loop.
 _INLINE_PARSE_LIMIT = 256 * 1024
@@ -64,6 +73,11 @@ class RelayContext:
     role: str
     log: FilteringBoundLogger
     clock: Clock
+    store: ConversationStore | None = None
+
+    @property
+    def inbound(self) -> bool:
+        return self.role == INBOUND
 
 
 @dataclass
@@ -320,6 +334,8 @@ class RelayHandler:
     ) -> list[str]:
         session.host_name = hostname
         self._observe(server, session)
+        if self.ctx.inbound:  # the operator delivers here: no AUTH to offer
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(
@@ -399,10 +415,15 @@ class RelayHandler:
         else:
             info = inspect_message(content)
         facts = MessageFacts(
-            mail=txn.mail, recipients=tuple(txn.recipients), size=len(content), info=info
+            mail=txn.mail,
+            recipients=tuple(txn.recipients),
+            size=len(content),
+            info=info,
+            conversation=await self._conversation(txn.mail.sender, info),
         )
         verdict = self.ctx.policy.evaluate_message(facts)
         self._decision("data", verdict, message_id=info.message_id)
+        self._patient_event(facts, verdict)
         if verdict.reply is not None:
             await self.upstream.reset()
             self._outcome(
@@ -410,9 +431,11 @@ class RelayHandler:
             )
             self.txn = None
             return str(verdict.reply)
-        result = await self.upstream.data(self._received(txn.txid) + content, txn.txid)
+        added, message_id = self._added_headers(txn.txid, info)
+        result = await self.upstream.data(self._received(txn.txid) + added + content, txn.txid)
         if result.accepted:
             reply = MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txn.txid})")
+            await self._record(facts, message_id)
         else:
             reply = result.reply
         self._outcome(
@@ -425,6 +448,66 @@ class RelayHandler:
         )
         self.txn = None
         return str(reply)
+
+    async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
+        """For a patient's message coming in: the conversation it replies to."""
+        if not self.ctx.inbound or self.ctx.store is None:
+            return None
+        patient = patient_sender(sender, info)
+        if patient is None:
+            return None
+        return await self.ctx.store.lookup(patient, references(info))
+
+    def _patient_event(self, facts: MessageFacts, verdict: Verdict) -> None:
+        if facts.conversation is None:
+            return
+        self.log.info(
+            "patient_message",
+            txid=self.txn.txid if self.txn else None,
+            patient=patient_sender(facts.mail.sender, facts.info),
+            conversation=facts.conversation.status.value,
+            result="accepted" if verdict.accepted else "refused",
+            reason=verdict.reason,
+        )
+
+    def _added_headers(self, txid: str, info: MessageInfo) -> tuple[bytes, str | None]:
+        """RFC 6409 §8.3-8.4: a submission server adds Message-ID and Date when
+        the client sent none (patient conversations are followed by Message-ID)."""
+        if self.ctx.inbound:
+            return b"", info.message_id
+        lines, message_id = [], info.message_id
+        if not message_ids(message_id):
+            message_id = f"<{txid}.{secrets.token_hex(8)}@{self.ctx.hostname}>"
+            lines.append(f"Message-ID: {message_id}\r\n")
+        if not info.has_date:
+            lines.append(f"Date: {format_datetime(self.ctx.clock())}\r\n")
+        return "".join(lines).encode("ascii"), message_id
+
+    async def _record(self, facts: MessageFacts, message_id: str | None) -> None:
+        """Conversation state follows delivery, never precedes it. A failure here
+        must not turn a delivered message into a retried (duplicated) one."""
+        store = self.ctx.store
+        if store is None:
+            return
+        changes: list[Change] = []
+        if self.ctx.inbound:
+            change = inbound_change(facts, facts.conversation, self.ctx.policy.bals)
+            changes = [change] if change else []
+            actor = "patient"
+        else:
+            bal = self.ctx.policy.bals.get(facts.mail.sender)
+            if bal is not None and message_id:
+                changes = outgoing_changes(bal, facts, message_ids(message_id)[0])
+            actor = self.user or "?"
+        txid = self.txn.txid if self.txn else None
+        for change in changes:
+            try:
+                events = await store.apply(change, actor)
+            except Exception as error:
+                self.log.error("state_error", txid=txid, error=type(error).__name__)
+                continue
+            for event, fields in events:
+                self.log.info(event, txid=txid, **fields)
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         await self.reset_transaction("rset")

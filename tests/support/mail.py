@@ -6,6 +6,7 @@ import os
 import smtplib
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate
 
 from tests.conftest import PASSWORDS, Stack
 
@@ -21,6 +22,7 @@ def make_message(
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = subject
+    msg["Date"] = formatdate()
     msg["Message-ID"] = f"<{os.urandom(6).hex()}@ch-exemple.mssante.fr>"
     msg.set_content(body)
     for name, data in (attachments or {}).items():

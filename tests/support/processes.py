@@ -49,14 +49,15 @@ class Process:
     def stderr_path(self) -> Path:
         return self.workdir / f"{self.name}.stderr"
 
-    def start(self, port: int) -> None:
+    def start(self, *ports: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with (
             (self.workdir / f"{self.name}.stdout").open("ab") as out,
             self.stderr_path.open("ab") as err,
         ):
             self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=err, env=env)
-        wait_port(port, self.proc)
+        for port in ports:
+            wait_port(port, self.proc)
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
@@ -132,11 +133,14 @@ class Relay:
     def log_path(self) -> Path:
         return self.workdir / self.config["log"]["file"]
 
-    def start(self) -> None:
-        self.process.start(self.port)
+    def port_of(self, name: str) -> int:
+        return int(next(li["port"] for li in self.config["listeners"] if li["name"] == name))
 
-    def stop(self) -> int | None:
-        return self.process.stop()
+    def start(self) -> None:
+        self.process.start(*(int(li["port"]) for li in self.config["listeners"]))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        return self.process.stop(sig)
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-from mss_relay.core.facts import MailFacts, MessageFacts
+from mss_relay.core.addresses import domain_of
+from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.reply import ATTACHMENT_TOO_BIG, MESSAGE_TOO_BIG
 from mss_relay.core.verdict import Verdict
 
@@ -61,4 +63,43 @@ def attachment_sizes(
             rule="message_size",
             reason=f"{total} > {max_message_size}",
         )
+    return None
+
+
+def _domain_limit(domain: str, per_domain: Mapping[str, int]) -> tuple[str, int] | None:
+    for key, limit in per_domain.items():
+        if domain == key or domain.endswith("." + key):
+            return key, limit
+    return None
+
+
+def per_domain_declared_size(facts: RcptFacts, per_domain: Mapping[str, int]) -> Verdict | None:
+    """A destination's own limit (Mon espace santé takes about 25 Mo): refuse at
+    once what it would bounce hours later."""
+    found = _domain_limit(domain_of(facts.recipient), per_domain)
+    declared = facts.mail.declared_size
+    if found is None or declared is None or declared <= found[1]:
+        return None
+    return Verdict.reject(
+        MESSAGE_TOO_BIG.with_text(
+            f"<{facts.recipient}> : message trop volumineux pour ce destinataire"
+            f" ({_mb(declared)} annoncés, maximum {_mb(found[1])} pour {found[0]})"
+        ),
+        rule="per_domain_size",
+        reason=f"SIZE={declared} > {found[1]} for {found[0]}",
+    )
+
+
+def per_domain_size(facts: MessageFacts, per_domain: Mapping[str, int]) -> Verdict | None:
+    for recipient in facts.recipients:
+        found = _domain_limit(domain_of(recipient), per_domain)
+        if found is not None and facts.size > found[1]:
+            return Verdict.reject(
+                MESSAGE_TOO_BIG.with_text(
+                    f"Message trop volumineux pour <{recipient}> :"
+                    f" {_mb(facts.size)}, maximum {_mb(found[1])} pour {found[0]}"
+                ),
+                rule="per_domain_size",
+                reason=f"{facts.size} > {found[1]} for {found[0]}",
+            )
     return None

@@ -1,0 +1,99 @@
+"""« mss-relay conversations ... »: look at and close patient conversations,
+while the relay runs (SQLite in WAL mode lets both at the file)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import TextIO
+
+from mss_relay.config import Config
+from mss_relay.core.addresses import normalize_address
+from mss_relay.log import LineWriter, make_logger
+from mss_relay.state.conversations import ConversationRow, ConversationStore
+
+_HEADER = ("STATE", "BAL", "PATIENT", "OPENED", "LAST ACTIVITY", "CLOSED", "HOW", "MESSAGES")
+
+
+def _row(c: ConversationRow) -> tuple[str, ...]:
+    return (
+        "open" if c.is_open else "closed",
+        c.bal,
+        c.patient,
+        c.opened_at,
+        c.last_activity_at,
+        c.closed_at or "-",
+        f"{c.close_reason} ({c.closed_by})" if c.close_reason else "-",
+        str(c.messages),
+    )
+
+
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+async def _store(config: Config) -> ConversationStore:
+    return await ConversationStore.open(
+        config.database, idle_days=config.conversations.close_after_days
+    )
+
+
+async def list_conversations(config: Config, state: str | None, bal: str | None) -> int:
+    store = await _store(config)
+    try:
+        rows = await store.listing(state, normalize_address(bal) if bal else None)
+    finally:
+        await store.close()
+    if not rows:
+        print("no conversation", file=sys.stderr)
+        return 0
+    _table([_HEADER, *(_row(c) for c in rows)], sys.stdout)
+    return 0
+
+
+async def show_conversation(config: Config, patient: str) -> int:
+    store = await _store(config)
+    try:
+        history = await store.history(normalize_address(patient))
+    finally:
+        await store.close()
+    if not history:
+        print(f"no conversation with {patient}", file=sys.stderr)
+        return 1
+    for conversation, messages in history:
+        _table([_HEADER, _row(conversation)], sys.stdout)
+        for at, direction, message_id in messages:
+            arrow = "professional -> patient" if direction == "out" else "patient -> BAL"
+            print(f"    {at}  {arrow}  {message_id}")
+        print()
+    return 0
+
+
+async def close_conversation(config: Config, bal: str, patient: str) -> int:
+    actor = f"admin:{getpass.getuser()}"
+    store = await _store(config)
+    try:
+        closed = await store.close_conversation(
+            normalize_address(bal), normalize_address(patient), "admin", actor
+        )
+    finally:
+        await store.close()
+    if closed is None:
+        print(f"no open conversation between {bal} and {patient}", file=sys.stderr)
+        return 1
+    writer = LineWriter(config.log.file)
+    try:
+        make_logger(writer).info(
+            "conversation_closed",
+            conversation=closed,
+            bal=normalize_address(bal),
+            patient=normalize_address(patient),
+            how="admin",
+            by=actor,
+        )
+    finally:
+        writer.close()
+    print(f"closed conversation {closed} between {bal} and {patient}")
+    return 0

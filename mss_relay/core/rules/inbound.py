@@ -1,0 +1,92 @@
+"""The incoming side: what the MSSanté operator delivers to the structure's BALs."""
+
+from __future__ import annotations
+
+from mss_relay.core.addresses import domain_of, in_trust_space, normalize_address
+from mss_relay.core.conversation import ConversationFacts, Status, patient_sender
+from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
+from mss_relay.core.mailbox import BalDirectory
+from mss_relay.core.reply import (
+    CONVERSATION_CLOSED,
+    CONVERSATION_NOT_OPENED,
+    NOT_A_REPLY,
+    SENDER_NOT_TRUST_SPACE,
+    UNKNOWN_BAL,
+    WRONG_CONVERSATION_BAL,
+)
+from mss_relay.core.verdict import Verdict
+
+_CLOSED_BY = {
+    "fin": "close par le professionnel ([FIN])",
+    "x-mss-mes": "close par le professionnel ([FIN])",
+    "auto_close": "close automatiquement par la boîte aux lettres du professionnel",
+    "idle": "close automatiquement après une période sans échange",
+    "admin": "close par l'administrateur de la structure",
+}
+
+
+def sender_in_trust_space(facts: MailFacts) -> Verdict | None:
+    """Seed 003: the trust space works both ways; only MSSanté senders come in."""
+    if in_trust_space(domain_of(facts.sender)):
+        return None
+    return Verdict.reject(
+        SENDER_NOT_TRUST_SPACE,
+        rule="sender_trust_space",
+        reason="envelope sender outside mssante.fr",
+    )
+
+
+def recipient_is_bal(facts: RcptFacts, bals: BalDirectory) -> Verdict | None:
+    """Only the structure's own BALs receive here: never an open relay."""
+    if bals.get(facts.recipient) is not None:
+        return None
+    return Verdict.reject(
+        UNKNOWN_BAL.with_text(f"<{facts.recipient}> : boîte aux lettres inconnue ici"),
+        rule="recipient_is_bal",
+        reason="recipient is not a configured BAL",
+    )
+
+
+def _officine_among(facts: MessageFacts, bals: BalDirectory) -> str | None:
+    for recipient in facts.recipients:
+        bal = bals.get(recipient)
+        if bal is not None and bal.patients_may_initiate:
+            return normalize_address(bal.address)
+    return None
+
+
+def patient_conversation(
+    facts: MessageFacts, conversation: ConversationFacts | None, bals: BalDirectory
+) -> Verdict | None:
+    """Seeds 001, 003, 004: the patient can only reply, within an open
+    conversation a professional started; officines accept a first message."""
+    if patient_sender(facts.mail.sender, facts.info) is None:
+        return None
+    conv = conversation or ConversationFacts(Status.NONE)
+    if conv.status is Status.OPEN:
+        targets = {normalize_address(a) for a in (conv.bal, conv.reply_to) if a}
+        if targets & {normalize_address(r) for r in facts.recipients}:
+            return None
+        return Verdict.reject(
+            WRONG_CONVERSATION_BAL, rule="patient_conversation", reason="reply to another BAL"
+        )
+    if _officine_among(facts, bals) is not None:
+        return None
+    if conv.status is Status.CLOSED:
+        how = _CLOSED_BY.get(conv.closed_how or "", "close")
+        return Verdict.reject(
+            CONVERSATION_CLOSED.with_text(
+                f"La conversation a été {how} : le patient ne peut plus y répondre"
+            ),
+            rule="patient_conversation",
+            reason=f"conversation closed ({conv.closed_how})",
+        )
+    if conv.patient_has_open:
+        return Verdict.reject(
+            NOT_A_REPLY, rule="patient_conversation", reason="no reference to an open conversation"
+        )
+    return Verdict.reject(
+        CONVERSATION_NOT_OPENED,
+        rule="patient_conversation",
+        reason="never opened by a professional",
+    )

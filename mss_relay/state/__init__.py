@@ -1,0 +1,1 @@
+"""Persistent state in SQLite (aiosqlite), behind small store classes."""

@@ -1,0 +1,260 @@
+"""The conversation store: which patient conversations are open, and the
+Message-IDs exchanged in each.
+
+One aiosqlite connection per process, its statements serialized by a lock so
+that two SMTP sessions never interleave inside one transaction. Every change is
+one IMMEDIATE transaction: a kill -9 leaves it whole or absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from mss_relay.core.conversation import Change, ConversationFacts, Status
+from mss_relay.log import Clock, iso_ms, utc_now
+from mss_relay.state.database import connect
+
+MAX_REFERENCES = 50  # the most recent Message-IDs a reply names are enough
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    id: int
+    bal: str
+    patient: str
+    opened_at: str
+    opened_by: str
+    last_activity_at: str
+    closed_at: str | None
+    closed_by: str | None
+    close_reason: str | None
+    messages: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+
+_COLUMNS = (
+    "c.id, c.bal, c.patient, c.opened_at, c.opened_by, c.last_activity_at, c.closed_at,"
+    " c.closed_by, c.close_reason,"
+    " (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id)"
+)
+
+
+class ConversationStore:
+    def __init__(self, db: aiosqlite.Connection, clock: Clock, idle_days: int | None) -> None:
+        self._db = db
+        self._clock = clock
+        self._idle_days = idle_days
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, clock: Clock = utc_now, idle_days: int | None = None
+    ) -> ConversationStore:
+        return cls(await connect(path), clock, idle_days)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    def _now(self) -> str:
+        return iso_ms(self._clock())
+
+    def _idle_cutoff(self) -> str | None:
+        if self._idle_days is None:
+            return None
+        return iso_ms(self._clock() - timedelta(days=self._idle_days))
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock:
+            return list(await self._db.execute_fetchall(sql, params))
+
+    # Look-ups ----------------------------------------------------------------
+    async def lookup(self, patient: str, references: Sequence[str]) -> ConversationFacts:
+        """The conversation a patient's message replies to (cost: index look-ups on
+        the Message-IDs named, whatever the number of conversations stored)."""
+        cutoff = self._idle_cutoff() or ""
+        refs = list(references)[:MAX_REFERENCES] or [""]
+        marks = ",".join("?" * len(refs))
+        # One statement, one trip to the database thread: the conversations the
+        # Message-IDs belong to, then one row saying whether any is open.
+        rows = await self._all(
+            "SELECT c.bal, c.closed_at, c.close_reason, c.last_activity_at, m.reply_to, 0"
+            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            f" WHERE m.message_id IN ({marks}) AND c.patient = ?"
+            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, 1 FROM (SELECT 1 FROM conversations"
+            " WHERE patient = ? AND closed_at IS NULL AND last_activity_at >= ? LIMIT 1)",
+            [*refs, patient, patient, cutoff],
+        )
+        has_open = any(r[5] for r in rows)
+        rows = [r for r in rows if not r[5]]
+        open_rows = [r for r in rows if r[1] is None and r[3] >= cutoff]
+        if open_rows:
+            bal, _, _, _, reply_to, _ = open_rows[0]
+            return ConversationFacts(Status.OPEN, bal=bal, reply_to=reply_to, patient_has_open=True)
+        if rows:
+            bal, _, reason, _, reply_to, _ = rows[0]
+            return ConversationFacts(
+                Status.CLOSED,
+                bal=bal,
+                reply_to=reply_to,
+                closed_how=reason or "idle",
+                patient_has_open=bool(has_open),
+            )
+        return ConversationFacts(Status.NONE, patient_has_open=bool(has_open))
+
+    async def listing(
+        self, state: str | None = None, bal: str | None = None
+    ) -> list[ConversationRow]:
+        where, params = [], []
+        if state == "open":
+            where.append("c.closed_at IS NULL")
+        elif state == "closed":
+            where.append("c.closed_at IS NOT NULL")
+        if bal:
+            where.append("c.bal = ?")
+            params.append(bal)
+        sql = f"SELECT {_COLUMNS} FROM conversations c"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await self._all(sql + " ORDER BY c.last_activity_at DESC, c.id DESC", params)
+        return [ConversationRow(*r) for r in rows]
+
+    async def history(self, patient: str) -> list[tuple[ConversationRow, list[Any]]]:
+        rows = await self._all(
+            f"SELECT {_COLUMNS} FROM conversations c WHERE c.patient = ? ORDER BY c.id", [patient]
+        )
+        result = []
+        for row in rows:
+            messages = await self._all(
+                "SELECT at, direction, message_id FROM messages WHERE conversation_id = ?"
+                " ORDER BY at",
+                [row[0]],
+            )
+            result.append((ConversationRow(*row), messages))
+        return result
+
+    # Changes -----------------------------------------------------------------
+    async def _open_id(
+        self, db: aiosqlite.Connection, bal: str, patient: str, now: str
+    ) -> int | None:
+        async with db.execute(
+            "SELECT id, last_activity_at FROM conversations"
+            " WHERE bal = ? AND patient = ? AND closed_at IS NULL",
+            [bal, patient],
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        cutoff = self._idle_cutoff()
+        if cutoff is not None and row[1] < cutoff:
+            await db.execute(
+                "UPDATE conversations SET closed_at = ?, closed_by = 'system',"
+                " close_reason = 'idle' WHERE id = ?",
+                [now, row[0]],
+            )
+            return None
+        return int(row[0])
+
+    async def apply(self, change: Change, actor: str) -> list[Event]:
+        """Record a delivered message: open, continue and perhaps close."""
+        now = self._now()
+        events: list[Event] = []
+        base = {"bal": change.bal, "patient": change.patient, "message_id": change.message_id}
+        async with self._transaction() as db:
+            conversation = await self._open_id(db, change.bal, change.patient, now)
+            if conversation is None:
+                if change.direction == "in" and not change.opened_by_patient:
+                    return []  # nothing open to continue (closed meanwhile)
+                opened_by = "patient" if change.opened_by_patient else "professional"
+                cursor = await db.execute(
+                    "INSERT INTO conversations (bal, patient, opened_at, opened_by,"
+                    " last_activity_at) VALUES (?, ?, ?, ?, ?)",
+                    [change.bal, change.patient, now, opened_by, now],
+                )
+                conversation = int(cursor.lastrowid or 0)
+                events.append(("conversation_opened", {**base, "opened_by": opened_by}))
+            else:
+                await db.execute(
+                    "UPDATE conversations SET last_activity_at = ? WHERE id = ?",
+                    [now, conversation],
+                )
+                events.append(("conversation_continued", {**base, "direction": change.direction}))
+            if change.message_id:
+                await db.execute(
+                    "INSERT OR IGNORE INTO messages (message_id, conversation_id, direction,"
+                    " reply_to, at) VALUES (?, ?, ?, ?, ?)",
+                    [change.message_id, conversation, change.direction, change.reply_to, now],
+                )
+            if change.close:
+                await db.execute(
+                    "UPDATE conversations SET closed_at = ?, closed_by = ?, close_reason = ?"
+                    " WHERE id = ?",
+                    [now, actor, change.close, conversation],
+                )
+                events.append(("conversation_closed", {**base, "how": change.close, "by": actor}))
+        for _, fields in events:
+            fields["conversation"] = conversation
+        return events
+
+    async def close_conversation(self, bal: str, patient: str, how: str, actor: str) -> int | None:
+        now = self._now()
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE conversations SET closed_at = ?, closed_by = ?, close_reason = ?"
+                " WHERE bal = ? AND patient = ? AND closed_at IS NULL RETURNING id",
+                [now, actor, how, bal, patient],
+            )
+            row = await cursor.fetchone()
+            await cursor.close()
+        return int(row[0]) if row else None
+
+    async def close_idle(self) -> int:
+        cutoff = self._idle_cutoff()
+        if cutoff is None:
+            return 0
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE conversations SET closed_at = ?, closed_by = 'system',"
+                " close_reason = 'idle' WHERE closed_at IS NULL AND last_activity_at < ?",
+                [self._now(), cutoff],
+            )
+            return int(cursor.rowcount)
+
+    async def purge(self, retention_days: int) -> tuple[int, int]:
+        """Remove conversations closed more than retention_days ago, and their
+        Message-IDs. Returns (conversations, messages) removed."""
+        cutoff = iso_ms(self._clock() - timedelta(days=retention_days))
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations"
+                " WHERE closed_at IS NOT NULL AND closed_at < ?)",
+                [cutoff],
+            )
+            messages = int(cursor.rowcount)
+            cursor = await db.execute(
+                "DELETE FROM conversations WHERE closed_at IS NOT NULL AND closed_at < ?",
+                [cutoff],
+            )
+            return int(cursor.rowcount), messages
