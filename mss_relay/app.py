@@ -26,6 +26,28 @@ from mss_relay.tls import server_context
 
 # Idle time after which a silent client is disconnected (RFC 5321 §4.5.3.2.7).
 SESSION_TIMEOUT = 300.0
+# On SIGTERM, how long transactions under way may take to finish (systemd's
+# TimeoutStopSec is 30 s in the shipped unit).
+DRAIN_TIMEOUT = 25.0
+
+
+async def drain(sessions: set[RelayHandler], grace: float) -> int:
+    """Let the transactions under way finish, then close every connection.
+    Returns how many were still busy when the time ran out."""
+
+    async def quiet() -> None:
+        # Polling a handful of sessions, once, at shutdown: an Event per
+        # transaction would cost every message for this one moment.
+        while any(s.busy for s in sessions):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await quiet()
+    busy = sum(1 for s in sessions if s.busy)
+    for session in list(sessions):
+        session.disconnect()
+    return busy
 
 
 def read_upstream_password(path: Path | None) -> str | None:
@@ -118,6 +140,7 @@ async def serve(config: Config) -> int:
     policy = Policy(config.limits, BalDirectory(config.bals))
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
+    sessions: set[RelayHandler] = set()
     try:
         for i, listener in enumerate(config.listeners):
             context = RelayContext(
@@ -131,6 +154,7 @@ async def serve(config: Config) -> int:
                 role=listener.role,
                 log=log.bind(listener=listener.name),
                 clock=utc_now,
+                sessions=sessions,
             )
             try:
                 servers.append(await _listen(loop, listener, context, config, tls))
@@ -158,8 +182,12 @@ async def serve(config: Config) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        log.info("stopping")
+        log.info("stopping", connections=len(sessions))
         maintenance.cancel()
+        for server in servers:
+            server.close()  # no new connections
+        cut = await drain(sessions, DRAIN_TIMEOUT)
+        log.info("stopped", interrupted_transactions=cut)
     finally:
         for server in servers:
             server.close()

@@ -14,7 +14,7 @@ import secrets
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from typing import Any, AnyStr
@@ -74,6 +74,8 @@ class RelayContext:
     log: FilteringBoundLogger
     clock: Clock
     store: ConversationStore | None = None
+    # The open connections of the whole process, for a graceful stop.
+    sessions: set[RelayHandler] = field(default_factory=set)
 
     @property
     def inbound(self) -> bool:
@@ -144,21 +146,22 @@ class RelaySMTP(SMTP):
             await self.relay.data_refused()
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        # RFC 2034 §3: no enhanced codes in the EHLO/HELO answer (keywords).
-        self._raw = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._raw = False
-        await self.relay.reset_transaction("ehlo")
+        await self._greeting(super().smtp_EHLO, hostname, "ehlo")
 
     async def smtp_HELO(self, hostname: str) -> None:
+        await self._greeting(super().smtp_HELO, hostname, "helo")
+
+    async def _greeting(
+        self, command: Callable[[str], Awaitable[None]], hostname: str, why: str
+    ) -> None:
+        # RFC 2034 §3: no enhanced codes in the EHLO/HELO answer (keywords);
+        # and a new greeting ends any transaction (RFC 5321 §4.1.4).
         self._raw = True
         try:
-            await super().smtp_HELO(hostname)
+            await command(hostname)
         finally:
             self._raw = False
-        await self.relay.reset_transaction("helo")
+        await self.relay.reset_transaction(why)
 
     # Parameters ------------------------------------------------------------
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -212,6 +215,16 @@ class RelayHandler:
         self.upstream: UpstreamSession | None = None
         self.txn: _Transaction | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        context.sessions.add(self)
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of a transaction: stopping now could lose or duplicate it."""
+        return self.txn is not None
+
+    def disconnect(self) -> None:
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.close()
 
     # Helpers ---------------------------------------------------------------
     def _session_facts(self) -> SessionFacts:
@@ -313,6 +326,7 @@ class RelayHandler:
         return AuthResult(success=False, handled=False)
 
     def connection_lost(self) -> None:
+        self.ctx.sessions.discard(self)
         if self.txn is not None:
             self._outcome("abandoned", "connection lost")
             self.txn = None

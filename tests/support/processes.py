@@ -80,23 +80,15 @@ class Process:
 class Upstream:
     """The recording upstream SMTP server (tests/support/upstream_server.py)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
         self.dir = workdir / "upstream"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.process = Process(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.upstream_server",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.dir),
-            ],
-            workdir,
-            "upstream",
-        )
+        args = [sys.executable, "-m", "tests.support.upstream_server"]
+        args += ["--port", str(self.port), "--dir", str(self.dir)]
+        if tls:
+            args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        self.process = Process(args, workdir, "upstream")
 
     def start(self) -> None:
         self.process.start(self.port)

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class Recorder:
         number = next(self.counter)
         content = envelope.original_content or b""
         meta = {
+            "tls": session.ssl is not None,
             "mail_from": envelope.mail_from,
             "mail_options": envelope.mail_options,
             "rcpt_tos": envelope.rcpt_tos,
@@ -80,12 +82,24 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--tls-cert", type=Path, help="offer and require STARTTLS")
+    parser.add_argument("--tls-key", type=Path)
     args = parser.parse_args()
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     args.dir.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(args.dir)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(recorder, hostname="upstream.test", data_size_limit=None),
+        lambda: SMTP(
+            recorder,
+            hostname="upstream.test",
+            data_size_limit=None,
+            tls_context=context,
+            require_starttls=context is not None,
+        ),
         host="127.0.0.1",
         port=args.port,
     )
