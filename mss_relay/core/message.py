@@ -13,6 +13,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
+from email.utils import getaddresses
 
 _NO_NAME = "(sans nom)"
 
@@ -41,6 +42,10 @@ class MessageInfo:
     reply_to: tuple[str, ...] = ()
     x_mss_mes: str | None = None
     has_date: bool = True
+    # Every address of every From: / Sender: header, in order.
+    from_addresses: tuple[str, ...] = ()
+    sender_headers: tuple[str, ...] = ()
+    sender_addresses: tuple[str, ...] = ()
 
     @property
     def total_decoded_size(self) -> int:
@@ -111,19 +116,33 @@ def _header(msg: Message, name: str) -> str | None:
     return str(value).strip()
 
 
+def _addresses(values: list[str]) -> tuple[str, ...]:
+    """The addresses of address headers; an unparsable one gives ""."""
+    try:
+        pairs = getaddresses(values)
+    except (ValueError, LookupError, UnicodeError):  # hostile input: treat as unreadable
+        return ("",)
+    return tuple(address for _name, address in pairs)
+
+
 def inspect_message(raw: bytes) -> MessageInfo:
     msg = BytesParser(policy=compat32).parsebytes(raw)
     parts = tuple(_part_info(p) for p in msg.walk() if not p.is_multipart())
     subject = _header(msg, "Subject")
+    from_headers = [str(v) for v in msg.get_all("From", [])]
+    sender_headers = [str(v) for v in msg.get_all("Sender", [])]
     return MessageInfo(
         parts=parts,
         message_id=_header(msg, "Message-ID"),
         subject=decode_words(subject) if subject is not None else None,
-        from_headers=tuple(str(v) for v in msg.get_all("From", [])),
+        from_headers=tuple(from_headers),
         in_reply_to=_header(msg, "In-Reply-To"),
         references=_header(msg, "References"),
         header_count=len(msg.keys()),
         reply_to=tuple(str(v) for v in msg.get_all("Reply-To", [])),
         x_mss_mes=_header(msg, "X-MSS-MES"),
         has_date=msg.get("Date") is not None,
+        from_addresses=_addresses(from_headers),
+        sender_headers=tuple(sender_headers),
+        sender_addresses=_addresses(sender_headers),
     )

@@ -87,6 +87,7 @@ class Policy:
                 ),
             ),
         ]
+        checks.append(("single_from", lambda: sender.single_from(facts)))
         if facts.mail.session.role == INBOUND:
             checks.append(
                 (
@@ -95,6 +96,7 @@ class Policy:
                 )
             )
         else:
+            checks.append(("from_aligned", lambda: sender.from_aligned(facts, self.bals)))
             checks.append(
                 ("per_domain_size", lambda: size.per_domain_size(facts, limits.per_domain))
             )

@@ -73,6 +73,9 @@ INVALID_INS = Reply(
 SENDER_NOT_OWNED = Reply(
     553, "5.7.1", "Vous n'êtes pas autorisé à envoyer depuis cette boîte aux lettres"
 )
+BAD_FROM_HEADER = Reply(
+    550, "5.6.0", "Le message doit comporter exactement un en-tête From: d'une seule adresse"
+)
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message trop volumineux")
 SENDER_NOT_TRUST_SPACE = Reply(
     550,

@@ -73,7 +73,8 @@ def test_recipient_rules(recipient: str, count: int, code: int | None) -> None:
 
 def _info(*sizes: tuple[str | None, int]) -> MessageInfo:
     parts = tuple(PartInfo("application/pdf", n, s, n is not None) for n, s in sizes)
-    return MessageInfo(parts, None, None, (), None, None, 0)
+    author = "jean.dupont@ch.mssante.fr"
+    return MessageInfo(parts, None, None, (author,), None, None, 0, from_addresses=(author,))
 
 
 @pytest.mark.parametrize(
@@ -110,3 +111,71 @@ def test_verdict_and_reply_invariants() -> None:
 
 def test_ascii_text_folds_french() -> None:
     assert ascii_text("« MSSanté » n’est pas là") == '" MSSante " n\'est pas la'
+
+
+def _headers(froms: tuple[str, ...], senders: tuple[str, ...] = (), user: str = "jd") -> Verdict:
+    from mss_relay.core.message import inspect_message
+
+    lines = [f"From: {f}" for f in froms] + [f"Sender: {s}" for s in senders]
+    raw = ("\r\n".join([*lines, "To: a@chu.mssante.fr", "", "x", ""])).encode()
+    facts = MessageFacts(_mail(user=user), ("a@chu.mssante.fr",), len(raw), inspect_message(raw))
+    return POLICY.evaluate_message(facts)
+
+
+@pytest.mark.parametrize(
+    ("froms", "senders", "user", "expected"),
+    [
+        (("Jean Dupont <jean.dupont@ch.mssante.fr>",), (), "jd", None),
+        (("JEAN.DUPONT@ch.mssante.fr",), (), "jd", None),
+        (("Accueil <accueil@ch.mssante.fr>",), ("jean.dupont@ch.mssante.fr",), "jd", None),
+        (("accueil@ch.mssante.fr",), (), "ms", None),
+        # spoofing: a BAL of someone else, an unknown address, a display-name trick
+        (("jean.dupont@ch.mssante.fr",), (), "ms", ("from_aligned", 553, "5.7.1")),
+        (("dg@ch.mssante.fr",), (), "jd", ("from_aligned", 553, "5.7.1")),
+        (
+            ('"jean.dupont@ch.mssante.fr" <dg@ch.mssante.fr>',),
+            (),
+            "jd",
+            ("from_aligned", 553, "5.7.1"),
+        ),
+        (
+            ("accueil@ch.mssante.fr",),
+            ("jean.dupont@ch.mssante.fr",),
+            "ms",
+            ("from_aligned", 553, "5.7.1"),
+        ),
+        # not exactly one From: with one address
+        ((), (), "jd", ("single_from", 550, "5.6.0")),
+        (
+            ("jean.dupont@ch.mssante.fr", "jean.dupont@ch.mssante.fr"),
+            (),
+            "jd",
+            ("single_from", 550, "5.6.0"),
+        ),
+        (
+            ("jean.dupont@ch.mssante.fr, accueil@ch.mssante.fr",),
+            (),
+            "jd",
+            ("single_from", 550, "5.6.0"),
+        ),
+        (("<>",), (), "jd", ("single_from", 550, "5.6.0")),
+        (
+            ("jean.dupont@ch.mssante.fr",),
+            ("a@ch.mssante.fr", "b@ch.mssante.fr"),
+            "jd",
+            ("from_aligned", 550, "5.6.0"),
+        ),
+    ],
+)
+def test_header_alignment(
+    froms: tuple[str, ...],
+    senders: tuple[str, ...],
+    user: str,
+    expected: tuple[str, int, str] | None,
+) -> None:
+    verdict = _headers(froms, senders, user)
+    if expected is None:
+        assert verdict.accepted, verdict
+    else:
+        assert verdict.reply is not None
+        assert (verdict.rule, verdict.reply.code, verdict.reply.enhanced) == expected
