@@ -9,8 +9,10 @@ import signal
 import sqlite3
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay import __version__
@@ -21,8 +23,17 @@ from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.smtp import RelayContext, RelayHandler, RelaySMTP
 from mss_relay.log import LineWriter, make_logger, utc_now
+from mss_relay.signing import (
+    Signer,
+    UnusableKey,
+    dns_record,
+    generate_key,
+    load_key,
+    write_key,
+)
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.tls import server_context
+from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
 
 # Idle time after which a silent client is disconnected (RFC 5321 §4.5.3.2.7).
 SESSION_TIMEOUT = 300.0
@@ -67,11 +78,59 @@ def make_upstream(config: Config, delivery: UpstreamConfig | None = None) -> Ups
     return SmtpUpstream(delivery, config.hostname, password)
 
 
-def prepare(config: Config) -> tuple[Upstream, Upstream | None, ssl.SSLContext | None]:
+def make_signer(config: Config, *, create: bool) -> Signer:
+    """Load every DKIM key; with create, make the demo keys that are missing
+    (and say what to publish), otherwise skip them."""
+    keys = []
+    for i, entry in enumerate(config.dkim):
+        path = entry.private_key
+        if entry.generate and not path.exists():
+            if not create:
+                continue
+            pem, public = generate_key(entry.algorithm)
+            write_key(path, pem)
+            record = dns_record(entry.domain, entry.selector, entry.algorithm, public)
+            print(f"mss-relay: created DKIM key {path}; publish: {record}", file=sys.stderr)
+        try:
+            keys.append(load_key(path, entry.domain, entry.selector, entry.algorithm))
+        except UnusableKey as error:
+            raise ConfigError(f"dkim[{i}].private_key", str(error)) from None
+    return Signer(keys)
+
+
+def make_verifier(config: Config) -> Verifier:
+    path = config.inbound.dkim_dns_file
+    if path is None:
+        return Verifier(config.hostname, dns_lookup(config.inbound.dns_timeout))
+    try:
+        answers = load_answers(path)
+    except (OSError, UnicodeError, ValueError, yaml.YAMLError) as error:
+        raise ConfigError("inbound.dkim_dns_file", f"{path}: {error}") from None
+    return Verifier(config.hostname, file_lookup(answers))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What serve() needs, built from the configuration before anything listens."""
+
+    upstream: Upstream
+    inbound_delivery: Upstream | None
+    tls: ssl.SSLContext | None
+    signer: Signer
+    verifier: Verifier
+
+
+def prepare(config: Config) -> Prepared:
     """Everything that can fail on the configuration, before anything listens."""
     tls = server_context(config.tls, config.hostname) if config.tls else None
     inbound = make_upstream(config, config.inbound_delivery) if config.inbound_delivery else None
-    return make_upstream(config), inbound, tls
+    return Prepared(
+        make_upstream(config),
+        inbound,
+        tls,
+        make_signer(config, create=True),
+        make_verifier(config),
+    )
 
 
 async def maintain(store: ConversationStore, config: Config, log: FilteringBoundLogger) -> None:
@@ -126,7 +185,8 @@ async def _listen(
 
 
 async def serve(config: Config) -> int:
-    upstream, inbound_delivery, tls = prepare(config)
+    prepared = prepare(config)
+    upstream, inbound_delivery, tls = prepared.upstream, prepared.inbound_delivery, prepared.tls
     try:
         store = await ConversationStore.open(
             config.database, idle_days=config.conversations.close_after_days
@@ -137,7 +197,13 @@ async def serve(config: Config) -> int:
     log = make_logger(writer)
     # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    policy = Policy(config.limits, BalDirectory(config.bals))
+    # dkimpy logs each failed verification as an error; our log has the result.
+    logging.getLogger("dkimpy").setLevel(logging.CRITICAL)
+    policy = Policy(
+        config.limits,
+        BalDirectory(config.bals),
+        require_patient_dkim=config.inbound.require_dkim_for_patients,
+    )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     sessions: set[RelayHandler] = set()
@@ -155,6 +221,8 @@ async def serve(config: Config) -> int:
                 log=log.bind(listener=listener.name),
                 clock=utc_now,
                 sessions=sessions,
+                signer=prepared.signer,
+                verifier=prepared.verifier,
             )
             try:
                 servers.append(await _listen(loop, listener, context, config, tls))

@@ -1,4 +1,4 @@
-"""The mss-relay command: serve, check-config, hash-password, conversations."""
+"""The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("--config", required=True, help="path to the YAML configuration")
     commands.add_parser("hash-password", help="read a password on standard input, print its hash")
+    keygen = commands.add_parser(
+        "dkim-keygen", help="write a new DKIM private key, print the DNS TXT record to publish"
+    )
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("selector", metavar="SELECTOR")
+    keygen.add_argument(
+        "--algorithm", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256"
+    )
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument(
+        "--output",
+        help="where to write the key (default: ./DOMAIN.SELECTOR.key; never overwritten)",
+    )
     conversations = commands.add_parser(
         "conversations", help="look at and close patient conversations"
     )
@@ -67,7 +80,7 @@ def _config_error(error: ConfigError) -> int:
 
 
 def _check_config(path: str) -> int:
-    from mss_relay.app import make_upstream
+    from mss_relay.app import make_signer, make_upstream, make_verifier
     from mss_relay.tls import server_context
 
     try:
@@ -75,6 +88,8 @@ def _check_config(path: str) -> int:
         if config.tls and not (config.tls.self_signed and not config.tls.certificate.exists()):
             server_context(config.tls, config.hostname)
         make_upstream(config)
+        make_signer(config, create=False)
+        make_verifier(config)
         if config.inbound_delivery:
             make_upstream(config, config.inbound_delivery)
     except ConfigError as error:
@@ -109,6 +124,39 @@ def _hash_password() -> int:
     return 0
 
 
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mss_relay.core.addresses import normalize_domain
+    from mss_relay.signing import MIN_RSA_BITS, dns_record, generate_key, write_key
+
+    domain = normalize_domain(args.domain)
+    if "." not in domain or not args.selector.replace("-", "").replace("_", "").isalnum():
+        print("mss-relay: dkim-keygen: give a domain name and a selector", file=sys.stderr)
+        return 2
+    if args.algorithm == "rsa-sha256" and not MIN_RSA_BITS <= args.bits <= 8192:
+        print(f"mss-relay: dkim-keygen: --bits must be {MIN_RSA_BITS} to 8192", file=sys.stderr)
+        return 2
+    path = Path(args.output or f"{domain}.{args.selector}.key")
+    pem, public = generate_key(args.algorithm, args.bits)
+    try:
+        write_key(path, pem)
+    except FileExistsError:
+        print(f"mss-relay: dkim-keygen: {path} exists; not overwritten", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"mss-relay: dkim-keygen: cannot write {path}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(dns_record(domain, args.selector, args.algorithm, public))
+    print(
+        f"mss-relay: key written to {path} (mode 600). Publish the record above, then add to"
+        f" the configuration:\n  dkim:\n    - domain: {domain}\n      selector: {args.selector}"
+        f"\n      private_key: {path.resolve()}\n      algorithm: {args.algorithm}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _conversations(args: argparse.Namespace) -> int:
     from mss_relay import admin
 
@@ -135,4 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "dkim-keygen":
+        return _dkim_keygen(args)
     return _hash_password()

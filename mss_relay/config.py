@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from mss_relay.core.addresses import (
+    domain_of,
     in_trust_space,
     normalize_address,
     normalize_domain,
@@ -26,6 +27,8 @@ from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
 from mss_relay.passwords import is_password_hash
 from mss_relay.sizes import parse_size
+
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 
 LISTENER_ROLES = ("submission", "inbound")
 LISTENER_TLS = ("starttls", "implicit", "none")
@@ -84,6 +87,23 @@ class ConversationsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimKeyConfig:
+    domain: str
+    selector: str
+    private_key: Path
+    algorithm: str = "rsa-sha256"
+    generate: bool = False  # create the key when missing (demo only)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundConfig:
+    require_dkim_for_patients: bool = False
+    # Answers to DKIM key look-ups, instead of DNS (tests, closed networks).
+    dkim_dns_file: Path | None = None
+    dns_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     file: Path | None  # None: standard output
 
@@ -102,6 +122,8 @@ class Config:
     bals: tuple[Bal, ...]
     database: Path
     log: LogConfig
+    dkim: tuple[DkimKeyConfig, ...] = ()
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     warnings: tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
@@ -301,6 +323,47 @@ def _delivery(root: _Section, key: str, required: bool) -> UpstreamConfig | None
     return upstream
 
 
+def _dkim(root: _Section) -> tuple[DkimKeyConfig, ...]:
+    keys: list[DkimKeyConfig] = []
+    seen: dict[tuple[str, str], str] = {}
+    for item in root.items("dkim"):
+        domain = normalize_domain(item.text("domain", _REQUIRED))
+        selector = item.text("selector", _REQUIRED).strip()
+        generate = item.flag("generate", False)
+        key = DkimKeyConfig(
+            domain=domain,
+            selector=selector,
+            private_key=item.file("private_key", must_exist=False, default=_REQUIRED) or Path(),
+            algorithm=item.choice("algorithm", DKIM_ALGORITHMS, "rsa-sha256"),
+            generate=generate,
+        )
+        item.done()
+        if "." not in domain or not all(label for label in domain.split(".")):
+            _fail(_key(item.path, "domain"), f"{domain!r} is not a domain name")
+        if not selector.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            _fail(_key(item.path, "selector"), f"{selector!r} is not a DKIM selector")
+        if (domain, selector) in seen:
+            _fail(
+                _key(item.path, "selector"), f"same domain and selector as {seen[domain, selector]}"
+            )
+        seen[domain, selector] = item.path
+        keys.append(key)
+    return tuple(keys)
+
+
+def _inbound(root: _Section) -> InboundConfig:
+    section = root.section("inbound")
+    if section is None:
+        return InboundConfig()
+    config = InboundConfig(
+        require_dkim_for_patients=section.flag("require_dkim_for_patients", False),
+        dkim_dns_file=section.file("dkim_dns_file", must_exist=True),
+        dns_timeout=section.number("dns_timeout", 5.0),
+    )
+    section.done()
+    return config
+
+
 def _conversations(root: _Section) -> ConversationsConfig:
     section = root.section("conversations")
     if section is None:
@@ -444,9 +507,18 @@ def parse_config(data: object, path: Path) -> Config:
         bals=_bals(root, users, warnings),
         database=database or base / "var/state.sqlite3",
         log=LogConfig(file=None if log_file == "-" else (base / log_file).resolve()),
+        dkim=_dkim(root),
+        inbound=_inbound(root),
         warnings=tuple(warnings),
     )
     root.done()
+    if config.dkim:
+        domains = {k.domain for k in config.dkim}
+        for bal in config.bals:
+            labels = domain_of(bal.address).split(".")
+            if not any(".".join(labels[i:]) in domains for i in range(len(labels))):
+                warnings.append(f"bals: {bal.address} has no DKIM key (dkim): sent unsigned")
+        config = replace(config, warnings=tuple(warnings))
     return config
 
 

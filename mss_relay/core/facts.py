@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mss_relay.core.authentication import DkimCheck
 from mss_relay.core.conversation import ConversationFacts
 from mss_relay.core.message import MessageInfo
 
@@ -43,3 +44,5 @@ class MessageFacts:
     info: MessageInfo
     # For a patient's message on the incoming side: the conversation it replies to.
     conversation: ConversationFacts | None = None
+    # Incoming side: the DKIM signatures' outcomes (None when not checked).
+    dkim: tuple[DkimCheck, ...] | None = None

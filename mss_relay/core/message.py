@@ -8,6 +8,7 @@ decoded size follows from its encoded length.
 from __future__ import annotations
 
 import binascii
+import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.message import Message
@@ -114,6 +115,16 @@ def _header(msg: Message, name: str) -> str | None:
     if value is None:
         return None
     return str(value).strip()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_lines(raw: bytes) -> bytes:
+    """Bare CR and bare LF as CRLF, as they leave on the wire (RFC 5321 §2.3.8)."""
+    if raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r"):
+        return raw  # the common case, without copying megabytes
+    return _LINE_END.sub(b"\r\n", raw)
 
 
 def _addresses(values: list[str]) -> tuple[str, ...]:

@@ -42,9 +42,12 @@ def _first(stage: str, checks: list[Check]) -> Verdict:
 
 
 class Policy:
-    def __init__(self, limits: Limits, bals: BalDirectory) -> None:
+    def __init__(
+        self, limits: Limits, bals: BalDirectory, *, require_patient_dkim: bool = False
+    ) -> None:
         self.limits = limits
         self.bals = bals
+        self.require_patient_dkim = require_patient_dkim
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -89,6 +92,9 @@ class Policy:
         ]
         checks.append(("single_from", lambda: sender.single_from(facts)))
         if facts.mail.session.role == INBOUND:
+            checks.append(
+                ("patient_dkim", lambda: inbound.patient_dkim(facts, self.require_patient_dkim))
+            )
             checks.append(
                 (
                     "patient_conversation",

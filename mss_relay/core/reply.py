@@ -57,6 +57,9 @@ UPSTREAM_UNAVAILABLE = Reply(
 UPSTREAM_TIMEOUT = Reply(
     451, "4.4.2", "Le serveur de l'opérateur MSSanté ne répond plus, réessayez plus tard"
 )
+DKIM_TEMPORARY = Reply(
+    451, "4.4.3", "Vérification DKIM impossible pour le moment (DNS), réessayez plus tard"
+)
 INTERNAL_ERROR = Reply(451, "4.3.0", "Erreur interne temporaire, réessayez plus tard")
 
 # 5xx: permanent refusals.
@@ -76,6 +79,9 @@ SENDER_NOT_OWNED = Reply(
 BAD_FROM_HEADER = Reply(
     550, "5.6.0", "Le message doit comporter exactement un en-tête From: d'une seule adresse"
 )
+# RFC 7372 §3.1: 5.7.20, no passing DKIM signature found.
+DKIM_REQUIRED = Reply(550, "5.7.20", "Message patient refusé : aucune signature DKIM valide")
+UNSIGNABLE = Reply(550, "5.6.0", "Message mal formé : impossible de le signer (DKIM)")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message trop volumineux")
 SENDER_NOT_TRUST_SPACE = Reply(
     550,

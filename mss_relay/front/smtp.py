@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from email.utils import format_datetime
 from typing import Any, AnyStr
 
+import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from structlog.typing import FilteringBoundLogger
 
+from mss_relay.core.addresses import domain_of
 from mss_relay.core.changes import inbound_change, outgoing_changes
 from mss_relay.core.conversation import (
     Change,
@@ -31,13 +33,14 @@ from mss_relay.core.conversation import (
     references,
 )
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
-from mss_relay.core.message import MessageInfo, inspect_message
+from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.reply import (
     INTERNAL_ERROR,
     MESSAGE_ACCEPTED,
     RECIPIENT_OK,
     SENDER_OK,
+    UNSIGNABLE,
     ascii_text,
 )
 from mss_relay.core.verdict import Verdict
@@ -45,7 +48,9 @@ from mss_relay.delivery.upstream import Upstream, UpstreamSession
 from mss_relay.front.replies import localize
 from mss_relay.log import Clock
 from mss_relay.passwords import verify_password
+from mss_relay.signing import DkimKey, Signer
 from mss_relay.state.conversations import ConversationStore
+from mss_relay.verification import Verifier
 
 # Messages above this size are parsed in a worker thread, off the event loop.
 _INLINE_PARSE_LIMIT = 256 * 1024
@@ -56,6 +61,13 @@ _DSN_MAIL_PARAMS = ("RET=", "ENVID=")
 # A hash to verify against when the user is unknown, so that timing does not
 # tell which user names exist.
 _DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
+
+
+def _signed(signer: Signer, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
+    """The message as it will be sent, with CRLF line ends (what the upstream
+    receives, so what the signature covers), signatures on top."""
+    message = crlf_lines(message)
+    return signer.sign(message, keys) + message
 
 
 def new_id() -> str:
@@ -74,6 +86,8 @@ class RelayContext:
     log: FilteringBoundLogger
     clock: Clock
     store: ConversationStore | None = None
+    signer: Signer = field(default_factory=lambda: Signer(()))
+    verifier: Verifier | None = None  # the incoming side's DKIM verification
     # The open connections of the whole process, for a graceful stop.
     sessions: set[RelayHandler] = field(default_factory=set)
 
@@ -264,6 +278,7 @@ class RelayHandler:
         info: MessageInfo | None = None,
         verdict: Verdict | None = None,
         upstream: str | None = None,
+        **extra: Any,
     ) -> None:
         txn = self.txn
         if txn is None:
@@ -284,6 +299,7 @@ class RelayHandler:
             reply=reply,
             upstream=upstream,
             duration_ms=round((time.monotonic() - txn.started) * 1000, 1),
+            **extra,
         )
 
     def _received(self, txid: str) -> bytes:
@@ -428,15 +444,19 @@ class RelayHandler:
             info = await asyncio.to_thread(inspect_message, content)
         else:
             info = inspect_message(content)
+        verifier = self.ctx.verifier if self.ctx.inbound else None
+        checks = await asyncio.to_thread(verifier.verify, content) if verifier else None
         facts = MessageFacts(
             mail=txn.mail,
             recipients=tuple(txn.recipients),
             size=len(content),
             info=info,
             conversation=await self._conversation(txn.mail.sender, info),
+            dkim=checks,
         )
         verdict = self.ctx.policy.evaluate_message(facts)
-        self._decision("data", verdict, message_id=info.message_id)
+        dkim_log = [str(c) for c in checks] if checks is not None else None
+        self._decision("data", verdict, message_id=info.message_id, dkim=dkim_log)
         self._patient_event(facts, verdict)
         if verdict.reply is not None:
             await self.upstream.reset()
@@ -446,7 +466,22 @@ class RelayHandler:
             self.txn = None
             return str(verdict.reply)
         added, message_id = self._added_headers(txn.txid, info)
-        result = await self.upstream.data(self._received(txn.txid) + added + content, txn.txid)
+        if verifier is not None and checks is not None:
+            content = verifier.without_forged_results(content)
+            added = verifier.header(checks) + added
+        message = self._received(txn.txid) + added + content
+        keys = self._signing_keys(txn.mail.sender, info)
+        if keys:
+            try:
+                message = await asyncio.to_thread(_signed, self.ctx.signer, message, keys)
+            except dkim.DKIMException as error:
+                refusal = UNSIGNABLE
+                self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
+                await self.upstream.reset()
+                self._outcome("rejected", str(refusal), content=content, info=info)
+                self.txn = None
+                return str(refusal)
+        result = await self.upstream.data(message, txn.txid)
         if result.accepted:
             reply = MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txn.txid})")
             await self._record(facts, message_id)
@@ -459,9 +494,17 @@ class RelayHandler:
             info=info,
             verdict=verdict,
             upstream=result.upstream,
+            dkim=dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
         )
         self.txn = None
         return str(reply)
+
+    def _signing_keys(self, sender: str, info: MessageInfo) -> tuple[DkimKey, ...]:
+        """Outgoing mail is signed for the domain of its (aligned) From: BAL."""
+        if self.ctx.inbound or not self.ctx.signer:
+            return ()
+        author = info.from_addresses[0] if info.from_addresses else sender
+        return self.ctx.signer.keys_for(domain_of(author or sender))
 
     async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
         """For a patient's message coming in: the conversation it replies to."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from mss_relay.core.addresses import domain_of, in_trust_space, normalize_address
+from mss_relay.core.authentication import PASS, TEMPERROR
 from mss_relay.core.conversation import ConversationFacts, Status, patient_sender
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.reply import (
     CONVERSATION_CLOSED,
     CONVERSATION_NOT_OPENED,
+    DKIM_REQUIRED,
+    DKIM_TEMPORARY,
     NOT_A_REPLY,
     SENDER_NOT_TRUST_SPACE,
     UNKNOWN_BAL,
@@ -89,4 +92,28 @@ def patient_conversation(
         CONVERSATION_NOT_OPENED,
         rule="patient_conversation",
         reason="never opened by a professional",
+    )
+
+
+def patient_dkim(facts: MessageFacts, required: bool) -> Verdict | None:
+    """inbound.require_dkim_for_patients: a patient's message must carry a
+    valid DKIM signature of its own domain (Mon espace santé signs its mail),
+    so that nobody can write as a patient."""
+    if not required or facts.dkim is None:
+        return None
+    patient = patient_sender(facts.mail.sender, facts.info)
+    if patient is None:
+        return None
+    author = domain_of(patient)
+    if any(c.result == PASS and c.aligned_with(author) for c in facts.dkim):
+        return None
+    found = "; ".join(str(c) for c in facts.dkim)
+    if any(c.result == TEMPERROR for c in facts.dkim):
+        return Verdict.tempfail(DKIM_TEMPORARY, rule="patient_dkim", reason=found)
+    return Verdict.reject(
+        DKIM_REQUIRED.with_text(
+            f"Message patient refusé : aucune signature DKIM valide du domaine {author}"
+        ),
+        rule="patient_dkim",
+        reason=found,
     )

@@ -1,0 +1,209 @@
+"""DKIM signing of outgoing mail (RFC 6376; RFC 8463 for ed25519), with dkimpy.
+
+The signing domain is the sending BAL's domain, or the nearest parent domain
+that has a key. Keys are read and tried once at start-up, so that a missing,
+unreadable, encrypted or too short key stops the relay with an error naming the
+key instead of failing on the first message.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from mss_relay.core.addresses import normalize_domain
+
+MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers must not accept shorter keys
+DEFAULT_RSA_BITS = 2048
+
+# What a recipient reads and what routes replies. Fields that relays on the way
+# are known to add or rewrite (Received, Return-Path, ...) are left out. From is
+# listed once more than it occurs (over-signing, RFC 6376 §8.15): a From: added
+# after signing breaks the signature instead of being shown to the reader.
+SIGNED_HEADERS = (
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "x-mss-mes",
+)
+
+
+class UnusableKey(Exception):
+    """A key that cannot be used; the message names what is wrong with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    domain: str
+    selector: str
+    algorithm: str
+    secret: bytes  # in the form dkimpy takes: PKCS#1 PEM (rsa) or base64 seed (ed25519)
+    bits: int
+
+    @property
+    def label(self) -> str:
+        return f"d={self.domain} s={self.selector} a={self.algorithm}"
+
+
+def load_key(path: Path, domain: str, selector: str, algorithm: str) -> DkimKey:
+    """Read a PEM private key and check that it can sign. Raises UnusableKey."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UnusableKey(f"file not found: {path}") from None
+    except OSError as error:
+        raise UnusableKey(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise UnusableKey(f"{path}: encrypted keys are not supported") from None
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise UnusableKey(f"{path}: not a PEM private key ({error})") from None
+    if algorithm == "rsa-sha256":
+        if not isinstance(private, rsa.RSAPrivateKey):
+            raise UnusableKey(f"{path}: not an RSA key (algorithm is rsa-sha256)")
+        if private.key_size < MIN_RSA_BITS:
+            raise UnusableKey(
+                f"{path}: {private.key_size}-bit RSA key, at least {MIN_RSA_BITS} bits needed"
+                f" ({DEFAULT_RSA_BITS} recommended)"
+            )
+        secret = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        bits = private.key_size
+    else:
+        if not isinstance(private, ed25519.Ed25519PrivateKey):
+            raise UnusableKey(f"{path}: not an Ed25519 key (algorithm is ed25519-sha256)")
+        raw = private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        secret = base64.b64encode(raw)
+        bits = 256
+    key = DkimKey(normalize_domain(domain), selector, algorithm, secret, bits)
+    try:
+        sign(b"From: a@" + key.domain.encode() + b"\r\n\r\nx\r\n", key)
+    except dkim.DKIMException as error:
+        raise UnusableKey(f"{path}: dkimpy cannot sign with it ({error})") from None
+    return key
+
+
+def sign(message: bytes, key: DkimKey) -> bytes:
+    """The DKIM-Signature header field (ending in CRLF) for a CRLF message.
+    CPU work (the body hash of up to 60 MiB): call it from a worker thread."""
+    present = {
+        line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        for line in _header_lines(message)
+    }
+    headers = [h for h in SIGNED_HEADERS if h in present] + ["from"]
+    signature: bytes = dkim.sign(
+        message,
+        key.selector.encode("ascii"),
+        key.domain.encode("ascii"),
+        key.secret,
+        canonicalize=(b"relaxed", b"relaxed"),
+        signature_algorithm=key.algorithm.encode("ascii"),
+        include_headers=[h.encode("ascii") for h in headers],
+    )
+    return signature
+
+
+def _header_lines(message: bytes) -> list[bytes]:
+    end = message.find(b"\r\n\r\n")
+    block = message if end < 0 else message[:end]
+    return [line for line in block.split(b"\r\n") if line and line[:1] not in b" \t"]
+
+
+class Signer:
+    """The keys of the configuration, looked up by the sender's domain."""
+
+    def __init__(self, keys: Iterable[DkimKey]) -> None:
+        by_domain: dict[str, list[DkimKey]] = {}
+        for key in keys:
+            by_domain.setdefault(key.domain, []).append(key)
+        self._keys: Mapping[str, tuple[DkimKey, ...]] = {d: tuple(k) for d, k in by_domain.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
+        """The keys of the domain, or of its nearest parent that has some."""
+        labels = normalize_domain(domain).split(".")
+        for i in range(len(labels) - 1):
+            keys = self._keys.get(".".join(labels[i:]))
+            if keys:
+                return keys
+        return ()
+
+    def sign(self, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
+        """Every signature for the message, ready to put on top of it."""
+        return b"".join(sign(message, key) for key in keys)
+
+
+def generate_key(algorithm: str, bits: int = DEFAULT_RSA_BITS) -> tuple[bytes, bytes]:
+    """A new private key (PKCS#8 PEM) and the p= value of its DNS record."""
+    if algorithm == "rsa-sha256":
+        private_rsa = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        pem = private_rsa.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        public = private_rsa.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return pem, base64.b64encode(public)
+    private_ed = ed25519.Ed25519PrivateKey.generate()
+    pem = private_ed.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    raw = private_ed.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return pem, base64.b64encode(raw)
+
+
+def txt_value(algorithm: str, public: bytes) -> str:
+    kind = "rsa" if algorithm == "rsa-sha256" else "ed25519"
+    return f"v=DKIM1; k={kind}; p={public.decode('ascii')}"
+
+
+def dns_record(domain: str, selector: str, algorithm: str, public: bytes) -> str:
+    """The zone-file line to publish; long values split in 255-octet strings
+    (RFC 1035 §3.3.14), which resolvers join back."""
+    value = txt_value(algorithm, public)
+    chunks = [value[i : i + 255] for i in range(0, len(value), 255)]
+    quoted = " ".join(f'"{c}"' for c in chunks)
+    return f"{selector}._domainkey.{normalize_domain(domain)}. IN TXT ( {quoted} )"
+
+
+def write_key(path: Path, pem: bytes) -> None:
+    """Create the key file readable by its owner only; never overwrite one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(pem)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import dkim
+import pytest
+
+from mss_relay.core.authentication import DkimCheck
+from mss_relay.signing import DkimKey, Signer, UnusableKey, dns_record, generate_key, load_key
+from mss_relay.verification import Verifier, file_lookup
+
+
+def _key(domain: str, selector: str = "s") -> DkimKey:
+    return DkimKey(domain, selector, "rsa-sha256", b"", 2048)
+
+
+def test_signing_domain_is_the_bal_domain_or_its_nearest_parent_with_a_key() -> None:
+    signer = Signer([_key("ch-exemple.mssante.fr"), _key("cardio.ch-exemple.mssante.fr", "c")])
+    assert [k.selector for k in signer.keys_for("cardio.ch-exemple.mssante.fr")] == ["c"]
+    assert [k.domain for k in signer.keys_for("Urgences.CH-exemple.mssante.fr.")] == [
+        "ch-exemple.mssante.fr"
+    ]
+    assert signer.keys_for("chu-b.mssante.fr") == ()
+    assert signer.keys_for("exemple.mssante.fr") == ()  # a suffix of a label is not a parent
+    assert not Signer([])
+
+
+def test_dns_record_splits_long_values_in_255_octet_strings() -> None:
+    _, public = generate_key("rsa-sha256", 4096)
+    record = dns_record("CH.mssante.fr.", "s1", "rsa-sha256", public)
+    assert record.startswith("s1._domainkey.ch.mssante.fr. IN TXT ( ")
+    strings = record.split("(", 1)[1].rsplit(")", 1)[0].split('"')[1::2]
+    assert len(strings) > 2 and all(len(s) <= 255 for s in strings)
+    assert "".join(strings) == "v=DKIM1; k=rsa; p=" + public.decode()
+
+
+def test_algorithm_and_key_type_must_agree(tmp_path: Path) -> None:
+    pem, _ = generate_key("ed25519-sha256")
+    path = tmp_path / "ed.pem"
+    path.write_bytes(pem)
+    assert load_key(path, "a.mssante.fr", "s", "ed25519-sha256").bits == 256
+    with pytest.raises(UnusableKey, match="not an RSA key"):
+        load_key(path, "a.mssante.fr", "s", "rsa-sha256")
+
+
+def test_alignment_is_relaxed_but_not_lookalike() -> None:
+    assert DkimCheck("pass", "patient.mssante.fr").aligned_with("patient.mssante.fr")
+    assert DkimCheck("pass", "mssante.fr").aligned_with("patient.mssante.fr")
+    assert not DkimCheck("pass", "chu.mssante.fr").aligned_with("patient.mssante.fr")
+    assert not DkimCheck("pass", "ient.mssante.fr").aligned_with("patient.mssante.fr")
+    assert not DkimCheck("none").aligned_with("patient.mssante.fr")
+
+
+def test_only_our_own_forged_results_are_removed() -> None:
+    verifier = Verifier("relay.ch.mssante.fr", file_lookup({}))
+    message = (
+        b"Authentication-Results: relay.ch.mssante.fr; dkim=pass\r\n"
+        b"authentication-results:\r\n RELAY.CH.MSSANTE.FR;\r\n\tdkim=pass header.d=x\r\n"
+        b"Authentication-Results: mx.operateur.fr; dkim=pass\r\n"
+        b"Authentication-Results: relay.ch.mssante.fr.example; dkim=pass\r\n"
+        b"Subject: x\r\n\r\n"
+        b"Authentication-Results: relay.ch.mssante.fr; dkim=pass\r\n"
+    )
+    assert verifier.without_forged_results(message) == (
+        b"Authentication-Results: mx.operateur.fr; dkim=pass\r\n"
+        b"Authentication-Results: relay.ch.mssante.fr.example; dkim=pass\r\n"
+        b"Subject: x\r\n\r\n"
+        b"Authentication-Results: relay.ch.mssante.fr; dkim=pass\r\n"
+    )
+
+
+def test_verification_outcomes_without_network() -> None:
+    verifier = Verifier("relay.ch.mssante.fr", file_lookup({}))
+    assert verifier.verify(b"From: a@b.mssante.fr\r\n\r\nx\r\n") == (DkimCheck("none"),)
+    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=b.mssante.fr; s=s; h=from; bh=AA==; b=AA==\r\n"
+    (check,) = verifier.verify(signed + b"From: a@b.mssante.fr\r\n\r\nx\r\n")
+    assert (check.result, check.domain) == ("permerror", "b.mssante.fr")  # no key published
+
+    def timeout(name: bytes, timeout: float = 5) -> bytes | None:
+        raise dkim.DnsTimeoutError("test")
+
+    (check,) = Verifier("relay.ch.mssante.fr", timeout).verify(signed + b"From: a@b\r\n\r\nx\r\n")
+    assert check.result == "temperror"
+    assert verifier.verify(b"\x00\xff garbage") in ((DkimCheck("none"),), (DkimCheck("permerror"),))
