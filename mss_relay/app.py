@@ -19,6 +19,7 @@ from mss_relay import __version__
 from mss_relay.config import Config, ConfigError, ListenerConfig, UpstreamConfig
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.policy import Policy
+from mss_relay.core.throttle import AuthGuard, SendingRates
 from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.smtp import RelayContext, RelayHandler, RelaySMTP
@@ -35,8 +36,6 @@ from mss_relay.state.conversations import ConversationStore
 from mss_relay.tls import server_context
 from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
 
-# Idle time after which a silent client is disconnected (RFC 5321 §4.5.3.2.7).
-SESSION_TIMEOUT = 300.0
 # On SIGTERM, how long transactions under way may take to finish (systemd's
 # TimeoutStopSec is 30 s in the shipped unit).
 DRAIN_TIMEOUT = 25.0
@@ -175,7 +174,7 @@ async def _listen(
             require_starttls=starttls,
             auth_required=listener.role != "inbound",
             auth_require_tls=not implicit,
-            timeout=SESSION_TIMEOUT,
+            timeout=config.timeouts.idle,
             loop=loop,
         )
 
@@ -207,6 +206,10 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     sessions: set[RelayHandler] = set()
+    # Shared by every listener: one process, one set of counters and slots.
+    auth_guard = AuthGuard(config.throttle)
+    rates = SendingRates(config.throttle)
+    data_slots = asyncio.Semaphore(config.throttle.max_concurrent_messages)
     try:
         for i, listener in enumerate(config.listeners):
             context = RelayContext(
@@ -223,6 +226,11 @@ async def serve(config: Config) -> int:
                 sessions=sessions,
                 signer=prepared.signer,
                 verifier=prepared.verifier,
+                throttle=config.throttle,
+                timeouts=config.timeouts,
+                auth_guard=auth_guard,
+                rates=rates,
+                data_slots=data_slots,
             )
             try:
                 servers.append(await _listen(loop, listener, context, config, tls))

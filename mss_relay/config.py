@@ -25,8 +25,9 @@ from mss_relay.core.addresses import (
 )
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
+from mss_relay.core.throttle import ThrottleSettings
 from mss_relay.passwords import is_password_hash
-from mss_relay.sizes import parse_size
+from mss_relay.sizes import parse_duration, parse_size
 
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 
@@ -104,6 +105,13 @@ class InboundConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeoutsConfig:
+    idle: float = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes without a byte
+    data: float = 1800.0  # the whole DATA phase, however slowly it trickles in
+    busy_wait: float = 60.0  # waiting for a free message slot before 451 4.3.2
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     file: Path | None  # None: standard output
 
@@ -124,6 +132,8 @@ class Config:
     log: LogConfig
     dkim: tuple[DkimKeyConfig, ...] = ()
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     warnings: tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
@@ -206,6 +216,16 @@ class _Section:
             return parse_size(value)
         except ValueError as error:
             _fail(_key(self.path, key), str(error))
+
+    def duration(self, key: str, default: float, *, positive: bool = True) -> float:
+        value = self._get(key, default)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            _fail(_key(self.path, key), str(error))
+        if positive and seconds <= 0:
+            _fail(_key(self.path, key), "must be more than zero")
+        return seconds
 
     def file(self, key: str, *, must_exist: bool, default: object = None) -> Path | None:
         value: str | None = self.text(key, default)
@@ -364,6 +384,52 @@ def _inbound(root: _Section) -> InboundConfig:
     return config
 
 
+def _throttle(root: _Section) -> ThrottleSettings:
+    section = root.section("throttle")
+    d = ThrottleSettings()
+    if section is None:
+        return d
+    settings = ThrottleSettings(
+        auth_max_failures_per_user=section.integer(
+            "auth_max_failures_per_user", d.auth_max_failures_per_user, 1, 10_000
+        ),
+        auth_max_failures_per_client=section.integer(
+            "auth_max_failures_per_client", d.auth_max_failures_per_client, 1, 100_000
+        ),
+        auth_window=section.duration("auth_window", d.auth_window),
+        auth_lockout=section.duration("auth_lockout", d.auth_lockout),
+        auth_failure_delay=section.duration(
+            "auth_failure_delay", d.auth_failure_delay, positive=False
+        ),
+        auth_max_delay=section.duration("auth_max_delay", d.auth_max_delay, positive=False),
+        messages_per_minute=section.integer("messages_per_minute", d.messages_per_minute, 0, 10**6),
+        recipients_per_hour=section.integer("recipients_per_hour", d.recipients_per_hour, 0, 10**7),
+        max_connections=section.integer("max_connections", d.max_connections, 1, 100_000),
+        max_connections_per_client=section.integer(
+            "max_connections_per_client", d.max_connections_per_client, 1, 100_000
+        ),
+        max_concurrent_messages=section.integer(
+            "max_concurrent_messages", d.max_concurrent_messages, 1, 10_000
+        ),
+    )
+    section.done()
+    return settings
+
+
+def _timeouts(root: _Section) -> TimeoutsConfig:
+    section = root.section("timeouts")
+    d = TimeoutsConfig()
+    if section is None:
+        return d
+    config = TimeoutsConfig(
+        idle=section.duration("idle", d.idle),
+        data=section.duration("data", d.data),
+        busy_wait=section.duration("busy_wait", d.busy_wait),
+    )
+    section.done()
+    return config
+
+
 def _conversations(root: _Section) -> ConversationsConfig:
     section = root.section("conversations")
     if section is None:
@@ -509,6 +575,8 @@ def parse_config(data: object, path: Path) -> Config:
         log=LogConfig(file=None if log_file == "-" else (base / log_file).resolve()),
         dkim=_dkim(root),
         inbound=_inbound(root),
+        throttle=_throttle(root),
+        timeouts=_timeouts(root),
         warnings=tuple(warnings),
     )
     root.done()

@@ -62,6 +62,17 @@ DKIM_TEMPORARY = Reply(
 )
 INTERNAL_ERROR = Reply(451, "4.3.0", "Erreur interne temporaire, réessayez plus tard")
 
+AUTH_LOCKED = Reply(
+    454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"
+)
+RATE_MESSAGES = Reply(
+    450, "4.7.1", "Trop de messages envoyés en peu de temps : réessayez dans une minute"
+)
+RATE_RECIPIENTS = Reply(450, "4.7.1", "Trop de destinataires en une heure : réessayez plus tard")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Trop de connexions simultanées, réessayez plus tard")
+BUSY = Reply(451, "4.3.2", "Trop de messages en cours de réception, réessayez plus tard")
+TIMEOUT = Reply(421, "4.4.2", "Délai dépassé, connexion fermée")
+
 # 5xx: permanent refusals.
 NOT_TRUST_SPACE = Reply(
     550,

@@ -23,6 +23,7 @@ import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from structlog.typing import FilteringBoundLogger
 
+from mss_relay.config import TimeoutsConfig
 from mss_relay.core.addresses import domain_of
 from mss_relay.core.changes import inbound_change, outgoing_changes
 from mss_relay.core.conversation import (
@@ -36,12 +37,21 @@ from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFact
 from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.reply import (
+    BUSY,
     INTERNAL_ERROR,
     MESSAGE_ACCEPTED,
     RECIPIENT_OK,
     SENDER_OK,
+    TIMEOUT,
     UNSIGNABLE,
+    Reply,
     ascii_text,
+)
+from mss_relay.core.throttle import (
+    AuthGuard,
+    SendingRates,
+    ThrottleSettings,
+    connection_verdict,
 )
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream, UpstreamSession
@@ -88,6 +98,13 @@ class RelayContext:
     store: ConversationStore | None = None
     signer: Signer = field(default_factory=lambda: Signer(()))
     verifier: Verifier | None = None  # the incoming side's DKIM verification
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    auth_guard: AuthGuard | None = None
+    rates: SendingRates | None = None
+    # Messages being received at once, all listeners together (memory).
+    data_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    monotonic: Callable[[], float] = time.monotonic
     # The open connections of the whole process, for a graceful stop.
     sessions: set[RelayHandler] = field(default_factory=set)
 
@@ -134,6 +151,9 @@ class RelaySMTP(SMTP):
         self._raw = False
         self._data_started = False
         self._implicit_tls = implicit_tls
+        self._refusal: str | None = None  # a connection over the caps: 421, then close
+        self._in_data = False
+        self._data_deadline: asyncio.TimerHandle | None = None
         with warnings.catch_warnings():
             # With implicit TLS the whole connection is encrypted, so aiosmtpd's
             # « AUTH without TLS » warning does not apply.
@@ -153,11 +173,64 @@ class RelaySMTP(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         self._data_started = False
-        await super().smtp_DATA(arg)
+        ctx = self.relay.ctx
+        ready = bool(self.envelope and self.envelope.rcpt_tos) and not arg
+        if not ready:  # aiosmtpd answers 503/501/530 itself
+            await super().smtp_DATA(arg)
+            return
+        # A message is held in memory while it is received and forwarded: cap
+        # how many at once, so that many large transfers cannot exhaust memory.
+        try:
+            async with asyncio.timeout(ctx.timeouts.busy_wait):
+                await ctx.data_slots.acquire()
+        except TimeoutError:
+            await self.relay.reset_transaction("busy")
+            self._set_rset_state()  # the client may try again with a new MAIL
+            await self.push(str(BUSY))
+            return
+        self._in_data = True
+        self._data_deadline = self.loop.call_later(ctx.timeouts.data, self._data_overdue)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.data_complete()
+            ctx.data_slots.release()
         if self._data_started:
             # aiosmtpd refuses an over-long line or too much data itself, without
             # calling handle_DATA: close our side of the transaction too.
             await self.relay.data_refused()
+
+    def data_complete(self) -> None:
+        """The final dot is in: from now on only the relay's own work remains,
+        which no client timer may interrupt (it could duplicate the message)."""
+        self._in_data = False
+        if self._data_deadline is not None:
+            self._data_deadline.cancel()
+            self._data_deadline = None
+        if self.transport is not None:
+            self._reset_timeout()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_data:
+            # aiosmtpd restarts its timer on each command only; during DATA,
+            # the idle timeout counts from the last byte instead.
+            self._reset_timeout()
+        super().data_received(data)
+
+    def _data_overdue(self) -> None:
+        self._data_deadline = None
+        self._close_with(TIMEOUT.with_text("Délai de transmission du message dépassé"), "data")
+
+    def _timeout_cb(self) -> None:
+        self._close_with(TIMEOUT, "idle")
+
+    def _close_with(self, reply: Reply, why: str) -> None:
+        """RFC 5321 §4.5.3.2: a server that gives up says so (421) first."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.relay.timed_out(why)
+        self._writer.write(ascii_text(str(reply)).encode("ascii") + b"\r\n")
+        self.transport.close()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._greeting(super().smtp_EHLO, hostname, "ehlo")
@@ -205,9 +278,26 @@ class RelaySMTP(SMTP):
 
     # Connection ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # not the STARTTLS switch of a connection
         super().connection_made(transport)
         if self._implicit_tls and self.session is not None:
             self.session.ssl = transport.get_extra_info("ssl_object")
+        if first and self.session is not None:
+            self._refusal = self.relay.connection_opened(self.session.peer)
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            await self.push(self._refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def eof_received(self) -> bool | None:
+        super().eof_received()  # cancels the session's coroutine
+        # aiosmtpd keeps a half-closed socket open until the idle timeout, where
+        # it would still count against the connection caps: close it now.
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -312,11 +402,30 @@ class RelayHandler:
         ).encode("ascii", "replace")
 
     async def data_refused(self) -> None:
-        if self.txn is not None:
-            self._outcome("rejected", "refused while receiving data (size or line length)")
-            self.txn = None
+        if self.txn is None:
+            return  # handle_DATA ran and closed the transaction
+        self._outcome("rejected", "refused while receiving data (size or line length)")
+        self.txn = None
         if self.upstream is not None:
             await self.upstream.reset()
+
+    def connection_opened(self, peer: Any) -> str | None:
+        """The connection caps; the refusal to send, if over them."""
+        self.client = str(peer[0]) if peer else ""
+        sessions = self.ctx.sessions
+        same = sum(1 for s in sessions if s.client == self.client)
+        verdict = connection_verdict(self.ctx.throttle, len(sessions), same)
+        if verdict is None or verdict.reply is None:
+            return None
+        self.log.warning(
+            "connection_refused", client=self.client, rule=verdict.rule, reason=verdict.reason
+        )
+        return str(verdict.reply)
+
+    def timed_out(self, why: str) -> None:
+        self.log.warning(
+            "timeout", client=self.client, phase=why, txid=self.txn.txid if self.txn else None
+        )
 
     async def reset_transaction(self, why: str) -> None:
         if self.txn is not None:
@@ -327,18 +436,37 @@ class RelayHandler:
 
     async def authenticate(self, login: bytes, password: bytes) -> AuthResult:
         user = login.decode("utf-8", "replace")
+        shown = _printable(user, 64)
+        guard = self.ctx.auth_guard
+        if guard is not None:
+            locked = guard.locked(self.client, user, self.ctx.monotonic())
+            if locked is not None and locked.reply is not None:
+                # Not even verified: a locked-out guesser learns nothing more.
+                self.log.warning(
+                    "auth", client=self.client, user=shown, result="locked", reason=locked.reason
+                )
+                return AuthResult(success=False, handled=False, message=str(locked.reply))
         encoded = self.ctx.users.get(user)
         valid = await asyncio.to_thread(verify_password, password, encoded or _DUMMY_HASH)
         ok = valid and encoded is not None
-        self.log.info(
-            "auth",
-            client=self.client,
-            user=_printable(user, 64),
-            result="success" if ok else "failure",
-        )
+        self.log.info("auth", client=self.client, user=shown, result="success" if ok else "failure")
         if ok:
+            if guard is not None:
+                guard.succeeded(self.client, user)
             self.user = user
             return AuthResult(success=True, auth_data=user)
+        if guard is not None:
+            delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
+            for what in locked_now:
+                self.log.warning(
+                    "auth_lockout",
+                    client=self.client,
+                    user=shown,
+                    locked=what,
+                    seconds=self.ctx.throttle.auth_lockout,
+                )
+            if delay:
+                await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
         return AuthResult(success=False, handled=False)
 
     def connection_lost(self) -> None:
@@ -385,6 +513,8 @@ class RelayHandler:
         )
         self.txn = _Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
         verdict = self.ctx.policy.evaluate_mail(mail)
+        if verdict.accepted and self.ctx.rates is not None:
+            verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
         self._decision("mail", verdict, sender=address)
         if verdict.reply is not None:
             self.txn = None
@@ -418,6 +548,8 @@ class RelayHandler:
         assert txn is not None and self.upstream is not None  # aiosmtpd checks MAIL first
         facts = RcptFacts(mail=txn.mail, recipient=address, accepted_so_far=len(txn.recipients))
         verdict = self.ctx.policy.evaluate_rcpt(facts)
+        if verdict.accepted and self.ctx.rates is not None:
+            verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
         self._decision("rcpt", verdict, recipient=address)
         if verdict.reply is not None:
             return str(verdict.reply)
@@ -437,6 +569,7 @@ class RelayHandler:
         return str(RECIPIENT_OK)
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        server.data_complete()
         txn = self.txn
         assert txn is not None and self.upstream is not None
         content = envelope.original_content or b""

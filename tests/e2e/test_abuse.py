@@ -3,8 +3,17 @@ dangerous attachments), on the real relay process with smtplib."""
 
 from __future__ import annotations
 
-from tests.conftest import Stack
-from tests.support.mail import connect, make_message, send
+import base64
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORDS, Pki, Stack, _stack
+from tests.support.mail import connect, make_message, send, wire_data
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
 DEST = "dr.martin@chu-b.mssante.fr"
@@ -31,3 +40,158 @@ def test_from_header_spoofing_is_553_and_nothing_goes_upstream(shared_stack: Sta
     assert len(shared_stack.upstream.messages()) == before + 1
     decisions = [e for e in shared_stack.relay.events("decision") if e["stage"] == "data"]
     assert [d["rule"] for d in decisions[-3:]] == ["from_aligned", "single_from", "data"]
+
+
+@pytest.fixture
+def throttled(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterator[Stack]:
+    yield from _stack(
+        tmp_path,
+        pki,
+        password_hashes,
+        throttle={
+            "auth_max_failures_per_user": 3,
+            "auth_max_failures_per_client": 6,
+            "auth_failure_delay": 0,
+            "messages_per_minute": 2,
+            "recipients_per_hour": 3,
+            "max_connections": 6,
+            "max_connections_per_client": 4,
+            "max_concurrent_messages": 1,
+        },
+        timeouts={"idle": 1, "data": 2, "busy_wait": 0.5},
+    )
+
+
+def _login(stack: Stack, user: str, password: str) -> tuple[int, bytes]:
+    """One AUTH PLAIN attempt (smtplib's login() would try PLAIN, then LOGIN)."""
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    with connect(stack, user=None) as client:
+        return client.docmd("AUTH", f"PLAIN {token}")
+
+
+def test_repeated_bad_passwords_lock_the_user_out_then_the_client(throttled: Stack) -> None:
+    for _ in range(3):
+        assert _login(throttled, "jdupont", "guess")[0] == 535
+    # Locked: even the right password is not looked at.
+    code, text = _login(throttled, "jdupont", PASSWORDS["jdupont"])
+    assert (code, text[:5]) == (454, b"4.7.0"), text
+    # Another user from the same address still gets in...
+    assert _login(throttled, "msecret", PASSWORDS["msecret"])[0] == 235
+    # ...until the address itself has failed too often, whatever the names tried.
+    for name in ("alice", "bob", "carol"):
+        assert _login(throttled, name, "guess")[0] == 535
+    code, text = _login(throttled, "msecret", PASSWORDS["msecret"])
+    assert (code, text[:5]) == (454, b"4.7.0"), text
+    lockouts = throttled.relay.wait_event("auth_lockout", 2)
+    assert [(e["locked"], e["user"]) for e in lockouts] == [
+        ("user", "jdupont"),
+        ("client", "carol"),
+    ]
+    results = [e["result"] for e in throttled.relay.events("auth")]
+    assert results.count("locked") == 2
+    assert "guess" not in throttled.relay.log_text()
+
+
+def test_sending_rates_per_user(throttled: Stack) -> None:
+    with connect(throttled, "jdupont") as client:
+        for i in range(2):
+            _, (code, text) = send(client, SENDER, [DEST], make_message())
+            assert code == 250, (i, text)
+        code, text = client.mail(SENDER)
+        assert (code, text[:5]) == (450, b"4.7.1"), text
+    with connect(throttled, "msecret") as client:  # another user has their own budget
+        sender = "secretariat@ch-exemple.mssante.fr"
+        code, _ = client.mail(sender)
+        assert code == 250
+        replies = [client.rcpt(f"dest{i}@chu-b.mssante.fr")[0] for i in range(3)]
+        assert replies == [250, 250, 250]
+        code, text = client.rcpt("dest4@chu-b.mssante.fr")
+        assert (code, text[:5]) == (450, b"4.7.1"), text
+    rules = [e["rule"] for e in throttled.relay.events("decision") if e["verdict"] == "tempfail"]
+    assert rules == ["messages_per_minute", "recipients_per_hour"]
+
+
+def _open(stack: Stack, source: str) -> socket.socket:
+    # Any 127.0.0.0/8 address is this machine: other « clients » without a network.
+    return socket.create_connection(("127.0.0.1", stack.relay.port), source_address=(source, 0))
+
+
+def test_connection_caps(throttled: Stack) -> None:
+    # The start-up readiness probe is a connection too: let the relay see it go.
+    assert throttled.relay.wait_event("disconnect")
+    held = [_open(throttled, "127.0.0.1") for _ in range(4)]
+    try:
+        for sock in held:
+            assert sock.makefile("rb").readline().startswith(b"220 ")
+        with _open(throttled, "127.0.0.1") as extra:  # a fifth from the same address
+            reply = extra.makefile("rb").readline()
+            assert reply.startswith(b"421 4.7.0 "), reply
+            assert extra.recv(100) == b""  # and closed
+        held += [_open(throttled, "127.0.0.2") for _ in range(2)]  # six in all
+        for sock in held[4:]:
+            assert sock.makefile("rb").readline().startswith(b"220 ")
+        with _open(throttled, "127.0.0.3") as extra:  # a seventh, from anywhere
+            assert extra.makefile("rb").readline().startswith(b"421 4.7.0 ")
+    finally:
+        for sock in held:
+            sock.close()
+    refused = throttled.relay.wait_event("connection_refused", 2)
+    assert [e["rule"] for e in refused] == ["max_connections_per_client", "max_connections"]
+
+
+def test_idle_and_data_timeouts_say_421_and_lose_nothing(throttled: Stack) -> None:
+    with socket.create_connection(("127.0.0.1", throttled.relay.port)) as sock:
+        lines = sock.makefile("rb")
+        assert lines.readline().startswith(b"220 ")
+        # Silence: the relay gives up after timeouts.idle, saying so.
+        assert lines.readline().startswith(b"421 4.4.2 ")
+    before = len(throttled.upstream.messages())
+    with connect(throttled, "jdupont") as client:
+        client.mail(SENDER)
+        client.rcpt(DEST)
+        assert client.docmd("DATA")[0] == 354
+        # A line every 0.3 s: never idle, but the message never ends.
+        with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+            for _ in range(100):
+                client.send(b"X-Drip: still here\r\n")
+                time.sleep(0.3)
+                if client.sock is not None and _readable(client.sock):
+                    break
+            code, text = client.getreply()
+            assert (code, text[:5]) == (421, b"4.4.2"), text
+            client.noop()
+    assert len(throttled.upstream.messages()) == before
+    assert [e["phase"] for e in throttled.relay.wait_event("timeout", 2)] == ["idle", "data"]
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_full_relay_answers_451_and_the_message_goes_later(throttled: Stack) -> None:
+    first = connect(throttled, "jdupont")
+    second = connect(throttled, "msecret")
+    try:
+        first.mail(SENDER)
+        first.rcpt(DEST)
+        assert first.docmd("DATA")[0] == 354  # holds the only message slot
+        first.send(b"From: " + SENDER.encode() + b"\r\n")
+        second.mail("secretariat@ch-exemple.mssante.fr")
+        second.rcpt(DEST)
+        code, text = second.docmd("DATA")
+        assert (code, text[:5]) == (451, b"4.3.2"), text
+        rest = make_message().split(b"\r\n", 1)[1]
+        first.send(wire_data(rest))
+        assert first.getreply()[0] == 250
+        _, (code, text) = send(
+            second,
+            "secretariat@ch-exemple.mssante.fr",
+            [DEST],
+            make_message(sender="secretariat@ch-exemple.mssante.fr"),
+        )
+        assert code == 250, text
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,183 @@
+"""Throttling: AUTH failures, per-user sending rates, connection counts.
+
+Seed 000 §10 (strictly personal accounts) makes a guessed password the worst
+thing that can happen to a structure's mail: failures slow the guesser down,
+then lock the client address and the user name out for a while. A stolen
+account is contained by per-user rates.
+
+Time is passed in (monotonic seconds), never read here: the tests drive it.
+Memory is bounded: a key holds at most `limit` timestamps, and keys whose
+timestamps have all expired are dropped as new ones come.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from mss_relay.core.reply import (
+    AUTH_LOCKED,
+    RATE_MESSAGES,
+    RATE_RECIPIENTS,
+    TOO_MANY_CONNECTIONS,
+    Reply,
+)
+from mss_relay.core.verdict import Verdict
+
+# Keys kept before expired ones are swept (a sweep costs one pass over them).
+_SWEEP_AT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSettings:
+    auth_max_failures_per_user: int = 5
+    auth_max_failures_per_client: int = 10
+    auth_window: float = 900.0  # failures older than this are forgotten
+    auth_lockout: float = 900.0
+    auth_failure_delay: float = 1.0  # added per failure before answering 535
+    auth_max_delay: float = 5.0
+    messages_per_minute: int = 30  # per user; 0: no limit
+    recipients_per_hour: int = 500  # per user; 0: no limit
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+    max_concurrent_messages: int = 4  # DATA phases at once (memory)
+
+
+class SlidingWindow:
+    """At most `limit` events per `period` seconds and key."""
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self._events: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        events = self._events.get(key)
+        if events is None:
+            if len(self._events) >= _SWEEP_AT:
+                self._sweep(now)
+            events = self._events[key] = deque(maxlen=self.limit)
+        while events and events[0] <= now - self.period:
+            events.popleft()
+        return events
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.period]:
+            del self._events[key]
+
+    def full(self, key: str, now: float) -> bool:
+        return len(self._recent(key, now)) >= self.limit
+
+    def count(self, key: str, now: float) -> int:
+        return len(self._recent(key, now))
+
+    def add(self, key: str, now: float) -> None:
+        self._recent(key, now).append(now)
+
+    def clear(self, key: str) -> None:
+        self._events.pop(key, None)
+
+    def retry_after(self, key: str, now: float) -> float:
+        events = self._recent(key, now)
+        return max(0.0, events[0] + self.period - now) if events else 0.0
+
+
+class AuthGuard:
+    """Failed AUTH attempts, counted per client address and per user name."""
+
+    def __init__(self, settings: ThrottleSettings) -> None:
+        self.settings = settings
+        self._by_client = SlidingWindow(settings.auth_max_failures_per_client, settings.auth_window)
+        self._by_user = SlidingWindow(settings.auth_max_failures_per_user, settings.auth_window)
+        self._locked: dict[str, float] = {}  # "client:1.2.3.4" / "user:x" -> until
+
+    def locked(self, client: str, user: str, now: float) -> Verdict | None:
+        for key in (f"client:{client}", f"user:{user}"):
+            until = self._locked.get(key)
+            if until is None:
+                continue
+            if until > now:
+                return Verdict.tempfail(
+                    AUTH_LOCKED,
+                    rule="auth_lockout",
+                    reason=f"{key.split(':', 1)[0]} locked for {until - now:.0f} s",
+                )
+            del self._locked[key]
+        return None
+
+    def failed(self, client: str, user: str, now: float) -> tuple[float, list[str]]:
+        """Record a failure: the delay to wait before answering, and what got
+        locked out by it ("client", "user")."""
+        settings = self.settings
+        locked = []
+        failures = 0
+        for kind, window, key in (
+            ("client", self._by_client, client),
+            ("user", self._by_user, user),
+        ):
+            window.add(key, now)
+            failures = max(failures, window.count(key, now))
+            if window.full(key, now):
+                self._locked[f"{kind}:{key}"] = now + settings.auth_lockout
+                window.clear(key)
+                locked.append(kind)
+        return min(settings.auth_failure_delay * failures, settings.auth_max_delay), locked
+
+    def succeeded(self, client: str, user: str) -> None:
+        # The legitimate user got in: earlier typos by this user from this
+        # address are forgiven (the client address keeps its count otherwise).
+        self._by_user.clear(user)
+
+
+class SendingRates:
+    """Per-user rates: messages per minute (at MAIL), recipients per hour (at RCPT)."""
+
+    def __init__(self, settings: ThrottleSettings) -> None:
+        self._messages = (
+            SlidingWindow(settings.messages_per_minute, 60.0)
+            if settings.messages_per_minute
+            else None
+        )
+        self._recipients = (
+            SlidingWindow(settings.recipients_per_hour, 3600.0)
+            if settings.recipients_per_hour
+            else None
+        )
+
+    def message(self, user: str | None, now: float) -> Verdict | None:
+        """Check and count one more message for the user."""
+        return self._take(self._messages, user, now, RATE_MESSAGES, "messages_per_minute")
+
+    def recipient(self, user: str | None, now: float) -> Verdict | None:
+        return self._take(self._recipients, user, now, RATE_RECIPIENTS, "recipients_per_hour")
+
+    @staticmethod
+    def _take(
+        window: SlidingWindow | None, user: str | None, now: float, reply: Reply, rule: str
+    ) -> Verdict | None:
+        if window is None or user is None:
+            return None
+        if window.full(user, now):
+            wait = window.retry_after(user, now)
+            return Verdict.tempfail(
+                reply, rule=rule, reason=f"limit {window.limit}, retry in {wait:.0f} s"
+            )
+        window.add(user, now)
+        return None
+
+
+def connection_verdict(settings: ThrottleSettings, total: int, from_client: int) -> Verdict | None:
+    """total and from_client include the new connection."""
+    if total > settings.max_connections:
+        return Verdict.tempfail(
+            TOO_MANY_CONNECTIONS, rule="max_connections", reason=f"{total - 1} open"
+        )
+    if from_client > settings.max_connections_per_client:
+        return Verdict.tempfail(
+            TOO_MANY_CONNECTIONS.with_text(
+                "Trop de connexions simultanées depuis votre adresse, réessayez plus tard"
+            ),
+            rule="max_connections_per_client",
+            reason=f"{from_client - 1} open from this address",
+        )
+    return None

@@ -1,0 +1,90 @@
+"""Throttling with a clock the test drives (no sleeping)."""
+
+from __future__ import annotations
+
+from mss_relay.core.throttle import (
+    AuthGuard,
+    SendingRates,
+    SlidingWindow,
+    ThrottleSettings,
+    connection_verdict,
+)
+
+SETTINGS = ThrottleSettings(
+    auth_max_failures_per_user=3,
+    auth_max_failures_per_client=5,
+    auth_window=600,
+    auth_lockout=900,
+    auth_failure_delay=1,
+    auth_max_delay=2.5,
+    messages_per_minute=2,
+    recipients_per_hour=3,
+    max_connections=10,
+    max_connections_per_client=3,
+)
+
+
+def test_lockout_starts_at_the_limit_and_ends_after_the_lockout_time() -> None:
+    guard = AuthGuard(SETTINGS)
+    delays = [guard.failed("10.0.0.1", "jd", t)[0] for t in (0, 1)]
+    assert delays == [1, 2]  # slower and slower...
+    assert guard.locked("10.0.0.1", "jd", 2) is None
+    delay, locked = guard.failed("10.0.0.1", "jd", 2)
+    assert (delay, locked) == (2.5, ["user"])  # ...up to the cap, then locked out
+    verdict = guard.locked("10.0.0.2", "jd", 3)  # the user name, from anywhere
+    assert verdict is not None and verdict.reply is not None
+    assert (verdict.reply.code, verdict.reply.enhanced) == (454, "4.7.0")
+    assert guard.locked("10.0.0.1", "other", 3) is None  # the address is not locked yet
+    assert guard.locked("10.0.0.2", "jd", 2 + 899) is not None
+    assert guard.locked("10.0.0.2", "jd", 2 + 900) is None  # the lockout is over
+
+
+def test_old_failures_are_forgotten_and_success_forgives_the_user() -> None:
+    guard = AuthGuard(SETTINGS)
+    guard.failed("10.0.0.1", "jd", 0)
+    guard.failed("10.0.0.1", "jd", 1)
+    assert guard.failed("10.0.0.1", "jd", 700)[1] == []  # the first two are out of the window
+    guard.succeeded("10.0.0.1", "jd")
+    assert guard.failed("10.0.0.1", "jd", 701)[1] == []
+    assert guard.failed("10.0.0.1", "jd", 702)[1] == []
+    assert guard.failed("10.0.0.1", "jd", 703)[1] == ["user"]
+
+
+def test_the_client_address_is_locked_across_user_names() -> None:
+    guard = AuthGuard(SETTINGS)
+    outcomes = [guard.failed("10.0.0.9", f"user{i}", i)[1] for i in range(5)]
+    assert outcomes == [[], [], [], [], ["client"]]
+    assert guard.locked("10.0.0.9", "jd", 10) is not None
+    assert guard.locked("10.0.0.8", "jd", 10) is None
+
+
+def test_sending_rates_slide() -> None:
+    rates = SendingRates(SETTINGS)
+    assert rates.message("jd", 0) is None and rates.message("jd", 10) is None
+    refused = rates.message("jd", 59)
+    assert refused is not None and refused.reply is not None and refused.reply.code == 450
+    assert rates.message("ms", 59) is None  # per user
+    assert rates.message("jd", 60.5) is None  # the first one left the minute
+    assert [rates.recipient("jd", t) is None for t in (0, 1, 2, 3)] == [True, True, True, False]
+    assert rates.recipient("jd", 3600.5) is None
+    assert rates.message(None, 0) is None  # no user: the incoming side
+    unlimited = SendingRates(ThrottleSettings(messages_per_minute=0, recipients_per_hour=0))
+    assert all(unlimited.message("jd", 0) is None for _ in range(1000))
+
+
+def test_connection_caps_total_and_per_client() -> None:
+    assert connection_verdict(SETTINGS, 10, 3) is None
+    total = connection_verdict(SETTINGS, 11, 1)
+    per_client = connection_verdict(SETTINGS, 5, 4)
+    assert total is not None and total.rule == "max_connections"
+    assert per_client is not None and per_client.rule == "max_connections_per_client"
+    for verdict in (total, per_client):
+        assert verdict.reply is not None
+        assert (verdict.reply.code, verdict.reply.enhanced) == (421, "4.7.0")
+
+
+def test_memory_stays_bounded_under_many_keys() -> None:
+    window = SlidingWindow(limit=3, period=10)
+    for i in range(50_000):
+        window.add(f"k{i}", float(i))
+    assert len(window._events) <= 10_001
