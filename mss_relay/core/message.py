@@ -17,6 +17,8 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 _NO_NAME = "(sans nom)"
+# Like Postfix's mime_nesting_limit: no real message comes near it.
+MAX_MIME_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class MessageInfo:
     from_addresses: tuple[str, ...] = ()
     sender_headers: tuple[str, ...] = ()
     sender_addresses: tuple[str, ...] = ()
+    # Why the MIME structure could not be followed, if it could not.
+    structure_error: str | None = None
 
     @property
     def total_decoded_size(self) -> int:
@@ -83,14 +87,17 @@ def _decoded_size(part: Message) -> int:
     # BytesParser maps every byte to one character (surrogateescape), so for
     # the identity encodings the text length is the byte count.
     if cte == "quoted-printable":
-        return len(binascii.a2b_qp(payload.encode("ascii", "surrogateescape")))
+        # Raw 8-bit bytes come back as surrogates (their own bytes again), or,
+        # from a malformed header-like line, as U+FFFD (counted as UTF-8).
+        return len(binascii.a2b_qp(payload.encode("utf-8", "surrogateescape")))
     return len(payload)
 
 
 def _filename(part: Message) -> str | None:
     try:
         name = part.get_filename() or part.get_param("name")
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, TypeError, IndexError):
+        # The stdlib's RFC 2231 decoding raises all of these on garbage.
         return None
     if isinstance(name, tuple):  # an RFC 2231 value compat32 could not collapse
         name = name[2]
@@ -136,9 +143,39 @@ def _addresses(values: list[str]) -> tuple[str, ...]:
     return tuple(address for _name, address in pairs)
 
 
+def _leaves(msg: Message) -> tuple[list[Message], int]:
+    """The parts that are not containers, in order, without recursion (a
+    hostile message may nest thousands deep); and the deepest level seen."""
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    leaves: list[Message] = []
+    deepest = 0
+    while stack:
+        part, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_MIME_DEPTH:
+            break
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
+        else:
+            leaves.append(part)
+    return leaves, deepest
+
+
+def _unreadable(why: str) -> MessageInfo:
+    return MessageInfo((), None, None, (), None, None, 0, structure_error=why)
+
+
 def inspect_message(raw: bytes) -> MessageInfo:
-    msg = BytesParser(policy=compat32).parsebytes(raw)
-    parts = tuple(_part_info(p) for p in msg.walk() if not p.is_multipart())
+    try:
+        # The stdlib's parser recurses once per nesting level.
+        msg = BytesParser(policy=compat32).parsebytes(raw)
+    except RecursionError:
+        return _unreadable("MIME nesting too deep to parse")
+    leaves, depth = _leaves(msg)
+    if depth > MAX_MIME_DEPTH:
+        return _unreadable(f"MIME nesting deeper than {MAX_MIME_DEPTH}")
+    parts = tuple(_part_info(p) for p in leaves)
     subject = _header(msg, "Subject")
     from_headers = [str(v) for v in msg.get_all("From", [])]
     sender_headers = [str(v) for v in msg.get_all("Sender", [])]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.mailbox import BalDirectory
-from mss_relay.core.rules import inbound, recipients, sender, size
+from mss_relay.core.rules import content, inbound, recipients, sender, size
 from mss_relay.core.verdict import Verdict
 
 INBOUND = "inbound"
@@ -83,6 +83,7 @@ class Policy:
     def evaluate_message(self, facts: MessageFacts) -> Verdict:
         limits = self.limits
         checks: list[Check] = [
+            ("mime_structure", lambda: content.mime_structure(facts)),
             (
                 "attachment_size",
                 lambda: size.attachment_sizes(

@@ -92,6 +92,9 @@ BAD_FROM_HEADER = Reply(
 )
 # RFC 7372 §3.1: 5.7.20, no passing DKIM signature found.
 DKIM_REQUIRED = Reply(550, "5.7.20", "Message patient refusé : aucune signature DKIM valide")
+MIME_UNREADABLE = Reply(
+    550, "5.6.0", "Structure MIME du message illisible (parties imbriquées trop profondément)"
+)
 UNSIGNABLE = Reply(550, "5.6.0", "Message mal formé : impossible de le signer (DKIM)")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message trop volumineux")
 SENDER_NOT_TRUST_SPACE = Reply(

@@ -185,7 +185,7 @@ class RelaySMTP(SMTP):
                 await ctx.data_slots.acquire()
         except TimeoutError:
             await self.relay.reset_transaction("busy")
-            self._set_rset_state()  # the client may try again with a new MAIL
+            self._set_rset_state()  # type: ignore[no-untyped-call]  # a new MAIL may come
             await self.push(str(BUSY))
             return
         self._in_data = True

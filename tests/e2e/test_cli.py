@@ -93,6 +93,27 @@ def test_the_issue_example_shape_works(tmp_path: Path, password_hashes: dict[str
         (lambda c: c["bals"][0].update(address="jean@gmail.com"), "bals[0].address:"),
         (lambda c: c.pop("upstream"), "upstream: is required"),
         (lambda c: c["listeners"][0].update(role="relay"), "listeners[0].role: must be one of"),
+        (lambda c: c.update(throttle={"auth_lockout": "15 minutes"}), "throttle.auth_lockout:"),
+        (lambda c: c.update(throttle={"max_connections": 0}), "throttle.max_connections:"),
+        (
+            lambda c: c.update(throttle={"messages_per_min": 5}),
+            "throttle.messages_per_min: unknown",
+        ),
+        (lambda c: c.update(timeouts={"idle": 0}), "timeouts.idle: must be more than zero"),
+        (
+            lambda c: c.update(dkim=[{"domain": "ch-exemple.mssante.fr", "private_key": "k.pem"}]),
+            "dkim[0].selector: is required",
+        ),
+        (
+            lambda c: c.update(
+                dkim=[{"domain": "x.fr", "selector": "s", "private_key": "k", "algorithm": "dsa"}]
+            ),
+            "dkim[0].algorithm: must be one of rsa-sha256, ed25519-sha256",
+        ),
+        (
+            lambda c: c.update(inbound={"dkim_dns_file": "/nonexistent.yaml"}),
+            "inbound.dkim_dns_file: file not found",
+        ),
     ],
 )
 def test_check_config_names_the_key(
