@@ -202,6 +202,7 @@ async def serve(config: Config) -> int:
         config.limits,
         BalDirectory(config.bals),
         require_patient_dkim=config.inbound.require_dkim_for_patients,
+        attachments=config.attachments,
     )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []

@@ -23,6 +23,7 @@ from mss_relay.core.addresses import (
     normalize_domain,
     split_address,
 )
+from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
 from mss_relay.core.throttle import ThrottleSettings
@@ -133,6 +134,7 @@ class Config:
     dkim: tuple[DkimKeyConfig, ...] = ()
     inbound: InboundConfig = field(default_factory=InboundConfig)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    attachments: AttachmentRules = field(default_factory=AttachmentRules)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     warnings: tuple[str, ...] = field(default=())
 
@@ -416,6 +418,34 @@ def _throttle(root: _Section) -> ThrottleSettings:
     return settings
 
 
+def _names(section: _Section, key: str, default: frozenset[str], dotted: bool) -> frozenset[str]:
+    raw = section._get(key, None)
+    if raw is None:
+        return default
+    if not isinstance(raw, list) or not all(isinstance(v, str) and v.strip() for v in raw):
+        _fail(_key(section.path, key), "must be a list of names")
+    values = {v.strip().lower().lstrip(".") if dotted else v.strip().lower() for v in raw}
+    return frozenset(values)
+
+
+def _attachments(root: _Section) -> AttachmentRules:
+    section = root.section("attachments")
+    d = AttachmentRules()
+    if section is None:
+        return d
+    extensions = _names(section, "refused_extensions", d.extensions, dotted=True)
+    extensions |= _names(section, "also_refused_extensions", frozenset(), dotted=True)
+    types = _names(section, "refused_content_types", d.content_types, dotted=False)
+    types |= _names(section, "also_refused_content_types", frozenset(), dotted=False)
+    rules = AttachmentRules(
+        extensions=extensions,
+        content_types=types,
+        inspect_archives=section.flag("inspect_archives", True),
+    )
+    section.done()
+    return rules
+
+
 def _timeouts(root: _Section) -> TimeoutsConfig:
     section = root.section("timeouts")
     d = TimeoutsConfig()
@@ -576,6 +606,7 @@ def parse_config(data: object, path: Path) -> Config:
         dkim=_dkim(root),
         inbound=_inbound(root),
         throttle=_throttle(root),
+        attachments=_attachments(root),
         timeouts=_timeouts(root),
         warnings=tuple(warnings),
     )

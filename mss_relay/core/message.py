@@ -16,6 +16,8 @@ from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
 
+from mss_relay.core.filetypes import HEAD_SIZE, ArchiveMember, archive_members, is_archive
+
 _NO_NAME = "(sans nom)"
 # Like Postfix's mime_nesting_limit: no real message comes near it.
 MAX_MIME_DEPTH = 100
@@ -27,6 +29,9 @@ class PartInfo:
     filename: str | None
     decoded_size: int
     is_attachment: bool
+    head: bytes = b""  # the first decoded bytes, for file type signatures
+    # A zip archive's members (one level deep); None when not a readable zip.
+    members: tuple[ArchiveMember, ...] | None = None
 
     @property
     def display_name(self) -> str:
@@ -93,6 +98,37 @@ def _decoded_size(part: Message) -> int:
     return len(payload)
 
 
+def _decode(payload: str, cte: str) -> bytes:
+    """A payload's bytes, decoded as leniently as mail clients do."""
+    try:
+        if cte == "base64":
+            return binascii.a2b_base64(payload.encode("ascii", "ignore"))
+        raw = payload.encode("utf-8", "surrogateescape")
+        return binascii.a2b_qp(raw) if cte == "quoted-printable" else raw
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _head(payload: str, cte: str) -> bytes:
+    if cte == "base64":
+        # 24 base64 characters are 18 bytes; white space does not count.
+        chars = "".join(payload[:256].split())[:24]
+        return _decode(chars[: len(chars) // 4 * 4], cte)[:HEAD_SIZE]
+    return _decode(payload[: HEAD_SIZE * 3], cte)[:HEAD_SIZE]
+
+
+def _content(part: Message) -> tuple[bytes, tuple[ArchiveMember, ...] | None]:
+    """The first bytes of a part and, for a zip archive, its members."""
+    payload = part.get_payload(decode=False)
+    if not isinstance(payload, str):
+        return b"", None
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    head = _head(payload, cte)
+    if not is_archive(head):
+        return head, None
+    return head, archive_members(_decode(payload, cte))
+
+
 def _filename(part: Message) -> str | None:
     try:
         name = part.get_filename() or part.get_param("name")
@@ -109,11 +145,14 @@ def _filename(part: Message) -> str | None:
 def _part_info(part: Message) -> PartInfo:
     filename = _filename(part)
     disposition = (part.get_content_disposition() or "").lower()
+    head, members = _content(part)
     return PartInfo(
         content_type=part.get_content_type(),
         filename=filename,
         decoded_size=_decoded_size(part),
         is_attachment=disposition == "attachment" or filename is not None,
+        head=head,
+        members=members,
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
+from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.rules import content, inbound, recipients, sender, size
 from mss_relay.core.verdict import Verdict
@@ -43,11 +44,17 @@ def _first(stage: str, checks: list[Check]) -> Verdict:
 
 class Policy:
     def __init__(
-        self, limits: Limits, bals: BalDirectory, *, require_patient_dkim: bool = False
+        self,
+        limits: Limits,
+        bals: BalDirectory,
+        *,
+        require_patient_dkim: bool = False,
+        attachments: AttachmentRules | None = None,
     ) -> None:
         self.limits = limits
         self.bals = bals
         self.require_patient_dkim = require_patient_dkim
+        self.attachments = attachments or AttachmentRules()
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -91,6 +98,12 @@ class Policy:
                 ),
             ),
         ]
+        checks.append(
+            (
+                "dangerous_attachment",
+                lambda: content.dangerous_attachments(facts, self.attachments),
+            )
+        )
         checks.append(("single_from", lambda: sender.single_from(facts)))
         if facts.mail.session.role == INBOUND:
             checks.append(

@@ -92,6 +92,7 @@ BAD_FROM_HEADER = Reply(
 )
 # RFC 7372 §3.1: 5.7.20, no passing DKIM signature found.
 DKIM_REQUIRED = Reply(550, "5.7.20", "Message patient refusé : aucune signature DKIM valide")
+DANGEROUS_ATTACHMENT = Reply(550, "5.7.1", "Pièce jointe refusée : type de fichier interdit")
 MIME_UNREADABLE = Reply(
     550, "5.6.0", "Structure MIME du message illisible (parties imbriquées trop profondément)"
 )

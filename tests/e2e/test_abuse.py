@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSWORDS, Pki, Stack, _stack
+from tests.support import files
 from tests.support.mail import connect, make_message, send, wire_data
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
@@ -195,3 +196,45 @@ def test_a_full_relay_answers_451_and_the_message_goes_later(throttled: Stack) -
     finally:
         first.close()
         second.close()
+
+
+def test_dangerous_attachments_are_refused_naming_them(shared_stack: Stack) -> None:
+    before = len(shared_stack.upstream.messages())
+    cases = {
+        "facture.exe": ({"facture.exe": files.exe()}, b"facture.exe"),
+        "archive": (
+            {"dossier.zip": files.zip_of({"cr.pdf": files.pdf(), "setup.exe": files.exe()})},
+            b"dossier.zip",
+        ),
+        "renamed": ({"rapport.pdf": files.exe()}, b"rapport.pdf"),
+        "macros": ({"lettre.docx": files.docm()}, b"lettre.docx"),
+    }
+    with connect(shared_stack, "jdupont") as client:
+        for case, (attachments, named) in cases.items():
+            _, (code, text) = send(client, SENDER, [DEST], make_message(attachments=attachments))
+            assert (code, text[:5]) == (550, b"5.7.1"), (case, text)
+            assert named in text, (case, text)
+        # What health mail carries goes through, in one message.
+        harmless = {
+            "IHE_XDM.zip": files.ihe_xdm(),
+            "cr.pdf": files.pdf(),
+            "cr.xml": files.cda(),
+            "resultats.hl7": files.hl7(),
+            "irm.dcm": files.dicom(),
+            "photo.png": files.png(),
+            "lettre.docx": files.docx(),
+        }
+        _, (code, text) = send(client, SENDER, [DEST], make_message(attachments=harmless))
+        assert code == 250, text
+    assert len(shared_stack.upstream.messages()) == before + 1
+    reasons = [
+        e["reason"]
+        for e in shared_stack.relay.events("decision")
+        if e["rule"] == "dangerous_attachment"
+    ]
+    assert reasons[-4:] == [
+        "extension .exe",
+        "archive member: extension .exe",
+        "Windows executable (MZ)",
+        "archive member: macro-enabled Office document (vbaProject.bin)",
+    ]

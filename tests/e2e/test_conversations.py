@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pki, Stack, base_config
+from tests.support import files
 from tests.support.mail import connect, make_message, send, wire_data
 from tests.support.processes import ROOT, Relay, Upstream, free_port
 
@@ -351,3 +352,25 @@ def test_inbound_is_never_an_open_relay(conv: Conversations) -> None:
         assert code == 250
     assert conv.mailbox.messages()[-1][0]["rcpt_tos"] == [DR]
     assert conv.operator.messages() == []
+
+
+def test_dangerous_attachments_are_refused_coming_in_too(conv: Conversations) -> None:
+    code, mid = conv.professional_sends(P1)
+    assert code == 250
+    for sender, attachments in (
+        (P1, {"ordonnance.pdf.exe": files.exe()}),
+        ("dr.martin@chu-b.mssante.fr", {"dossier.zip": files.zip_of({"run.bat": b"@echo off"})}),
+    ):
+        content = make_message(sender=sender, to=DR, attachments=attachments)
+        head, body = content.split(b"\r\n\r\n", 1)
+        content = head + f"\r\nIn-Reply-To: {mid}".encode() + b"\r\n\r\n" + body
+        with smtplib.SMTP("127.0.0.1", conv.relay.port_of("inbound"), timeout=30) as client:
+            client.ehlo("mta.operateur.test")
+            assert client.mail(sender)[0] == 250
+            assert client.rcpt(DR)[0] == 250
+            client.docmd("DATA")
+            client.send(wire_data(content))
+            code, text = client.getreply()
+        assert (code, text[:5]) == (550, b"5.7.1"), text
+        assert next(iter(attachments)).encode() in text
+    assert conv.mailbox.messages() == []

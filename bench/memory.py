@@ -1,0 +1,217 @@
+"""Peak memory of the relay under 20 concurrent 80 MB transfers.
+
+    .venv/bin/python bench/memory.py [--clients 20] [--megabytes 80]
+
+The real relay process (STARTTLS, AUTH, DKIM signing) on 127.0.0.1, a real
+upstream that keeps only the size and hash of what it gets, and N aiosmtplib
+clients each sending one message of the given size at the same time. Reported
+for each run: the relay's peak RSS (VmHWM, from /proc), its RSS at rest before
+the run (the baseline measured in the same run), the ratio, the wall time, and
+whether the upstream received exactly the accepted messages, intact.
+
+Runs:
+  cap4     the default throttle.max_concurrent_messages (4), limits raised to 100 MiB
+  cap20    the same with 20 slots, i.e. no cap for 20 clients: what the cap saves
+  refused  the default limits (60 MiB per message): every transfer is refused with
+           552 5.3.4 once the limit is passed, the rest of the data is discarded
+
+Writes bench/results/memory.json. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mss_relay.passwords import hash_password  # noqa: E402
+from tests.support.processes import Process, Relay, free_port  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SENDER = "bench@ch-bench.mssante.fr"
+DEST = "dest@chu-b.mssante.fr"
+
+
+def message(megabytes: float) -> bytes:
+    """One MIME message of about this many MB on the wire (base64 attachment)."""
+    raw = os.urandom(int(megabytes * 1e6 * 57 / 78))
+    encoded = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+    return (
+        (
+            f"From: {SENDER}\r\nTo: {DEST}\r\nSubject: bench\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+            "Content-Type: text/plain\r\n\r\nimagerie\r\n--B\r\n"
+            'Content-Type: application/dicom; name="irm.dcm"\r\n'
+            "Content-Transfer-Encoding: base64\r\n"
+            'Content-Disposition: attachment; filename="irm.dcm"\r\n\r\n'
+        ).encode()
+        + encoded
+        + b"--B--\r\n"
+    )
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+async def send_one(port: int, content: bytes) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, start_tls=True, tls_context=context, timeout=900
+    )
+    try:
+        await client.connect()
+        await client.login("bench", "bench")
+        await client.sendmail(SENDER, [DEST], content)  # raises unless 250
+        return "250"
+    except aiosmtplib.SMTPResponseException as error:
+        return f"{error.code} {error.message[:60]}"
+    finally:
+        client.close()
+
+
+def run(name: str, clients: int, content: bytes, slots: int, big_limits: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="mss-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        upstream_port = free_port()
+        upstream = Process(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.upstream_server",
+                "--port",
+                str(upstream_port),
+                "--dir",
+                str(tmp / "upstream"),
+                "--discard",
+            ],
+            tmp,
+            "upstream",
+        )
+        limits = (
+            {"max_attachment_size": "100MiB", "max_message_size": "100MiB"} if big_limits else {}
+        )
+        config = {
+            "hostname": "relay.ch-bench.mssante.fr",
+            "listeners": [
+                {
+                    "name": "submission",
+                    "role": "submission",
+                    "host": "127.0.0.1",
+                    "port": free_port(),
+                    "tls": "starttls",
+                }
+            ],
+            "tls": {
+                "certificate": "tls/relay.pem",
+                "private_key": "tls/relay.key",
+                "self_signed": True,
+            },
+            "dkim": [
+                {
+                    "domain": "ch-bench.mssante.fr",
+                    "selector": "bench",
+                    "private_key": "dkim/bench.key",
+                    "generate": True,
+                }
+            ],
+            "upstream": {"host": "127.0.0.1", "port": upstream_port, "tls": "none", "timeout": 600},
+            "limits": {**limits, "max_recipients": 5},
+            "throttle": {
+                "max_concurrent_messages": slots,
+                "messages_per_minute": 0,
+                "recipients_per_hour": 0,
+                "max_connections_per_client": clients + 5,
+            },
+            "timeouts": {"busy_wait": 900, "data": 1800},
+            "users": [{"name": "bench", "password_hash": hash_password("bench")}],
+            "bals": [{"address": SENDER, "type": "applicative", "users": ["bench"]}],
+            "state": {"database": "var/state.sqlite3"},
+            "log": {"file": "var/log/relay.jsonl"},
+        }
+        relay = Relay(tmp, config)
+        upstream.start(upstream_port)
+        relay.start()
+        try:
+            assert relay.process.proc is not None
+            pid = relay.process.proc.pid
+            rest = rss_kib(pid, "VmRSS")
+
+            async def all_clients() -> list[str]:
+                return await asyncio.gather(
+                    *(send_one(relay.port, content) for _ in range(clients))
+                )
+
+            started = time.monotonic()
+            replies = asyncio.run(all_clients())
+            elapsed = time.monotonic() - started
+            peak = rss_kib(pid, "VmHWM")
+            metas = [json.loads(p.read_text()) for p in (tmp / "upstream").glob("*.json")]
+        finally:
+            relay.stop()
+            upstream.stop()
+    accepted = sum(r == "250" for r in replies)
+    # The relay adds headers on top; the body must arrive byte for byte.
+    digest = hashlib.sha256(content.split(b"\r\n\r\n", 1)[1]).hexdigest()
+    intact = all(m["body_sha256"] == digest for m in metas) and len(metas) == accepted
+    return {
+        "run": name,
+        "clients": clients,
+        "message_mb": round(len(content) / 1e6, 1),
+        "slots": slots,
+        "limits_100MiB": big_limits,
+        "replies": sorted(set(replies)),
+        "accepted": accepted,
+        "upstream_messages": len(metas),
+        "upstream_intact": intact,
+        "rss_at_rest_mib": round(rest / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "peak_over_rest": round(peak / rest, 1),
+        "wall_s": round(elapsed, 1),
+        "throughput_mb_s": round(accepted * len(content) / 1e6 / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--megabytes", type=float, default=80)
+    parser.add_argument("--runs", nargs="*", default=["cap4", "cap20", "refused"])
+    args = parser.parse_args()
+    content = message(args.megabytes)
+    plans = {
+        "cap4": (4, True),
+        "cap20": (args.clients, True),
+        "refused": (4, False),
+    }
+    results = []
+    for name in args.runs:
+        slots, big = plans[name]
+        result = run(name, args.clients, content, slots, big)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
