@@ -79,6 +79,11 @@ _SIGNATURES = (
 _SCRIPT = (b"#!", "script (#!)")
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
 _MACROS = "vbaproject.bin"
+# zipfile feeds bzip2 and LZMA decompressors whole chunks without an output
+# bound: a small member could expand to gigabytes. Stored and deflated members
+# are read to their first bytes; the others are judged by name only.
+_BOUNDED = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+MAX_MEMBERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,36 +131,48 @@ def is_archive(head: bytes) -> bool:
     return head.startswith(_ZIP)
 
 
-def archive_members(data: bytes, *, max_members: int = 1000) -> tuple[ArchiveMember, ...] | None:
-    """The members of a zip archive (at most max_members), or None when the
-    data cannot be read as one. Only HEAD_SIZE bytes of each member are
-    decompressed: a « zip bomb » costs nothing here."""
+def archive_members(
+    data: bytes, *, max_members: int = MAX_MEMBERS
+) -> tuple[ArchiveMember, ...] | None:
+    """The members of a zip archive, or None when the data cannot be read as
+    one. At most max_members + 1 are listed: one more than that says « too
+    many to check ». Only HEAD_SIZE bytes of a member are decompressed."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()[:max_members]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        infos = archive.infolist()[: max_members + 1]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, IndexError):
         return None
     members = []
     for info in infos:
         encrypted = bool(info.flag_bits & 0x1)
         head = b""
-        if not encrypted and not info.is_dir():
+        readable = info.compress_type in _BOUNDED and not info.filename.endswith("/")
+        if not encrypted and readable:
             try:
                 with archive.open(info) as member:
                     head = member.read(HEAD_SIZE)
-            except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError, EOFError):
-                head = b""  # unknown compression, corrupt member: judged by its name
             except RuntimeError:  # « File is encrypted » without the flag
                 encrypted = True
+            except Exception:
+                head = b""  # judged by its name
         members.append(ArchiveMember(info.filename, head, encrypted))
     return tuple(members)
 
 
 def archive_refusal(
-    members: tuple[ArchiveMember, ...], rules: AttachmentRules
+    members: tuple[ArchiveMember, ...] | None,
+    rules: AttachmentRules,
+    *,
+    max_members: int = MAX_MEMBERS,
 ) -> tuple[str, str] | None:
     """The first refused member of an archive: (its name, why), or None.
-    An Office package holding a VBA project is macro-enabled, whatever its name."""
+    An Office package holding a VBA project is macro-enabled, whatever its name.
+    An archive that cannot be read, or holds too many files, cannot be checked:
+    refused too (a crafted zip may open in the recipient's tools, not in ours)."""
+    if members is None:
+        return "", "unreadable archive"
+    if len(members) > max_members:
+        return "", f"archive of more than {max_members} files"
     for member in members:
         if member.name.replace("\\", "/").rsplit("/", 1)[-1].lower() == _MACROS:
             return member.name, "macro-enabled Office document (vbaProject.bin)"

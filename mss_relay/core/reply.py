@@ -133,5 +133,7 @@ _ASCII_PUNCTUATION = str.maketrans(
 def ascii_text(text: str) -> str:
     """RFC 5321 §4.2: reply text is printable US-ASCII (without SMTPUTF8, which
     we do not offer). French accents are folded (« MSSanté » -> "MSSante")."""
+    # « x » is French typography; "x" is its ASCII form, without the spaces.
+    text = text.replace("« ", "«").replace(" »", "»").replace("\u00a0»", "»")
     folded = unicodedata.normalize("NFKD", text.translate(_ASCII_PUNCTUATION))
     return "".join(c for c in folded if 32 <= ord(c) < 127)

@@ -368,6 +368,7 @@ class RelayHandler:
         info: MessageInfo | None = None,
         verdict: Verdict | None = None,
         upstream: str | None = None,
+        message_id: str | None = None,
         **extra: Any,
     ) -> None:
         txn = self.txn
@@ -380,7 +381,7 @@ class RelayHandler:
             user=self.user,
             sender=txn.mail.sender,
             recipients=list(txn.recipients),
-            message_id=info.message_id if info else None,
+            message_id=message_id or (info.message_id if info else None),
             size=len(content) if content is not None else None,
             sha256=hashlib.sha256(content).hexdigest() if content is not None else None,
             outcome=outcome,
@@ -627,6 +628,7 @@ class RelayHandler:
             info=info,
             verdict=verdict,
             upstream=result.upstream,
+            message_id=message_id,
             dkim=dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
         )
         self.txn = None

@@ -286,6 +286,27 @@ def test_hostile_commands_get_clean_replies(
         session.close()
 
 
+def test_garbage_right_after_the_end_of_data(hostile: tuple[Stack, dict[str, int]]) -> None:
+    stack, tally = hostile
+    before = len(stack.upstream.messages())
+    session = Session(stack)
+    try:
+        garbage = (
+            b"\x00\xff\xfeGARBAGE \x80\r\n" + _random_bytes(200, 7).replace(b"\n", b"") + b"\r\n"
+        )
+        code, text = session.transaction(wire_data(HEAD + b"\r\nbody\r\n") + garbage)
+        assert code == 250, text
+        for _ in range(2):  # one reply per garbage line, each a clean 5xx
+            code, text = session.reply()
+            assert code >= 500 and ENHANCED.match(text), text
+        assert session.command(b"NOOP")[0] == 250
+    finally:
+        session.close()
+    tally["inputs"] += 1
+    tally["accepted"] += 1
+    assert len(stack.upstream.messages()) == before + 1
+
+
 def test_bogus_command_flood_is_cut_off(hostile: tuple[Stack, dict[str, int]]) -> None:
     stack, tally = hostile
     session = Session(stack)

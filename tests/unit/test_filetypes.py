@@ -120,7 +120,7 @@ def test_corrupt_and_truncated_archives_do_not_raise() -> None:
         assert result is None or isinstance(result, tuple)
     many = files.zip_of({f"f{i}.txt": b"x" for i in range(50)})
     bounded = archive_members(many, max_members=10)
-    assert bounded is not None and len(bounded) == 10
+    assert bounded is not None and len(bounded) == 11  # one more says « too many »
 
 
 def test_rules_are_configurable() -> None:
@@ -155,3 +155,30 @@ def test_archive_reading_never_raises(data: bytes) -> None:
     members = archive_members(b"PK\x03\x04" + data)
     if members is not None:
         archive_refusal(members, RULES)
+
+
+def _member_with_name(name: bytes) -> bytes:
+    """A zip whose one member has this raw name (zipfile would not write it)."""
+    data = files.zip_of({"X": b"hello"})
+    return data.replace(b"X", name)
+
+
+def test_what_cannot_be_checked_is_refused() -> None:
+    assert archive_refusal(None, RULES) == ("", "unreadable archive")
+    many = archive_members(files.zip_of({f"f{i}.txt": b"x" for i in range(12)}), max_members=10)
+    assert many is not None and len(many) == 11
+    assert archive_refusal(many, RULES, max_members=10) == ("", "archive of more than 10 files")
+    # An empty member name makes zipfile's is_dir() raise: no crash here.
+    members = archive_members(_member_with_name(b""))
+    assert members is None or isinstance(members, tuple)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_unbounded_decompressors_are_not_run(method: int) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        archive.writestr("bomb.bin", b"\0" * 50_000_000)
+        archive.writestr("setup.exe", b"MZ")
+    members = archive_members(buffer.getvalue())
+    assert members is not None and [m.head for m in members] == [b"", b""]
+    assert archive_refusal(members, RULES) == ("setup.exe", "extension .exe")

@@ -110,7 +110,7 @@ def test_verdict_and_reply_invariants() -> None:
 
 
 def test_ascii_text_folds_french() -> None:
-    assert ascii_text("« MSSanté » n’est pas là") == '" MSSante " n\'est pas la'
+    assert ascii_text("« MSSanté » n’est pas là") == '"MSSante" n\'est pas la'
 
 
 def _headers(froms: tuple[str, ...], senders: tuple[str, ...] = (), user: str = "jd") -> Verdict:

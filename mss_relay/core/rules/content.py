@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mss_relay.core.facts import MessageFacts
-from mss_relay.core.filetypes import AttachmentRules, archive_refusal, refusal
+from mss_relay.core.filetypes import AttachmentRules, archive_refusal, is_archive, refusal
 from mss_relay.core.reply import DANGEROUS_ATTACHMENT, MIME_UNREADABLE
 from mss_relay.core.verdict import Verdict
 
@@ -27,14 +27,18 @@ def dangerous_attachments(facts: MessageFacts, rules: AttachmentRules) -> Verdic
             part.filename, part.content_type, part.head, rules, attached=part.is_attachment
         )
         inner = None
-        if why is None and rules.inspect_archives and part.members:
+        if why is None and rules.inspect_archives and is_archive(part.head):
             found = archive_refusal(part.members, rules)
             if found is not None:
                 inner, why = found
         if why is None:
             continue
-        what = "" if inner is None else f"elle contient « {inner} », "
-        text = f"Pièce jointe « {name} » refusée : {what}type de fichier interdit"
+        if inner is None:
+            text = f"Pièce jointe « {name} » refusée : type de fichier interdit"
+        elif inner:
+            text = f"Pièce jointe « {name} » refusée : elle contient « {inner} », type interdit"
+        else:
+            text = f"Pièce jointe « {name} » refusée : archive illisible ou trop grande à vérifier"
         return Verdict.reject(
             DANGEROUS_ATTACHMENT.with_text(text),
             rule="dangerous_attachment",
