@@ -91,6 +91,21 @@ def base_config(
     return config
 
 
+def with_inbound(config: dict[str, Any], mailbox_port: int) -> dict[str, Any]:
+    """Add the incoming side: an inbound listener and the mailbox server it delivers to."""
+    config["listeners"].append(
+        {
+            "name": "inbound",
+            "role": "inbound",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "tls": "none",
+        }
+    )
+    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox_port, "tls": "none"}
+    return config
+
+
 @dataclass
 class Stack:
     relay: Relay

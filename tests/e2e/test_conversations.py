@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pki, Stack, base_config
+from tests.conftest import Pki, Stack, base_config, with_inbound
 from tests.support import files
 from tests.support.mail import connect, make_message, send, wire_data
-from tests.support.processes import ROOT, Relay, Upstream, free_port
+from tests.support.processes import ROOT, Relay, Upstream
 
 DR = "jean.dupont@ch-exemple.mssante.fr"
 NO_REPLY = "no_reply@ch-exemple.mssante.fr"
@@ -89,16 +89,7 @@ def conv(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterator[
     operator.start()
     mailbox.start()
     config = base_config(pki, password_hashes, operator.port)
-    config["listeners"].append(
-        {
-            "name": "inbound",
-            "role": "inbound",
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "tls": "none",
-        }
-    )
-    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox.port, "tls": "none"}
+    with_inbound(config, mailbox.port)
     config["bals"] += [
         {"address": NO_REPLY, "type": "applicative", "users": ["jdupont"], "auto_close": True},
         {

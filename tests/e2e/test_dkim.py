@@ -18,10 +18,10 @@ import dkim
 import pytest
 import yaml
 
-from tests.conftest import Pki, Stack, _stack, base_config
+from tests.conftest import Pki, Stack, _stack, base_config, with_inbound
 from tests.support.dkim import SigningKey, keygen_cli, lookup, new_key, weak_rsa_pem
 from tests.support.mail import connect, make_message, send, wire_data
-from tests.support.processes import ROOT, Relay, Upstream, free_port
+from tests.support.processes import ROOT, Relay, Upstream
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
 DEST = "dr.martin@chu-b.mssante.fr"
@@ -206,16 +206,7 @@ def _inbound(
     answers = tmp / "dkim-dns.yaml"
     answers.write_text(yaml.safe_dump({k.name: k.txt for k in keys}))
     config = base_config(pki, hashes, operator.port)
-    config["listeners"].append(
-        {
-            "name": "inbound",
-            "role": "inbound",
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "tls": "none",
-        }
-    )
-    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox.port, "tls": "none"}
+    with_inbound(config, mailbox.port)
     config["inbound"] = {"require_dkim_for_patients": require, "dkim_dns_file": str(answers)}
     relay = Relay(tmp, config)
     relay.start()

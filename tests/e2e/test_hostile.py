@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSWORDS, Pki, Stack, _stack
-from tests.support.mail import make_message, wire_data
+from tests.support.mail import make_message, nested_mime, wire_data
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
 DEST = "dr.martin@chu-b.mssante.fr"
@@ -147,22 +147,7 @@ def test_smuggling_variants_give_exactly_one_message(
 
 
 def _nested(depth: int) -> bytes:
-    head = HEAD + b"MIME-Version: 1.0\r\n"
-    parts = b"leaf\r\n"
-    for i in range(depth):
-        b = f"b{i}".encode()
-        parts = (
-            b"Content-Type: multipart/mixed; boundary="
-            + b
-            + b"\r\n\r\n--"
-            + b
-            + b"\r\n"
-            + parts
-            + b"\r\n--"
-            + b
-            + b"--\r\n"
-        )
-    return head + parts
+    return HEAD + b"MIME-Version: 1.0\r\n" + nested_mime(depth)
 
 
 def _attachment(cte: str, payload: bytes, name: str = "x.pdf") -> bytes:

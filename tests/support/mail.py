@@ -62,3 +62,22 @@ def send(
     assert code == 354, (code, text)
     client.send(wire_data(content))
     return rcpt_replies, client.getreply()
+
+
+def nested_mime(depth: int) -> bytes:
+    """A body (with its Content-Type) of multiparts nested this deep around one leaf."""
+    body = b"leaf\r\n"
+    for i in range(depth):
+        b = f"b{i}".encode()
+        body = (
+            b"Content-Type: multipart/mixed; boundary="
+            + b
+            + b"\r\n\r\n--"
+            + b
+            + b"\r\n"
+            + body
+            + b"\r\n--"
+            + b
+            + b"--\r\n"
+        )
+    return body

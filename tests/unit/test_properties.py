@@ -18,6 +18,7 @@ from mss_relay.core.addresses import (
     split_address,
 )
 from mss_relay.core.message import MAX_MIME_DEPTH, crlf_lines, inspect_message
+from tests.support.mail import nested_mime
 
 # --- addresses ----------------------------------------------------------------
 
@@ -160,20 +161,7 @@ def test_inspector_measures_every_attachment_exactly(files: list[tuple[str, byte
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 3 * MAX_MIME_DEPTH))
 def test_nesting_is_followed_to_the_limit_and_refused_beyond(depth: int) -> None:
-    body = b"leaf\r\n"
-    for i in range(depth):
-        b = f"b{i}".encode()
-        body = (
-            b"Content-Type: multipart/mixed; boundary="
-            + b
-            + b"\r\n\r\n--"
-            + b
-            + b"\r\n"
-            + body
-            + b"\r\n--"
-            + b
-            + b"--\r\n"
-        )
+    body = nested_mime(depth)
     info = inspect_message(b"From: a@b.mssante.fr\r\n" + body)
     if depth <= MAX_MIME_DEPTH:
         assert info.structure_error is None and len(info.parts) == 1
