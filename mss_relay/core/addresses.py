@@ -37,9 +37,10 @@ def normalize_address(address: str) -> str:
     """The form in which addresses are compared. Like Postfix's table look-ups,
     the local part compares case-insensitively too: no operator gives
     « Jean.Dupont » and « jean.dupont » to two different people."""
-    local, domain = split_address(address.strip())
-    if not domain:
-        return local.lower()
+    address = address.strip()
+    if "@" not in address:
+        return address.lower()
+    local, domain = split_address(address)
     return f"{local.lower()}@{normalize_domain(domain)}"
 
 
