@@ -195,6 +195,8 @@ class RelaySMTP(SMTP):
         finally:
             self.data_complete()
             ctx.data_slots.release()
+        if self.transport is not None:
+            self._reset_timeout()
         if self._data_started:
             # aiosmtpd refuses an over-long line or too much data itself, without
             # calling handle_DATA: close our side of the transaction too.
@@ -207,8 +209,8 @@ class RelaySMTP(SMTP):
         if self._data_deadline is not None:
             self._data_deadline.cancel()
             self._data_deadline = None
-        if self.transport is not None:
-            self._reset_timeout()
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # re-armed once the reply is sent
 
     def data_received(self, data: bytes) -> None:
         if self._in_data:
@@ -295,9 +297,26 @@ class RelaySMTP(SMTP):
 
     def eof_received(self) -> bool | None:
         super().eof_received()  # cancels the session's coroutine
-        # aiosmtpd keeps a half-closed socket open until the idle timeout, where
-        # it would still count against the connection caps: close it now.
-        return False
+        # « ...CRLF.CRLF QUIT » then a half-close: while that message is being
+        # forwarded, keep the socket (True) to answer it. Otherwise close now:
+        # aiosmtpd would keep a half-closed socket until the idle timeout,
+        # counted against the connection caps.
+        plain = self.session is not None and self.session.ssl is None
+        return self.relay.delivering and plain
+
+    def reply_late(self, work: asyncio.Task[str]) -> None:
+        """The answer to a DATA whose session coroutine was cancelled meanwhile."""
+        reply = None
+        if not work.cancelled():
+            if work.exception() is not None:
+                self.relay.log.error("internal_error", error=type(work.exception()).__name__)
+            else:
+                reply = work.result()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if reply:
+            self._writer.write(ascii_text(reply).encode("ascii") + b"\r\n")
+        self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -319,6 +338,7 @@ class RelayHandler:
         self.upstream: UpstreamSession | None = None
         self.txn: _Transaction | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._delivering: asyncio.Task[str] | None = None
         context.sessions.add(self)
 
     @property
@@ -471,11 +491,19 @@ class RelayHandler:
         return AuthResult(success=False, handled=False)
 
     def connection_lost(self) -> None:
-        self.ctx.sessions.discard(self)
+        self.log.info("disconnect", client=self.client)
+        if self.delivering and self._delivering is not None:
+            # The message is on its way upstream: let it arrive, then clean up
+            # (a graceful stop waits for it, as this session stays listed).
+            self._delivering.add_done_callback(lambda _: self._release())
+            return
         if self.txn is not None:
             self._outcome("abandoned", "connection lost")
             self.txn = None
-        self.log.info("disconnect", client=self.client)
+        self._release()
+
+    def _release(self) -> None:
+        self.ctx.sessions.discard(self)
         if self.upstream is not None:
             task = asyncio.get_running_loop().create_task(self.upstream.close())
             self._closing.add(task)
@@ -571,9 +599,26 @@ class RelayHandler:
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         server.data_complete()
+        # From the final dot on, the work runs to its end even if the client
+        # goes away meanwhile: a message the operator took must be logged and
+        # recorded as delivered, and the client answered if it still listens.
+        work = asyncio.get_running_loop().create_task(
+            self._finish(envelope.original_content or b"")
+        )
+        self._delivering = work
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(server.reply_late)
+            raise
+
+    @property
+    def delivering(self) -> bool:
+        return self._delivering is not None and not self._delivering.done()
+
+    async def _finish(self, content: bytes) -> str:
         txn = self.txn
         assert txn is not None and self.upstream is not None
-        content = envelope.original_content or b""
         if len(content) > _INLINE_PARSE_LIMIT:
             info = await asyncio.to_thread(inspect_message, content)
         else:

@@ -238,3 +238,12 @@ def test_dangerous_attachments_are_refused_naming_them(shared_stack: Stack) -> N
         "Windows executable (MZ)",
         "archive member: macro-enabled Office document (vbaProject.bin)",
     ]
+
+
+def test_slow_forwarding_is_not_cut_by_the_idle_timeout(throttled: Stack) -> None:
+    # timeouts.idle is 1 s here; the operator takes 2 s to accept the message.
+    throttled.upstream.control(data_delay=2)
+    with connect(throttled, "jdupont") as client:
+        _, (code, text) = send(client, SENDER, [DEST], make_message())
+        assert code == 250, text
+    assert len(throttled.upstream.messages()) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import smtplib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -365,3 +366,28 @@ def test_dangerous_attachments_are_refused_coming_in_too(conv: Conversations) ->
         assert (code, text[:5]) == (550, b"5.7.1"), text
         assert next(iter(attachments)).encode() in text
     assert conv.mailbox.messages() == []
+
+
+def test_a_client_gone_after_its_final_dot_still_gets_its_message_delivered(
+    conv: Conversations,
+) -> None:
+    conv.mailbox.control(data_delay=1)  # the message is on its way when the client goes
+    content = make_message(sender="dr.martin@chu-b.mssante.fr", to=DR)
+    with socket.create_connection(("127.0.0.1", conv.relay.port_of("inbound"))) as sock:
+        sock.sendall(
+            b"EHLO mta.operateur.test\r\nMAIL FROM:<dr.martin@chu-b.mssante.fr>\r\n"
+            + f"RCPT TO:<{DR}>\r\n".encode()
+        )
+        replies = sock.makefile("rb")
+        while not replies.readline().startswith(b"250 2.1.5"):
+            pass
+        sock.sendall(b"DATA\r\n")
+        assert replies.readline().startswith(b"354")
+        sock.sendall(wire_data(content) + b"QUIT\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        replies.read()
+    # Delivered once, and logged as such (not « abandoned »): the forwarding
+    # that had begun was not cut short by the client's departure.
+    transactions = conv.relay.wait_event("transaction")
+    assert [e["outcome"] for e in transactions] == ["delivered"]
+    assert len(conv.mailbox.messages()) == 1
