@@ -70,19 +70,13 @@ class Verifier:
         self.authserv_id = authserv_id
         self.lookup = lookup
         self.timeout = timeout
-        # Our own results, claimed by someone else (RFC 8601 §5): removed.
-        self._forged = re.compile(
-            rb"^Authentication-Results:[ \t]*(?:\r?\n[ \t]+)*"
-            + re.escape(authserv_id.encode("ascii"))
-            + rb"[ \t]*[;(\r\n].*\r?\n(?:[ \t].*\r?\n)*",
-            re.IGNORECASE | re.MULTILINE,
-        )
+        self._ours = authserv_id.lower().rstrip(".")
 
     def verify(self, message: bytes) -> tuple[DkimCheck, ...]:
         try:
             checker = dkim.DKIM(message, minkey=1024, timeout=self.timeout)
             count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
-        except dkim.DKIMException:
+        except Exception:
             return (DkimCheck(PERMERROR),)
         if not count:
             return (DkimCheck(NONE),)
@@ -112,7 +106,7 @@ class Verifier:
             # dkimpy raises, rather than returning False, when the body does not
             # match its hash: a verification failure, not a malformed signature.
             result = FAIL if "body hash mismatch" in str(error) else PERMERROR
-        except dkim.DKIMException:
+        except Exception:
             result = PERMERROR
         fields = getattr(checker, "signature_fields", None) or {}
         return DkimCheck(
@@ -133,9 +127,36 @@ class Verifier:
         return str(field).encode("ascii", "replace") + b"\r\n"
 
     def without_forged_results(self, message: bytes) -> bytes:
+        """RFC 8601 §5: results that claim to be ours, from before us, are
+        removed, however written (case, trailing dot, comments, a version)."""
         end = message.find(b"\r\n\r\n")
         end = len(message) if end < 0 else end + 2
         head = message[:end]
-        if b"uthentication-" not in head and b"UTHENTICATION-" not in head:
+        if b"authentication-results" not in head.lower():
             return message
-        return self._forged.sub(b"", head) + message[end:]
+        kept = [f for f in _fields(head) if not self._claims_ours(f)]
+        return b"".join(kept) + message[end:]
+
+    def _claims_ours(self, field: bytes) -> bool:
+        name, colon, value = field.partition(b":")
+        if not colon or name.strip().lower() != b"authentication-results":
+            return False
+        text = _COMMENT.sub(b" ", value).strip()
+        token = text.split(b";", 1)[0].split()
+        if not token:
+            return True  # unreadable: it cannot be trusted, drop it
+        return token[0].decode("ascii", "replace").lower().rstrip(".") == self._ours
+
+
+_COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """Header fields with their continuation lines, each ending in CRLF."""
+    fields: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields

@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
+from email import errors
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesFeedParser
@@ -33,6 +34,8 @@ class PartInfo:
     head: bytes = b""  # the first decoded bytes, for file type signatures
     # A zip archive's members (one level deep); None when not a readable zip.
     members: tuple[ArchiveMember, ...] | None = None
+    names: tuple[str, ...] = ()  # every name it gives itself (filename first)
+    archive: bool = False  # a zip archive, at its start or appended to other bytes
 
     @property
     def display_name(self) -> str:
@@ -99,54 +102,72 @@ def _decoded_size(part: Message) -> int:
     return len(payload)
 
 
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
+# The end-of-archive record of a zip is within its last 64 KiB + 22 bytes.
+_ZIP_END = b"PK\x05\x06"
+_ZIP_END_WINDOW = 65_557
+
+
+def _base64(raw: bytes) -> bytes:
+    """Base64 decoded as mail clients do: whatever is not of the alphabet is
+    skipped, a missing padding is no reason to give up (« TVq!QAAA » must
+    still show the MZ it hides)."""
+    try:
+        return binascii.a2b_base64(raw)
+    except binascii.Error:
+        clean = _NOT_BASE64.sub(b"", raw)
+        clean = clean[: len(clean) - len(clean) % 4 if len(clean) % 4 == 1 else len(clean)]
+        return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+
+
 def _decode(payload: str, cte: str) -> bytes:
     """A payload's bytes, decoded as leniently as mail clients do."""
     try:
         if cte == "base64":
-            return binascii.a2b_base64(payload.encode("ascii", "ignore"))
+            return _base64(payload.encode("ascii", "ignore"))
         raw = payload.encode("utf-8", "surrogateescape")
         return binascii.a2b_qp(raw) if cte == "quoted-printable" else raw
     except (binascii.Error, ValueError):
         return b""
 
 
-def _head(payload: str, cte: str) -> bytes:
-    if cte == "base64":
-        # 24 base64 characters are 18 bytes; white space does not count.
-        chars = "".join(payload[:256].split())[:24]
-        return _decode(chars[: len(chars) // 4 * 4], cte)[:HEAD_SIZE]
-    return _decode(payload[: HEAD_SIZE * 3], cte)[:HEAD_SIZE]
-
-
-def _content(part: Message) -> tuple[bytes, tuple[ArchiveMember, ...] | None]:
-    """The first bytes of a part and, for a zip archive, its members."""
+def _content(part: Message) -> tuple[bytes, tuple[ArchiveMember, ...] | None, bool]:
+    """The first bytes of a part; whether it is a zip archive, and its members.
+    A zip may hide behind other bytes (a PDF with an archive appended, which
+    archivers open all the same): its end record says so."""
     payload = part.get_payload(decode=False)
     if not isinstance(payload, str):
-        return b"", None
+        return b"", None, False
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    head = _head(payload, cte)
-    if not is_archive(head):
-        return head, None
-    return head, archive_members(_decode(payload, cte))
+    data = _decode(payload, cte)
+    head = data[:HEAD_SIZE]
+    archive = is_archive(head) or _ZIP_END in data[-_ZIP_END_WINDOW:]
+    return head, archive_members(data) if archive else None, archive
 
 
-def _filename(part: Message) -> str | None:
-    try:
-        name = part.get_filename() or part.get_param("name")
-    except (ValueError, LookupError, UnicodeError, TypeError, IndexError):
-        # The stdlib's RFC 2231 decoding raises all of these on garbage.
-        return None
-    if isinstance(name, tuple):  # an RFC 2231 value compat32 could not collapse
-        name = name[2]
-    if not isinstance(name, str) or not name.strip():
-        return None
-    return decode_words(name.strip())
+def _names(part: Message) -> tuple[str, ...]:
+    """Every name the part gives itself: Content-Disposition's filename and
+    Content-Type's name may differ, and a mail client may show either."""
+    names: list[str] = []
+    for which in ("filename", "name"):
+        try:
+            name = part.get_filename() if which == "filename" else part.get_param("name")
+        except (ValueError, LookupError, UnicodeError, TypeError, IndexError):
+            continue  # the stdlib's RFC 2231 decoding raises all of these on garbage
+        if isinstance(name, tuple):  # an RFC 2231 value compat32 could not collapse
+            name = name[2]
+        if isinstance(name, str) and name.strip():
+            decoded = decode_words(name.strip())
+            if decoded not in names:
+                names.append(decoded)
+    return tuple(names)
 
 
 def _part_info(part: Message) -> PartInfo:
-    filename = _filename(part)
+    names = _names(part)
+    filename = names[0] if names else None
     disposition = (part.get_content_disposition() or "").lower()
-    head, members = _content(part)
+    head, members, archive = _content(part)
     return PartInfo(
         content_type=part.get_content_type(),
         filename=filename,
@@ -154,6 +175,8 @@ def _part_info(part: Message) -> PartInfo:
         is_attachment=disposition == "attachment" or filename is not None,
         head=head,
         members=members,
+        names=names,
+        archive=archive,
     )
 
 
@@ -183,9 +206,31 @@ def _addresses(values: list[str]) -> tuple[str, ...]:
     return tuple(address for _name, address in pairs)
 
 
-def _leaves(msg: Message) -> tuple[list[Message], int]:
+# Header lines the parser could not read end its reading of the headers: every
+# later one (From:, Content-Type: ...) would be taken for body text, where the
+# recipient's software may still read it as a header. Such a part cannot be
+# checked.
+_UNREADABLE_HEADERS = (
+    errors.MissingHeaderBodySeparatorDefect,
+    errors.FirstHeaderLineIsContinuationDefect,
+    errors.MisplacedEnvelopeHeaderDefect,
+)
+_IDENTITY = ("", "7bit", "8bit", "binary")
+
+
+def _structure_error(part: Message) -> str | None:
+    if any(isinstance(d, _UNREADABLE_HEADERS) for d in part.defects):
+        return "a header line that cannot be read (" + type(part.defects[0]).__name__ + ")"
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if part.get_content_maintype() in ("message", "multipart") and cte not in _IDENTITY:
+        return f"{part.get_content_type()} encoded as {cte} (RFC 2046 §5.2.1, §5.1)"
+    return None
+
+
+def _leaves(msg: Message) -> tuple[list[Message], int, str | None]:
     """The parts that are not containers, in order, without recursion (a
-    hostile message may nest thousands deep); and the deepest level seen."""
+    hostile message may nest thousands deep); the deepest level seen; and why
+    the structure cannot be checked, if it cannot."""
     stack: list[tuple[Message, int]] = [(msg, 0)]
     leaves: list[Message] = []
     deepest = 0
@@ -194,12 +239,15 @@ def _leaves(msg: Message) -> tuple[list[Message], int]:
         deepest = max(deepest, depth)
         if depth > MAX_MIME_DEPTH:
             break
+        error = _structure_error(part)
+        if error is not None:
+            return leaves, deepest, error
         payload = part.get_payload()
         if part.is_multipart() and isinstance(payload, list):
             stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
         else:
             leaves.append(part)
-    return leaves, deepest
+    return leaves, deepest, None
 
 
 def _parse(raw: bytes) -> Message:
@@ -222,9 +270,11 @@ def inspect_message(raw: bytes) -> MessageInfo:
         msg = _parse(raw)
     except RecursionError:  # the stdlib's parser recurses once per nesting level
         return _unreadable("MIME nesting too deep to parse")
-    leaves, depth = _leaves(msg)
+    leaves, depth, error = _leaves(msg)
     if depth > MAX_MIME_DEPTH:
         return _unreadable(f"MIME nesting deeper than {MAX_MIME_DEPTH}")
+    if error is not None:
+        return _unreadable(error)
     parts = tuple(_part_info(p) for p in leaves)
     subject = _header(msg, "Subject")
     from_headers = [str(v) for v in msg.get_all("From", [])]

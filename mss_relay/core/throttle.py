@@ -12,6 +12,7 @@ timestamps have all expired are dropped as new ones come.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from dataclasses import dataclass
 
@@ -82,6 +83,20 @@ class SlidingWindow:
         return max(0.0, events[0] + self.period - now) if events else 0.0
 
 
+def client_key(address: str) -> str:
+    """What counts as one client: an IPv4 address, or an IPv6 /64 (one site's
+    prefix: a guesser rotating through its addresses stays one client)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class AuthGuard:
     """Failed AUTH attempts, counted per client address and per user name."""
 
@@ -92,7 +107,7 @@ class AuthGuard:
         self._locked: dict[str, float] = {}  # "client:1.2.3.4" / "user:x" -> until
 
     def locked(self, client: str, user: str, now: float) -> Verdict | None:
-        for key in (f"client:{client}", f"user:{user}"):
+        for key in (f"client:{client_key(client)}", f"user:{user}"):
             until = self._locked.get(key)
             if until is None:
                 continue
@@ -112,7 +127,7 @@ class AuthGuard:
         locked = []
         failures = 0
         for kind, window, key in (
-            ("client", self._by_client, client),
+            ("client", self._by_client, client_key(client)),
             ("user", self._by_user, user),
         ):
             window.add(key, now)
@@ -123,10 +138,9 @@ class AuthGuard:
                 locked.append(kind)
         return min(settings.auth_failure_delay * failures, settings.auth_max_delay), locked
 
-    def succeeded(self, client: str, user: str) -> None:
-        # The legitimate user got in: earlier typos by this user from this
-        # address are forgiven (the client address keeps its count otherwise).
-        self._by_user.clear(user)
+    # No forgiveness on a successful login: an account that logs in often (a
+    # DPI connector) would otherwise reset a guesser's count every time.
+    # Failures simply age out of auth_window.
 
 
 class SendingRates:

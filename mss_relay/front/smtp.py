@@ -265,13 +265,37 @@ class RelaySMTP(SMTP):
         # hand the credentials back and verify them in _settle().
         return AuthResult(success=False, handled=False, auth_data=("pending", auth_data))
 
+    async def _discard_line(self) -> None:
+        while True:
+            try:
+                await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as overrun:
+                await self._reader.read(overrun.consumed)
+            except asyncio.IncompleteReadError:
+                return
+
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._settle(await super().auth_PLAIN(_, args))
+        return await self._settle(lambda: super(RelaySMTP, self).auth_PLAIN(_, args))
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._settle(await super().auth_LOGIN(_, args))
+        return await self._settle(lambda: super(RelaySMTP, self).auth_LOGIN(_, args))
 
-    async def _settle(self, result: AuthResult) -> AuthResult:
+    async def _settle(self, exchange: Callable[[], Awaitable[AuthResult]]) -> AuthResult:
+        try:
+            result = await exchange()
+        except ValueError as error:
+            # aiosmtpd reads the client's answer to a 334 challenge with
+            # readline(): an over-long one raises instead of being refused.
+            # asyncio has dropped what it held of the line; unless it saw the
+            # line's end, the rest is still to come and must not pass for commands.
+            if "not found" in str(error):
+                await self._discard_line()
+            return AuthResult(
+                success=False,
+                handled=False,
+                message="501 5.5.2 Réponse d'authentification trop longue",
+            )
         data = result.auth_data
         if not (isinstance(data, tuple) and data[:1] == ("pending",)):
             return result
@@ -472,8 +496,6 @@ class RelayHandler:
         ok = valid and encoded is not None
         self.log.info("auth", client=self.client, user=shown, result="success" if ok else "failure")
         if ok:
-            if guard is not None:
-                guard.succeeded(self.client, user)
             self.user = user
             return AuthResult(success=True, auth_data=user)
         if guard is not None:

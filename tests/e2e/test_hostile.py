@@ -143,7 +143,11 @@ def test_smuggling_variants_give_exactly_one_message(
     assert code == 250
     after = stack.upstream.messages()
     assert len(after) == before + 1
-    assert b"smuggled body" in after[-1][1]  # the whole of it, as one message's body
+    received = after[-1][1]
+    assert b"smuggled body" in received  # the whole of it, as one message's body
+    # And no bare CR or LF goes on: an upstream less strict than ours about the
+    # end of data (« \n.\n ») sees nothing it could take for one.
+    assert received.count(b"\n") == received.count(b"\r\n") == received.count(b"\r")
 
 
 def _nested(depth: int) -> bytes:
@@ -290,6 +294,32 @@ def test_garbage_right_after_the_end_of_data(hostile: tuple[Stack, dict[str, int
     tally["inputs"] += 1
     tally["accepted"] += 1
     assert len(stack.upstream.messages()) == before + 1
+
+
+def test_overlong_auth_answers_are_refused(hostile: tuple[Stack, dict[str, int]]) -> None:
+    stack, tally = hostile
+    for mechanism, size in (
+        (b"AUTH PLAIN", 200_000),
+        (b"AUTH LOGIN", 70_000),
+        (b"AUTH PLAIN", 3000),
+    ):
+        raw = socket.create_connection(("127.0.0.1", stack.relay.port), timeout=30)
+        session = Session.__new__(Session)
+        session.sock, session.buffer = raw, b""
+        try:
+            assert session.reply()[0] == 220
+            session.command(b"EHLO hostile.test")
+            session.command(b"STARTTLS")
+            session.sock = stack.pki.client_context().wrap_socket(raw, server_hostname="localhost")
+            session.command(b"EHLO hostile.test")
+            assert session.command(mechanism)[0] == 334
+            code, text = session.command(b"A" * size)
+            _assert_clean(code, text)
+            assert (code, text[:5]) == (501, b"5.5.2"), text
+            assert session.command(b"NOOP")[0] == 250  # the line's rest was not a command
+        finally:
+            session.close()
+        tally["inputs"] += 1
 
 
 def test_bogus_command_flood_is_cut_off(hostile: tuple[Stack, dict[str, int]]) -> None:

@@ -66,7 +66,7 @@ def send(
 
 def nested_mime(depth: int) -> bytes:
     """A body (with its Content-Type) of multiparts nested this deep around one leaf."""
-    body = b"leaf\r\n"
+    body = b"Content-Type: text/plain\r\n\r\nleaf\r\n"
     for i in range(depth):
         b = f"b{i}".encode()
         body = (

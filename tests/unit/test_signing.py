@@ -58,6 +58,10 @@ def test_only_our_own_forged_results_are_removed() -> None:
         b"authentication-results:\r\n RELAY.CH.MSSANTE.FR;\r\n\tdkim=pass header.d=x\r\n"
         b"Authentication-Results: mx.operateur.fr; dkim=pass\r\n"
         b"Authentication-Results: relay.ch.mssante.fr.example; dkim=pass\r\n"
+        b"Authentication-Results: relay.ch.mssante.fr 1; dkim=pass\r\n"
+        b"Authentication-Results: (c) relay.ch.mssante.fr; dkim=pass\r\n"
+        b"Authentication-Results: RELAY.CH.MSSANTE.FR.; dkim=pass\r\n"
+        b"Authentication-Results:\r\n"
         b"Subject: x\r\n\r\n"
         b"Authentication-Results: relay.ch.mssante.fr; dkim=pass\r\n"
     )
@@ -82,3 +86,10 @@ def test_verification_outcomes_without_network() -> None:
     (check,) = Verifier("relay.ch.mssante.fr", timeout).verify(signed + b"From: a@b\r\n\r\nx\r\n")
     assert check.result == "temperror"
     assert verifier.verify(b"\x00\xff garbage") in ((DkimCheck("none"),), (DkimCheck("permerror"),))
+
+
+def test_dkimpy_failures_on_garbage_are_permerrors() -> None:
+    verifier = Verifier("relay.ch.mssante.fr", file_lookup({}))
+    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=b.mssante.fr; s=s; h=from; bh=AA==; b=AA==\r\n"
+    for raw in (b" folded first\r\n" + signed + b"From: a\r\n\r\nx", b"\r\n" + signed):
+        assert all(c.result in ("permerror", "fail", "none") for c in verifier.verify(raw))

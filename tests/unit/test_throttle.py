@@ -7,6 +7,7 @@ from mss_relay.core.throttle import (
     SendingRates,
     SlidingWindow,
     ThrottleSettings,
+    client_key,
     connection_verdict,
 )
 
@@ -39,15 +40,27 @@ def test_lockout_starts_at_the_limit_and_ends_after_the_lockout_time() -> None:
     assert guard.locked("10.0.0.2", "jd", 2 + 900) is None  # the lockout is over
 
 
-def test_old_failures_are_forgotten_and_success_forgives_the_user() -> None:
+def test_old_failures_are_forgotten_and_a_success_forgives_nothing() -> None:
     guard = AuthGuard(SETTINGS)
     guard.failed("10.0.0.1", "jd", 0)
     guard.failed("10.0.0.1", "jd", 1)
     assert guard.failed("10.0.0.1", "jd", 700)[1] == []  # the first two are out of the window
-    guard.succeeded("10.0.0.1", "jd")
+    # (the legitimate user logs in here: the guesser's count stays)
     assert guard.failed("10.0.0.1", "jd", 701)[1] == []
-    assert guard.failed("10.0.0.1", "jd", 702)[1] == []
-    assert guard.failed("10.0.0.1", "jd", 703)[1] == ["user"]
+    assert guard.failed("10.0.0.1", "jd", 702)[1] == ["user"]
+
+
+def test_ipv6_clients_are_counted_by_their_64_prefix() -> None:
+    assert (
+        client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    )
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert client_key("10.0.0.1") == "10.0.0.1"
+    guard = AuthGuard(SETTINGS)
+    for i in range(5):
+        guard.failed(f"2001:db8::{i + 1}", f"user{i}", i)
+    assert guard.locked("2001:db8::abcd", "other", 10) is not None
 
 
 def test_the_client_address_is_locked_across_user_names() -> None:

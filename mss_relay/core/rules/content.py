@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mss_relay.core.facts import MessageFacts
-from mss_relay.core.filetypes import AttachmentRules, archive_refusal, is_archive, refusal
+from mss_relay.core.filetypes import AttachmentRules, archive_refusal, refusal
 from mss_relay.core.reply import DANGEROUS_ATTACHMENT, MIME_UNREADABLE
 from mss_relay.core.verdict import Verdict
 
@@ -23,11 +23,13 @@ def dangerous_attachments(facts: MessageFacts, rules: AttachmentRules) -> Verdic
     inside a zip archive (one level deep). Both directions."""
     for part in facts.info.parts:
         name = part.display_name
-        why = refusal(
-            part.filename, part.content_type, part.head, rules, attached=part.is_attachment
-        )
+        why = None
+        for candidate in part.names or (None,):  # each name it gives itself
+            why = why or refusal(
+                candidate, part.content_type, part.head, rules, attached=part.is_attachment
+            )
         inner = None
-        if why is None and rules.inspect_archives and is_archive(part.head):
+        if why is None and rules.inspect_archives and part.archive:
             found = archive_refusal(part.members, rules)
             if found is not None:
                 inner, why = found
