@@ -103,6 +103,8 @@ def _decoded_size(part: Message) -> int:
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
+_NOT_BASE64_TEXT = re.compile(r"[^A-Za-z0-9+/]+")
+_NOT_BASE64_OR_PAD = re.compile(r"[^A-Za-z0-9+/=]+")
 # The end-of-archive record of a zip is within its last 64 KiB + 22 bytes.
 _ZIP_END = b"PK\x05\x06"
 _ZIP_END_WINDOW = 65_557
@@ -134,15 +136,27 @@ def _decode(payload: str, cte: str) -> bytes:
 def _content(part: Message) -> tuple[bytes, tuple[ArchiveMember, ...] | None, bool]:
     """The first bytes of a part; whether it is a zip archive, and its members.
     A zip may hide behind other bytes (a PDF with an archive appended, which
-    archivers open all the same): its end record says so."""
+    archivers open all the same): its end record, near the end, says so. Only
+    an archive is decoded whole; of anything else, its two ends."""
     payload = part.get_payload(decode=False)
     if not isinstance(payload, str):
         return b"", None, False
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    data = _decode(payload, cte)
-    head = data[:HEAD_SIZE]
-    archive = is_archive(head) or _ZIP_END in data[-_ZIP_END_WINDOW:]
-    return head, archive_members(data) if archive else None, archive
+    if cte == "base64":
+        head = _decode(_base64_chars(payload[:256])[:24], cte)[:HEAD_SIZE]
+        # Groups of four, counted from the end (padding « = » included).
+        tail_chars = _NOT_BASE64_OR_PAD.sub("", payload[-(_ZIP_END_WINDOW * 2) :])
+        tail = _decode(tail_chars[len(tail_chars) % 4 :], cte)
+    else:
+        data = _decode(payload, cte)
+        head, tail = data[:HEAD_SIZE], data[-_ZIP_END_WINDOW:]
+    if not (is_archive(head) or _ZIP_END in tail):
+        return head, None, False
+    return head, archive_members(_decode(payload, cte)), True
+
+
+def _base64_chars(text: str) -> str:
+    return _NOT_BASE64_TEXT.sub("", text)
 
 
 def _names(part: Message) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mss_relay.core.facts import MailFacts, MessageFacts, SessionFacts
 from mss_relay.core.mailbox import Bal, BalDirectory, BalType
@@ -112,3 +114,17 @@ def test_a_plain_pdf_with_two_equal_names_passes() -> None:
         'Content-Disposition: attachment; filename="cr.pdf"\r\n',
     )
     assert _verdict(raw).accepted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.integers(1, 40))
+def test_a_zip_behind_any_bytes_is_found_however_base64_is_cut(prefix: bytes, width: int) -> None:
+    data = b"%PDF-1.7\n" + prefix + files.zip_of({"setup.exe": files.exe()})
+    encoded = base64.b64encode(data)
+    lines = b"\r\n".join(encoded[i : i + 4 * width] for i in range(0, len(encoded), 4 * width))
+    raw = _attached(b"", 'Content-Type: application/pdf; name="cr.pdf"\r\n', lines)
+    verdict = _verdict(raw)
+    assert (verdict.rule, verdict.reason) == (
+        "dangerous_attachment",
+        "archive member: extension .exe",
+    )
