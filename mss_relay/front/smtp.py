@@ -321,26 +321,15 @@ class RelaySMTP(SMTP):
 
     def eof_received(self) -> bool | None:
         super().eof_received()  # cancels the session's coroutine
-        # « ...CRLF.CRLF QUIT » then a half-close: while that message is being
-        # forwarded, keep the socket (True) to answer it. Otherwise close now:
-        # aiosmtpd would keep a half-closed socket until the idle timeout,
-        # counted against the connection caps.
-        plain = self.session is not None and self.session.ssl is None
-        return self.relay.delivering and plain
+        # Close now: aiosmtpd would keep a half-closed socket until the idle
+        # timeout, counted against the connection caps meanwhile.
+        return False
 
-    def reply_late(self, work: asyncio.Task[str]) -> None:
-        """The answer to a DATA whose session coroutine was cancelled meanwhile."""
-        reply = None
-        if not work.cancelled():
-            if work.exception() is not None:
-                self.relay.log.error("internal_error", error=type(work.exception()).__name__)
-            else:
-                reply = work.result()
-        if self.transport is None or self.transport.is_closing():
-            return
-        if reply:
-            self._writer.write(ascii_text(reply).encode("ascii") + b"\r\n")
-        self.transport.close()
+    def delivered_late(self, work: asyncio.Task[str]) -> None:
+        """A DATA whose client went away while it was forwarded: nobody is
+        left to answer; an error of that work is still logged."""
+        if not work.cancelled() and work.exception() is not None:
+            self.relay.log.error("internal_error", error=type(work.exception()).__name__)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -631,7 +620,7 @@ class RelayHandler:
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
-            work.add_done_callback(server.reply_late)
+            work.add_done_callback(server.delivered_late)
             raise
 
     @property
