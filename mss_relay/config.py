@@ -147,7 +147,8 @@ class Config:
         )
         return (
             f"{self.path}: OK: {len(self.listeners)} listener(s) [{listeners}],"
-            f" upstream {up}, {len(self.users)} user(s), {len(self.bals)} BAL(s)"
+            f" upstream {up}, {len(self.users)} user(s), {len(self.bals)} BAL(s),"
+            f" {len(self.dkim)} DKIM key(s)"
         )
 
 
