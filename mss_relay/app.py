@@ -232,6 +232,7 @@ async def serve(config: Config) -> int:
                 auth_guard=auth_guard,
                 rates=rates,
                 data_slots=data_slots,
+                trusted_clients=config.trusted_clients,
             )
             try:
                 servers.append(await _listen(loop, listener, context, config, tls))

@@ -135,6 +135,9 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     attachments: AttachmentRules = field(default_factory=AttachmentRules)
+    # Client address -> the user it is taken for, without AUTH (a DPI server
+    # on a fixed address). Normalized addresses.
+    trusted_clients: Mapping[str, str] = field(default_factory=dict)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     warnings: tuple[str, ...] = field(default=())
 
@@ -447,6 +450,25 @@ def _attachments(root: _Section) -> AttachmentRules:
     return rules
 
 
+def _trusted_clients(root: _Section, users: Mapping[str, str]) -> dict[str, str]:
+    raw = root._get("trusted_clients", None)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        _fail("trusted_clients", "must map client addresses to user names")
+    trusted = {}
+    for address, user in raw.items():
+        path = f"trusted_clients.{address}"
+        try:
+            ip = ipaddress.ip_address(str(address))
+        except ValueError:
+            _fail(path, f"{address!r} is not an IP address")
+        if not isinstance(user, str) or user not in users:
+            _fail(path, f"{user!r} is not one of the users")
+        trusted[str(ip)] = user
+    return trusted
+
+
 def _timeouts(root: _Section) -> TimeoutsConfig:
     section = root.section("timeouts")
     d = TimeoutsConfig()
@@ -608,6 +630,7 @@ def parse_config(data: object, path: Path) -> Config:
         inbound=_inbound(root),
         throttle=_throttle(root),
         attachments=_attachments(root),
+        trusted_clients=_trusted_clients(root, users),
         timeouts=_timeouts(root),
         warnings=tuple(warnings),
     )

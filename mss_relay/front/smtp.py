@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import re
 import secrets
 import time
@@ -80,6 +81,18 @@ def _signed(signer: Signer, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
     return signer.sign(message, keys) + message
 
 
+def client_key_exact(address: str) -> str:
+    """The client address as trusted_clients keys are written (IPv4-mapped
+    IPv6 as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def new_id() -> str:
     return secrets.token_hex(6).upper()
 
@@ -105,6 +118,7 @@ class RelayContext:
     # Messages being received at once, all listeners together (memory).
     data_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     monotonic: Callable[[], float] = time.monotonic
+    trusted_clients: Mapping[str, str] = field(default_factory=dict)
     # The open connections of the whole process, for a graceful stop.
     sessions: set[RelayHandler] = field(default_factory=set)
 
@@ -254,6 +268,9 @@ class RelaySMTP(SMTP):
 
     # Parameters ------------------------------------------------------------
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.relay.trusted and self.session is not None:
+            # A trusted client needs no AUTH (it may still AUTH, as another user).
+            self.session.authenticated = True
         await super().smtp_MAIL(_without_trailing_dot(_strip_params(arg, _DSN_MAIL_PARAMS)))
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -347,6 +364,7 @@ class RelayHandler:
         self.helo = ""
         self.tls = False
         self.user: str | None = None
+        self.trusted = False  # taken for self.user by trusted_clients, without AUTH
         self.server: RelaySMTP | None = None
         self.upstream: UpstreamSession | None = None
         self.txn: _Transaction | None = None
@@ -450,11 +468,24 @@ class RelayHandler:
         same = sum(1 for s in sessions if s.client == self.client)
         verdict = connection_verdict(self.ctx.throttle, len(sessions), same)
         if verdict is None or verdict.reply is None:
+            self._trust()
             return None
         self.log.warning(
             "connection_refused", client=self.client, rule=verdict.rule, reason=verdict.reason
         )
         return str(verdict.reply)
+
+    def _trust(self) -> None:
+        """trusted_clients: an application server on a fixed address (a DPI
+        connector) is taken for its user on the submission side, without AUTH.
+        Everything else (TLS, sender ownership, rates) applies as to any user."""
+        if self.ctx.inbound:
+            return
+        user = self.ctx.trusted_clients.get(client_key_exact(self.client))
+        if user is not None:
+            self.user = user
+            self.trusted = True
+            self.log.info("auth", client=self.client, user=user, result="trusted_client")
 
     def timed_out(self, why: str) -> None:
         self.log.warning(

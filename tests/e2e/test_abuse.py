@@ -247,3 +247,25 @@ def test_slow_forwarding_is_not_cut_by_the_idle_timeout(throttled: Stack) -> Non
         _, (code, text) = send(client, SENDER, [DEST], make_message())
         assert code == 250, text
     assert len(throttled.upstream.messages()) == 1
+
+
+def test_a_trusted_client_sends_as_its_user_without_auth(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    for stack in _stack(tmp_path, pki, password_hashes, trusted_clients={"127.0.0.2": "jdupont"}):
+        for source, expected in (("127.0.0.2", 250), ("127.0.0.1", 530)):
+            with smtplib.SMTP(
+                "127.0.0.1", stack.relay.port, timeout=30, source_address=(source, 0)
+            ) as client:
+                client.ehlo("dpi.test")
+                client.starttls(context=stack.pki.client_context())
+                client.ehlo("dpi.test")
+                code, text = client.mail(SENDER)
+                assert code == expected, (source, text)
+                if code == 250:
+                    # ...and the rules of its user still apply.
+                    assert client.rcpt("x@gmail.com")[0] == 550
+                    assert client.rcpt(DEST)[0] == 250
+                    client.rset()
+                    assert client.mail("secretariat@ch-exemple.mssante.fr")[0] == 553
+        assert stack.relay.wait_event("auth")[0]["result"] == "trusted_client"

@@ -111,6 +111,14 @@ def test_the_issue_example_shape_works(tmp_path: Path, password_hashes: dict[str
             "dkim[0].algorithm: must be one of rsa-sha256, ed25519-sha256",
         ),
         (
+            lambda c: c.update(trusted_clients={"10.0.0.300": "jdupont"}),
+            "trusted_clients.10.0.0.300: '10.0.0.300' is not an IP address",
+        ),
+        (
+            lambda c: c.update(trusted_clients={"10.0.0.12": "dpi"}),
+            "trusted_clients.10.0.0.12: 'dpi' is not one of the users",
+        ),
+        (
             lambda c: c.update(inbound={"dkim_dns_file": "/nonexistent.yaml"}),
             "inbound.dkim_dns_file: file not found",
         ),
