@@ -110,6 +110,10 @@ class TimeoutsConfig:
     idle: float = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes without a byte
     data: float = 1800.0  # the whole DATA phase, however slowly it trickles in
     busy_wait: float = 60.0  # waiting for a free message slot before 451 4.3.2
+    # A message slot is precious (memory): after data_rate_grace, a DATA phase
+    # slower on average than min_data_rate (bytes/s) is cut (a trickle attack).
+    min_data_rate: int = 1024
+    data_rate_grace: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +482,8 @@ def _timeouts(root: _Section) -> TimeoutsConfig:
         idle=section.duration("idle", d.idle),
         data=section.duration("data", d.data),
         busy_wait=section.duration("busy_wait", d.busy_wait),
+        min_data_rate=section.size("min_data_rate", d.min_data_rate),
+        data_rate_grace=section.duration("data_rate_grace", d.data_rate_grace),
     )
     section.done()
     return config

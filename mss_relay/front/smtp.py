@@ -168,6 +168,9 @@ class RelaySMTP(SMTP):
         self._refusal: str | None = None  # a connection over the caps: 421, then close
         self._in_data = False
         self._data_deadline: asyncio.TimerHandle | None = None
+        self._rate_check: asyncio.TimerHandle | None = None
+        self._data_started_at = 0.0
+        self._data_bytes = 0
         with warnings.catch_warnings():
             # With implicit TLS the whole connection is encrypted, so aiosmtpd's
             # « AUTH without TLS » warning does not apply.
@@ -203,7 +206,10 @@ class RelaySMTP(SMTP):
             await self.push(str(BUSY))
             return
         self._in_data = True
+        self._data_started_at = self.loop.time()
+        self._data_bytes = 0
         self._data_deadline = self.loop.call_later(ctx.timeouts.data, self._data_overdue)
+        self._rate_check = self.loop.call_later(ctx.timeouts.data_rate_grace, self._check_rate)
         try:
             await super().smtp_DATA(arg)
         finally:
@@ -220,18 +226,31 @@ class RelaySMTP(SMTP):
         """The final dot is in: from now on only the relay's own work remains,
         which no client timer may interrupt (it could duplicate the message)."""
         self._in_data = False
-        if self._data_deadline is not None:
-            self._data_deadline.cancel()
-            self._data_deadline = None
+        for handle in (self._data_deadline, self._rate_check):
+            if handle is not None:
+                handle.cancel()
+        self._data_deadline = self._rate_check = None
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()  # re-armed once the reply is sent
 
     def data_received(self, data: bytes) -> None:
         if self._in_data:
+            self._data_bytes += len(data)
             # aiosmtpd restarts its timer on each command only; during DATA,
             # the idle timeout counts from the last byte instead.
             self._reset_timeout()
         super().data_received(data)
+
+    def _check_rate(self) -> None:
+        self._rate_check = None
+        if not self._in_data:
+            return
+        timeouts = self.relay.ctx.timeouts
+        elapsed = self.loop.time() - self._data_started_at
+        if self._data_bytes < timeouts.min_data_rate * elapsed:
+            self._close_with(TIMEOUT.with_text("Transmission du message trop lente"), "data_rate")
+            return
+        self._rate_check = self.loop.call_later(max(1.0, elapsed / 4), self._check_rate)
 
     def _data_overdue(self) -> None:
         self._data_deadline = None

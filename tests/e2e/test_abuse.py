@@ -269,3 +269,27 @@ def test_a_trusted_client_sends_as_its_user_without_auth(
                     client.rset()
                     assert client.mail("secretariat@ch-exemple.mssante.fr")[0] == 553
         assert stack.relay.wait_event("auth")[0]["result"] == "trusted_client"
+
+
+def test_a_trickling_client_loses_its_message_slot(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    timeouts = {"idle": 10, "data": 600, "data_rate_grace": 1, "min_data_rate": "10KB"}
+    for stack in _stack(tmp_path, pki, password_hashes, timeouts=timeouts):
+        with connect(stack, "jdupont") as client:
+            _, (code, text) = send(client, SENDER, [DEST], make_message())
+            assert code == 250, text  # a normal client is far above the rate
+            client.mail(SENDER)
+            client.rcpt(DEST)
+            assert client.docmd("DATA")[0] == 354
+            with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+                for _ in range(200):  # 100 bytes every 0.1 s: 1 kB/s
+                    client.send(b"X-Drip: " + b"x" * 90 + b"\r\n")
+                    time.sleep(0.1)
+                    if client.sock is not None and _readable(client.sock):
+                        break
+                code, text = client.getreply()
+                assert (code, text[:5]) == (421, b"4.4.2"), text
+                client.noop()
+        assert [e["phase"] for e in stack.relay.wait_event("timeout")] == ["data_rate"]
+        assert len(stack.upstream.messages()) == 1
