@@ -4,6 +4,7 @@ dangerous attachments), on the real relay process with smtplib."""
 from __future__ import annotations
 
 import base64
+import select
 import smtplib
 import socket
 import time
@@ -148,27 +149,27 @@ def test_idle_and_data_timeouts_say_421_and_lose_nothing(throttled: Stack) -> No
         assert lines.readline().startswith(b"421 4.4.2 ")
     before = len(throttled.upstream.messages())
     with connect(throttled, "jdupont") as client:
-        client.mail(SENDER)
-        client.rcpt(DEST)
-        assert client.docmd("DATA")[0] == 354
         # A line every 0.3 s: never idle, but the message never ends.
-        with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
-            for _ in range(100):
-                client.send(b"X-Drip: still here\r\n")
-                time.sleep(0.3)
-                if client.sock is not None and _readable(client.sock):
-                    break
-            code, text = client.getreply()
-            assert (code, text[:5]) == (421, b"4.4.2"), text
-            client.noop()
+        _drip_until_cut(client, b"X-Drip: still here\r\n", 0.3)
     assert len(throttled.upstream.messages()) == before
     assert [e["phase"] for e in throttled.relay.wait_event("timeout", 2)] == ["idle", "data"]
 
 
-def _readable(sock: socket.socket) -> bool:
-    import select
-
-    return bool(select.select([sock], [], [], 0)[0])
+def _drip_until_cut(client: smtplib.SMTP, line: bytes, every: float) -> None:
+    """Start a DATA and send it a line at a time until the relay gives up on
+    it: a 421 4.4.2, then the connection closed."""
+    client.mail(SENDER)
+    client.rcpt(DEST)
+    assert client.docmd("DATA")[0] == 354
+    with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+        for _ in range(300):
+            client.send(line)
+            time.sleep(every)  # drives the client only; nothing is timed here
+            if client.sock is not None and select.select([client.sock], [], [], 0)[0]:
+                break
+        code, text = client.getreply()
+        assert (code, text[:5]) == (421, b"4.4.2"), text
+        client.noop()
 
 
 def test_a_full_relay_answers_451_and_the_message_goes_later(throttled: Stack) -> None:
@@ -279,17 +280,6 @@ def test_a_trickling_client_loses_its_message_slot(
         with connect(stack, "jdupont") as client:
             _, (code, text) = send(client, SENDER, [DEST], make_message())
             assert code == 250, text  # a normal client is far above the rate
-            client.mail(SENDER)
-            client.rcpt(DEST)
-            assert client.docmd("DATA")[0] == 354
-            with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
-                for _ in range(200):  # 100 bytes every 0.1 s: 1 kB/s
-                    client.send(b"X-Drip: " + b"x" * 90 + b"\r\n")
-                    time.sleep(0.1)
-                    if client.sock is not None and _readable(client.sock):
-                        break
-                code, text = client.getreply()
-                assert (code, text[:5]) == (421, b"4.4.2"), text
-                client.noop()
+            _drip_until_cut(client, b"X-Drip: " + b"x" * 90 + b"\r\n", 0.1)  # 1 kB/s
         assert [e["phase"] for e in stack.relay.wait_event("timeout")] == ["data_rate"]
         assert len(stack.upstream.messages()) == 1
