@@ -564,6 +564,9 @@ class RelayHandler:
         self._release()
 
     def _release(self) -> None:
+        if self.txn is not None:  # a late delivery that failed on an internal error
+            self._outcome("tempfailed", "internal error")
+            self.txn = None
         self.ctx.sessions.discard(self)
         if self.upstream is not None:
             task = asyncio.get_running_loop().create_task(self.upstream.close())
