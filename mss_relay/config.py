@@ -26,7 +26,7 @@ from mss_relay.core.addresses import (
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
-from mss_relay.core.throttle import ThrottleSettings
+from mss_relay.core.throttle import ThrottleSettings, ip_address
 from mss_relay.passwords import is_password_hash
 from mss_relay.sizes import parse_duration, parse_size
 
@@ -464,12 +464,12 @@ def _trusted_clients(root: _Section, users: Mapping[str, str]) -> dict[str, str]
     for address, user in raw.items():
         path = f"trusted_clients.{address}"
         try:
-            ip = ipaddress.ip_address(str(address))
+            ipaddress.ip_address(str(address))
         except ValueError:
             _fail(path, f"{address!r} is not an IP address")
         if not isinstance(user, str) or user not in users:
             _fail(path, f"{user!r} is not one of the users")
-        trusted[str(ip)] = user
+        trusted[ip_address(str(address))] = user  # spelled as connections are looked up
     return trusted
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 from collections.abc import Iterator
@@ -99,8 +100,17 @@ def base_config(
     return config
 
 
-def with_inbound(config: dict[str, Any], mailbox_port: int) -> dict[str, Any]:
-    """Add the incoming side: an inbound listener and the mailbox server it delivers to."""
+@contextlib.contextmanager
+def two_sided(
+    tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any
+) -> Iterator[tuple[Relay, Upstream, Upstream]]:
+    """The relay with its incoming side too: (relay, operator, mailbox), the
+    operator taking outgoing mail, the mailbox server the incoming. An override
+    replaces a key of the base configuration, or, as a function, transforms it."""
+    operator, mailbox = Upstream(tmp / "op"), Upstream(tmp / "mb")
+    operator.start()
+    mailbox.start()
+    config = base_config(pki, hashes, operator.port)
     config["listeners"].append(
         {
             "name": "inbound",
@@ -110,8 +120,17 @@ def with_inbound(config: dict[str, Any], mailbox_port: int) -> dict[str, Any]:
             "tls": "none",
         }
     )
-    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox_port, "tls": "none"}
-    return config
+    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox.port, "tls": "none"}
+    for key, value in overrides.items():
+        config[key] = value(config[key]) if callable(value) else value
+    relay = Relay(tmp, config)
+    try:
+        relay.start()
+        yield relay, operator, mailbox
+    finally:
+        relay.stop()
+        operator.stop()
+        mailbox.stop()
 
 
 @dataclass

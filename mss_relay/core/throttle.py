@@ -83,18 +83,25 @@ class SlidingWindow:
         return max(0.0, events[0] + self.period - now) if events else 0.0
 
 
-def client_key(address: str) -> str:
-    """What counts as one client: an IPv4 address, or an IPv6 /64 (one site's
-    prefix: a guesser rotating through its addresses stays one client)."""
+def ip_address(address: str) -> str:
+    """One spelling per client address: IPv4-mapped IPv6 (« ::ffff:10.0.0.1 »,
+    as a dual-stack socket reports IPv4 clients) as plain IPv4."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def client_key(address: str) -> str:
+    """What counts as one client: an IPv4 address, or an IPv6 /64 (one site's
+    prefix: a guesser rotating through its addresses stays one client)."""
+    normalized = ip_address(address)
+    if ":" in normalized:
+        return str(ipaddress.ip_network(f"{normalized}/64", strict=False))
+    return normalized
 
 
 class AuthGuard:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import re
 import secrets
 import time
@@ -53,6 +52,7 @@ from mss_relay.core.throttle import (
     SendingRates,
     ThrottleSettings,
     connection_verdict,
+    ip_address,
 )
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream, UpstreamSession
@@ -79,18 +79,6 @@ def _signed(signer: Signer, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
     receives, so what the signature covers), signatures on top."""
     message = crlf_lines(message)
     return signer.sign(message, keys) + message
-
-
-def client_key_exact(address: str) -> str:
-    """The client address as trusted_clients keys are written (IPv4-mapped
-    IPv6 as IPv4)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def new_id() -> str:
@@ -500,7 +488,7 @@ class RelayHandler:
         Everything else (TLS, sender ownership, rates) applies as to any user."""
         if self.ctx.inbound:
             return
-        user = self.ctx.trusted_clients.get(client_key_exact(self.client))
+        user = self.ctx.trusted_clients.get(ip_address(self.client))
         if user is not None:
             self.user = user
             self.trusted = True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pki, Stack, base_config, with_inbound
+from tests.conftest import Pki, Stack, two_sided
 from tests.support import files
 from tests.support.mail import connect, make_message, send, wire_data
 from tests.support.processes import ROOT, Relay, Upstream
@@ -86,12 +86,7 @@ class Conversations:
 
 @pytest.fixture
 def conv(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterator[Conversations]:
-    operator, mailbox = Upstream(tmp_path / "op"), Upstream(tmp_path / "mb")
-    operator.start()
-    mailbox.start()
-    config = base_config(pki, password_hashes, operator.port)
-    with_inbound(config, mailbox.port)
-    config["bals"] += [
+    extra_bals = [
         {"address": NO_REPLY, "type": "applicative", "users": ["jdupont"], "auto_close": True},
         {
             "address": PHARMACY,
@@ -100,15 +95,14 @@ def conv(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterator[
             "patients_may_initiate": True,
         },
     ]
-    config["conversations"] = {"close_after_days": 30, "retention_days": 92, "purge_interval": 0.2}
-    relay = Relay(tmp_path, config)
-    relay.start()
-    try:
+    with two_sided(
+        tmp_path,
+        pki,
+        password_hashes,
+        bals=lambda bals: bals + extra_bals,
+        conversations={"close_after_days": 30, "retention_days": 92, "purge_interval": 0.2},
+    ) as (relay, operator, mailbox):
         yield Conversations(relay, operator, mailbox, pki)
-    finally:
-        relay.stop()
-        operator.stop()
-        mailbox.stop()
 
 
 def test_patient_cannot_start_a_conversation(conv: Conversations) -> None:

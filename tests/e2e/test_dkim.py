@@ -18,7 +18,7 @@ import dkim
 import pytest
 import yaml
 
-from tests.conftest import Pki, Stack, _stack, base_config, with_inbound
+from tests.conftest import Pki, Stack, _stack, base_config, two_sided
 from tests.support.dkim import SigningKey, keygen_cli, lookup, new_key, weak_rsa_pem
 from tests.support.mail import connect, make_message, send, wire_data
 from tests.support.processes import ROOT, Relay, Upstream
@@ -200,22 +200,11 @@ class Inbound:
 def _inbound(
     tmp: Path, pki: Pki, hashes: dict[str, str], keys: list[SigningKey], require: bool
 ) -> Iterator[Inbound]:
-    operator, mailbox = Upstream(tmp / "op"), Upstream(tmp / "mb")
-    operator.start()
-    mailbox.start()
     answers = tmp / "dkim-dns.yaml"
     answers.write_text(yaml.safe_dump({k.name: k.txt for k in keys}))
-    config = base_config(pki, hashes, operator.port)
-    with_inbound(config, mailbox.port)
-    config["inbound"] = {"require_dkim_for_patients": require, "dkim_dns_file": str(answers)}
-    relay = Relay(tmp, config)
-    relay.start()
-    try:
+    inbound = {"require_dkim_for_patients": require, "dkim_dns_file": str(answers)}
+    with two_sided(tmp, pki, hashes, inbound=inbound) as (relay, operator, mailbox):
         yield Inbound(relay, operator, mailbox, pki)
-    finally:
-        relay.stop()
-        operator.stop()
-        mailbox.stop()
 
 
 CHU_KEY = new_key("chu-b.mssante.fr", "op1")
