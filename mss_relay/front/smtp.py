@@ -8,34 +8,19 @@ as a reply. It holds no policy of its own.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-import secrets
 import time
 import traceback
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Any, AnyStr
 
 import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from structlog.typing import FilteringBoundLogger
 
-from mss_relay.config import TimeoutsConfig
-from mss_relay.core.addresses import domain_of
-from mss_relay.core.changes import inbound_change, outgoing_changes
-from mss_relay.core.conversation import (
-    Change,
-    ConversationFacts,
-    message_ids,
-    patient_sender,
-    references,
-)
-from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
-from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
-from mss_relay.core.policy import INBOUND, Policy
+from mss_relay.core.facts import MailFacts, RcptFacts
+from mss_relay.core.message import crlf_lines
 from mss_relay.core.reply import (
     BUSY,
     INTERNAL_ERROR,
@@ -47,24 +32,19 @@ from mss_relay.core.reply import (
     Reply,
     ascii_text,
 )
-from mss_relay.core.throttle import (
-    AuthGuard,
-    SendingRates,
-    ThrottleSettings,
-    connection_verdict,
-    ip_address,
-)
-from mss_relay.core.verdict import Verdict
-from mss_relay.delivery.upstream import Upstream, UpstreamSession
+from mss_relay.core.throttle import connection_verdict
+from mss_relay.delivery.upstream import UpstreamSession
 from mss_relay.front.replies import localize
-from mss_relay.log import Clock
+from mss_relay.front.session import (
+    ClientSession,
+    RelayContext,
+    Transaction,
+    new_id,
+    printable,
+)
 from mss_relay.passwords import verify_password
 from mss_relay.signing import DkimKey, Signer
-from mss_relay.state.conversations import ConversationStore
-from mss_relay.verification import Verifier
 
-# Messages above this size are parsed in a worker thread, off the event loop.
-_INLINE_PARSE_LIMIT = 256 * 1024
 # DSN parameters (RFC 3461) that clients send although we do not offer DSN:
 # tolerated and dropped rather than refused.
 _DSN_RCPT_PARAMS = ("NOTIFY=", "ORCPT=")
@@ -79,48 +59,6 @@ def _signed(signer: Signer, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
     receives, so what the signature covers), signatures on top."""
     message = crlf_lines(message)
     return signer.sign(message, keys) + message
-
-
-def new_id() -> str:
-    return secrets.token_hex(6).upper()
-
-
-@dataclass(frozen=True)
-class RelayContext:
-    """What every connection shares: policy, upstream, users, log, clock."""
-
-    policy: Policy
-    upstream: Upstream
-    users: Mapping[str, str]
-    hostname: str
-    role: str
-    log: FilteringBoundLogger
-    clock: Clock
-    store: ConversationStore | None = None
-    signer: Signer = field(default_factory=lambda: Signer(()))
-    verifier: Verifier | None = None  # the incoming side's DKIM verification
-    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
-    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
-    auth_guard: AuthGuard | None = None
-    rates: SendingRates | None = None
-    # Messages being received at once, all listeners together (memory).
-    data_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
-    monotonic: Callable[[], float] = time.monotonic
-    trusted_clients: Mapping[str, str] = field(default_factory=dict)
-    # The open connections of the whole process, for a graceful stop.
-    sessions: set[RelayHandler] = field(default_factory=set)
-
-    @property
-    def inbound(self) -> bool:
-        return self.role == INBOUND
-
-
-@dataclass
-class _Transaction:
-    txid: str
-    started: float
-    mail: MailFacts
-    recipients: list[str] = field(default_factory=list)
 
 
 def _strip_params(arg: str | None, prefixes: tuple[str, ...]) -> str | None:
@@ -140,10 +78,6 @@ def _without_trailing_dot(arg: str | None) -> str | None:
     """« x@ch.mssante.fr. » (the FQDN form) is « x@ch.mssante.fr »: aiosmtpd's
     parser refuses the dot, and the upstream should not see it either."""
     return _TRAILING_DOT.sub(r"\1>", arg) if arg else arg
-
-
-def _printable(text: str, limit: int = 255) -> str:
-    return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "_" for c in text)[:limit]
 
 
 class RelaySMTP(SMTP):
@@ -360,43 +294,20 @@ class RelaySMTP(SMTP):
         self.relay.connection_lost()
 
 
-class RelayHandler:
+class RelayHandler(ClientSession):
     """One per connection: its upstream session and its current transaction."""
 
     def __init__(self, context: RelayContext) -> None:
-        self.ctx = context
-        self.session_id = new_id()
-        self.log = context.log.bind(session=self.session_id)
-        self.client = ""
-        self.helo = ""
-        self.tls = False
-        self.user: str | None = None
-        self.trusted = False  # taken for self.user by trusted_clients, without AUTH
+        super().__init__(context)
         self.server: RelaySMTP | None = None
         self.upstream: UpstreamSession | None = None
-        self.txn: _Transaction | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._delivering: asyncio.Task[str] | None = None
         context.sessions.add(self)
 
-    @property
-    def busy(self) -> bool:
-        """In the middle of a transaction: stopping now could lose or duplicate it."""
-        return self.txn is not None
-
     def disconnect(self) -> None:
         if self.server is not None and self.server.transport is not None:
             self.server.transport.close()
-
-    # Helpers ---------------------------------------------------------------
-    def _session_facts(self) -> SessionFacts:
-        return SessionFacts(
-            client_address=self.client,
-            helo=self.helo,
-            tls=self.tls,
-            user=self.user,
-            role=self.ctx.role,
-        )
 
     def _observe(self, server: RelaySMTP, session: Session) -> None:
         self.server = server
@@ -405,55 +316,9 @@ class RelayHandler:
         self.helo = session.host_name or self.helo
         self.tls = session.ssl is not None
 
-    def _decision(self, stage: str, verdict: Verdict, **fields: Any) -> None:
-        self.log.info(
-            "decision",
-            stage=stage,
-            txid=self.txn.txid if self.txn else None,
-            verdict=verdict.action.value,
-            rule=verdict.rule,
-            reason=verdict.reason,
-            reply=str(verdict.reply) if verdict.reply else None,
-            **fields,
-        )
-
-    def _outcome(
-        self,
-        outcome: str,
-        reply: str,
-        *,
-        content: bytes | None = None,
-        info: MessageInfo | None = None,
-        verdict: Verdict | None = None,
-        upstream: str | None = None,
-        message_id: str | None = None,
-        **extra: Any,
-    ) -> None:
-        txn = self.txn
-        if txn is None:
-            return
-        self.log.info(
-            "transaction",
-            txid=txn.txid,
-            client=self.client,
-            user=self.user,
-            sender=txn.mail.sender,
-            recipients=list(txn.recipients),
-            message_id=message_id or (info.message_id if info else None),
-            size=len(content) if content is not None else None,
-            sha256=hashlib.sha256(content).hexdigest() if content is not None else None,
-            outcome=outcome,
-            rule=verdict.rule if verdict else None,
-            reason=verdict.reason if verdict else None,
-            reply=reply,
-            upstream=upstream,
-            duration_ms=round((time.monotonic() - txn.started) * 1000, 1),
-            **extra,
-        )
-
     def _received(self, txid: str) -> bytes:
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.user else "")
-        helo = _printable(self.helo) or "unknown"
+        helo = printable(self.helo) or "unknown"
         return (
             f"Received: from {helo} ([{self.client}])\r\n"
             f"\tby {self.ctx.hostname} (mss-relay) with {proto} id {txid};\r\n"
@@ -463,7 +328,7 @@ class RelayHandler:
     async def data_refused(self) -> None:
         if self.txn is None:
             return  # handle_DATA ran and closed the transaction
-        self._outcome("rejected", "refused while receiving data (size or line length)")
+        self.outcome("rejected", "refused while receiving data (size or line length)")
         self.txn = None
         if self.upstream is not None:
             await self.upstream.reset()
@@ -475,24 +340,12 @@ class RelayHandler:
         same = sum(1 for s in sessions if s.client == self.client)
         verdict = connection_verdict(self.ctx.throttle, len(sessions), same)
         if verdict is None or verdict.reply is None:
-            self._trust()
+            self.trust()
             return None
         self.log.warning(
             "connection_refused", client=self.client, rule=verdict.rule, reason=verdict.reason
         )
         return str(verdict.reply)
-
-    def _trust(self) -> None:
-        """trusted_clients: an application server on a fixed address (a DPI
-        connector) is taken for its user on the submission side, without AUTH.
-        Everything else (TLS, sender ownership, rates) applies as to any user."""
-        if self.ctx.inbound:
-            return
-        user = self.ctx.trusted_clients.get(ip_address(self.client))
-        if user is not None:
-            self.user = user
-            self.trusted = True
-            self.log.info("auth", client=self.client, user=user, result="trusted_client")
 
     def timed_out(self, why: str) -> None:
         self.log.warning(
@@ -501,14 +354,14 @@ class RelayHandler:
 
     async def reset_transaction(self, why: str) -> None:
         if self.txn is not None:
-            self._outcome("abandoned", why)
+            self.outcome("abandoned", why)
             self.txn = None
         if self.upstream is not None:
             await self.upstream.reset()
 
     async def authenticate(self, login: bytes, password: bytes) -> AuthResult:
         user = login.decode("utf-8", "replace")
-        shown = _printable(user, 64)
+        shown = printable(user, 64)
         guard = self.ctx.auth_guard
         if guard is not None:
             locked = guard.locked(self.client, user, self.ctx.monotonic())
@@ -547,13 +400,13 @@ class RelayHandler:
             self._delivering.add_done_callback(lambda _: self._release())
             return
         if self.txn is not None:
-            self._outcome("abandoned", "connection lost")
+            self.outcome("abandoned", "connection lost")
             self.txn = None
         self._release()
 
     def _release(self) -> None:
         if self.txn is not None:  # a late delivery that failed on an internal error
-            self._outcome("tempfailed", "internal error")
+            self.outcome("tempfailed", "internal error")
             self.txn = None
         self.ctx.sessions.discard(self)
         if self.upstream is not None:
@@ -588,19 +441,20 @@ class RelayHandler:
         self._observe(server, session)
         size = next((o[5:] for o in options if o.startswith("SIZE=")), None)
         mail = MailFacts(
-            session=self._session_facts(),
+            session=self.session_facts(),
             sender=address,
             declared_size=int(size) if size and size.isdigit() else None,
         )
-        self.txn = _Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
+        self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
         verdict = self.ctx.policy.evaluate_mail(mail)
         if verdict.accepted and self.ctx.rates is not None:
             verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
-        self._decision("mail", verdict, sender=address)
+        self.decision("mail", verdict, sender=address)
         if verdict.reply is not None:
             self.txn = None
             return str(verdict.reply)
         if self.upstream is None:
+            assert self.ctx.upstream is not None  # every SMTP listener has one
             self.upstream = self.ctx.upstream.session()
         result = await self.upstream.mail(address, options)
         if not result.accepted:
@@ -631,7 +485,7 @@ class RelayHandler:
         verdict = self.ctx.policy.evaluate_rcpt(facts)
         if verdict.accepted and self.ctx.rates is not None:
             verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
-        self._decision("rcpt", verdict, recipient=address)
+        self.decision("rcpt", verdict, recipient=address)
         if verdict.reply is not None:
             return str(verdict.reply)
         result = await self.upstream.rcpt(address)
@@ -671,37 +525,23 @@ class RelayHandler:
     async def _finish(self, content: bytes) -> str:
         txn = self.txn
         assert txn is not None and self.upstream is not None
-        if len(content) > _INLINE_PARSE_LIMIT:
-            info = await asyncio.to_thread(inspect_message, content)
-        else:
-            info = inspect_message(content)
-        verifier = self.ctx.verifier if self.ctx.inbound else None
-        checks = await asyncio.to_thread(verifier.verify, content) if verifier else None
-        facts = MessageFacts(
-            mail=txn.mail,
-            recipients=tuple(txn.recipients),
-            size=len(content),
-            info=info,
-            conversation=await self._conversation(txn.mail.sender, info),
-            dkim=checks,
-        )
-        verdict = self.ctx.policy.evaluate_message(facts)
-        dkim_log = [str(c) for c in checks] if checks is not None else None
-        self._decision("data", verdict, message_id=info.message_id, dkim=dkim_log)
-        self._patient_event(facts, verdict)
+        examined = await self.examine(content)
+        info, verdict, checks = examined.info, examined.verdict, examined.dkim
         if verdict.reply is not None:
             await self.upstream.reset()
-            self._outcome(
+            self.outcome(
                 "rejected", str(verdict.reply), content=content, info=info, verdict=verdict
             )
             self.txn = None
             return str(verdict.reply)
-        added, message_id = self._added_headers(txn.txid, info)
+        fields, message_id = self.added_headers(txn.txid, info)
+        added = "".join(f"{name}: {value}\r\n" for name, value in fields).encode("ascii")
+        verifier = self.ctx.verifier if self.inbound else None
         if verifier is not None and checks is not None:
             content = verifier.without_forged_results(content)
             added = verifier.header(checks) + added
         message = self._received(txn.txid) + added + content
-        keys = self._signing_keys(txn.mail.sender, info)
+        keys = self.signing_keys(txn.mail.sender, info)
         if keys:
             try:
                 message = await asyncio.to_thread(_signed, self.ctx.signer, message, keys)
@@ -709,16 +549,16 @@ class RelayHandler:
                 refusal = UNSIGNABLE
                 self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
                 await self.upstream.reset()
-                self._outcome("rejected", str(refusal), content=content, info=info)
+                self.outcome("rejected", str(refusal), content=content, info=info)
                 self.txn = None
                 return str(refusal)
         result = await self.upstream.data(message, txn.txid)
         if result.accepted:
             reply = MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txn.txid})")
-            await self._record(facts, message_id)
+            await self.record(examined.facts, message_id)
         else:
             reply = result.reply
-        self._outcome(
+        self.outcome(
             "delivered" if result.accepted else result.outcome.value,
             str(reply),
             content=content,
@@ -726,77 +566,10 @@ class RelayHandler:
             verdict=verdict,
             upstream=result.upstream,
             message_id=message_id,
-            dkim=dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
+            dkim=examined.dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
         )
         self.txn = None
         return str(reply)
-
-    def _signing_keys(self, sender: str, info: MessageInfo) -> tuple[DkimKey, ...]:
-        """Outgoing mail is signed for the domain of its (aligned) From: BAL."""
-        if self.ctx.inbound or not self.ctx.signer:
-            return ()
-        author = info.from_addresses[0] if info.from_addresses else sender
-        return self.ctx.signer.keys_for(domain_of(author or sender))
-
-    async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
-        """For a patient's message coming in: the conversation it replies to."""
-        if not self.ctx.inbound or self.ctx.store is None:
-            return None
-        patient = patient_sender(sender, info)
-        if patient is None:
-            return None
-        return await self.ctx.store.lookup(patient, references(info))
-
-    def _patient_event(self, facts: MessageFacts, verdict: Verdict) -> None:
-        if facts.conversation is None:
-            return
-        self.log.info(
-            "patient_message",
-            txid=self.txn.txid if self.txn else None,
-            patient=patient_sender(facts.mail.sender, facts.info),
-            conversation=facts.conversation.status.value,
-            result="accepted" if verdict.accepted else "refused",
-            reason=verdict.reason,
-        )
-
-    def _added_headers(self, txid: str, info: MessageInfo) -> tuple[bytes, str | None]:
-        """RFC 6409 §8.3-8.4: a submission server adds Message-ID and Date when
-        the client sent none (patient conversations are followed by Message-ID)."""
-        if self.ctx.inbound:
-            return b"", info.message_id
-        lines, message_id = [], info.message_id
-        if not message_ids(message_id):
-            message_id = f"<{txid}.{secrets.token_hex(8)}@{self.ctx.hostname}>"
-            lines.append(f"Message-ID: {message_id}\r\n")
-        if not info.has_date:
-            lines.append(f"Date: {format_datetime(self.ctx.clock())}\r\n")
-        return "".join(lines).encode("ascii"), message_id
-
-    async def _record(self, facts: MessageFacts, message_id: str | None) -> None:
-        """Conversation state follows delivery, never precedes it. A failure here
-        must not turn a delivered message into a retried (duplicated) one."""
-        store = self.ctx.store
-        if store is None:
-            return
-        changes: list[Change] = []
-        if self.ctx.inbound:
-            change = inbound_change(facts, facts.conversation, self.ctx.policy.bals)
-            changes = [change] if change else []
-            actor = "patient"
-        else:
-            bal = self.ctx.policy.bals.get(facts.mail.sender)
-            if bal is not None and message_id:
-                changes = outgoing_changes(bal, facts, message_ids(message_id)[0])
-            actor = self.user or "?"
-        txid = self.txn.txid if self.txn else None
-        for change in changes:
-            try:
-                events = await store.apply(change, actor)
-            except Exception as error:
-                self.log.error("state_error", txid=txid, error=type(error).__name__)
-                continue
-            for event, fields in events:
-                self.log.info(event, txid=txid, **fields)
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         await self.reset_transaction("rset")
@@ -815,7 +588,7 @@ class RelayHandler:
         where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
         self.log.error("internal_error", txid=ref, error=type(error).__name__, where=where)
         if self.txn is not None:
-            self._outcome("tempfailed", "internal error")
+            self.outcome("tempfailed", "internal error")
             self.txn = None
         if self.upstream is not None:
             await self.upstream.reset()

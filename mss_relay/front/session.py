@@ -1,0 +1,305 @@
+"""What the SMTP listener and the milter share: the context of a listener and
+one client session's transaction, from facts to verdicts to the audit trail.
+
+A front end turns its protocol (SMTP commands, milter packets) into calls to
+these methods; the rules live in the policy core, the message pipeline here,
+so that both deployments enforce the same rules the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from mss_relay.config import TimeoutsConfig
+from mss_relay.core.addresses import domain_of
+from mss_relay.core.authentication import DkimCheck
+from mss_relay.core.changes import inbound_change, outgoing_changes
+from mss_relay.core.conversation import (
+    Change,
+    ConversationFacts,
+    message_ids,
+    patient_sender,
+    references,
+)
+from mss_relay.core.facts import MailFacts, MessageFacts, SessionFacts
+from mss_relay.core.message import MessageInfo, inspect_message
+from mss_relay.core.policy import INBOUND, Policy
+from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
+from mss_relay.core.verdict import Verdict
+from mss_relay.delivery.upstream import Upstream
+from mss_relay.log import Clock
+from mss_relay.signing import DkimKey, Signer
+from mss_relay.state.conversations import ConversationStore
+from mss_relay.verification import Verifier
+
+# Messages above this size are parsed in a worker thread, off the event loop.
+INLINE_PARSE_LIMIT = 256 * 1024
+
+
+def new_id() -> str:
+    return secrets.token_hex(6).upper()
+
+
+def printable(text: str, limit: int = 255) -> str:
+    return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "_" for c in text)[:limit]
+
+
+@dataclass(frozen=True)
+class RelayContext:
+    """What every session of a listener shares: policy, upstream, users, log, clock."""
+
+    policy: Policy
+    upstream: Upstream | None  # None for the milter: Postfix delivers
+    users: Mapping[str, str]
+    hostname: str
+    role: str
+    log: FilteringBoundLogger
+    clock: Clock
+    store: ConversationStore | None = None
+    signer: Signer = field(default_factory=lambda: Signer(()))
+    verifier: Verifier | None = None  # the incoming side's DKIM verification
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    auth_guard: AuthGuard | None = None
+    rates: SendingRates | None = None
+    # Messages being received at once, all listeners together (memory).
+    data_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    monotonic: Callable[[], float] = time.monotonic
+    trusted_clients: Mapping[str, str] = field(default_factory=dict)
+    # The open sessions of the whole process, for a graceful stop.
+    sessions: set[ClientSession] = field(default_factory=set)
+
+    @property
+    def inbound(self) -> bool:
+        return self.role == INBOUND
+
+
+@dataclass
+class Transaction:
+    txid: str
+    started: float
+    mail: MailFacts
+    recipients: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Examined:
+    """A received message, looked at: its facts and the policy's verdict."""
+
+    facts: MessageFacts
+    verdict: Verdict
+    dkim: tuple[DkimCheck, ...] | None
+
+    @property
+    def info(self) -> MessageInfo:
+        return self.facts.info
+
+    @property
+    def dkim_log(self) -> list[str] | None:
+        return [str(c) for c in self.dkim] if self.dkim is not None else None
+
+
+class ClientSession:
+    """One client session (an SMTP connection, or a connection Postfix
+    filters through the milter) and its current transaction."""
+
+    def __init__(self, context: RelayContext) -> None:
+        self.ctx = context
+        self.session_id = new_id()
+        self.log = context.log.bind(session=self.session_id)
+        self.client = ""
+        self.helo = ""
+        self.tls = False
+        self.user: str | None = None
+        self.trusted = False  # taken for self.user by trusted_clients, without AUTH
+        self.txn: Transaction | None = None
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of a transaction: stopping now could lose or duplicate it."""
+        return self.txn is not None
+
+    def disconnect(self) -> None:
+        """End the session now (a graceful stop whose time ran out)."""
+
+    @property
+    def inbound(self) -> bool:
+        """The incoming side's rules apply (a patient or an operator writing in)."""
+        return self.ctx.inbound
+
+    @property
+    def role(self) -> str:
+        return INBOUND if self.inbound else "submission"
+
+    def session_facts(self) -> SessionFacts:
+        return SessionFacts(
+            client_address=self.client,
+            helo=self.helo,
+            tls=self.tls,
+            user=self.user,
+            role=self.role,
+        )
+
+    def trust(self) -> None:
+        """trusted_clients: an application server on a fixed address (a DPI
+        connector) is taken for its user on the outgoing side, without AUTH.
+        Everything else (sender ownership, rates, content) applies as to any user."""
+        if self.ctx.inbound:
+            return
+        user = self.ctx.trusted_clients.get(ip_address(self.client))
+        if user is not None:
+            self.user = user
+            self.trusted = True
+            self.log.info("auth", client=self.client, user=user, result="trusted_client")
+
+    # Audit trail -------------------------------------------------------------
+    def decision(self, stage: str, verdict: Verdict, **fields: Any) -> None:
+        self.log.info(
+            "decision",
+            stage=stage,
+            txid=self.txn.txid if self.txn else None,
+            verdict=verdict.action.value,
+            rule=verdict.rule,
+            reason=verdict.reason,
+            reply=str(verdict.reply) if verdict.reply else None,
+            **fields,
+        )
+
+    def outcome(
+        self,
+        outcome: str,
+        reply: str,
+        *,
+        content: bytes | None = None,
+        info: MessageInfo | None = None,
+        verdict: Verdict | None = None,
+        upstream: str | None = None,
+        message_id: str | None = None,
+        **extra: Any,
+    ) -> None:
+        txn = self.txn
+        if txn is None:
+            return
+        self.log.info(
+            "transaction",
+            txid=txn.txid,
+            client=self.client,
+            user=self.user,
+            sender=txn.mail.sender,
+            recipients=list(txn.recipients),
+            message_id=message_id or (info.message_id if info else None),
+            size=len(content) if content is not None else None,
+            sha256=hashlib.sha256(content).hexdigest() if content is not None else None,
+            outcome=outcome,
+            rule=verdict.rule if verdict else None,
+            reason=verdict.reason if verdict else None,
+            reply=reply,
+            upstream=upstream,
+            duration_ms=round((time.monotonic() - txn.started) * 1000, 1),
+            **extra,
+        )
+
+    # The message pipeline -----------------------------------------------------
+    async def examine(self, content: bytes) -> Examined:
+        """Parse, verify (incoming side), look up the conversation, and ask the
+        policy; the decision is logged."""
+        txn = self.txn
+        assert txn is not None
+        if len(content) > INLINE_PARSE_LIMIT:
+            info = await asyncio.to_thread(inspect_message, content)
+        else:
+            info = inspect_message(content)
+        verifier = self.ctx.verifier if self.inbound else None
+        checks = await asyncio.to_thread(verifier.verify, content) if verifier else None
+        facts = MessageFacts(
+            mail=txn.mail,
+            recipients=tuple(txn.recipients),
+            size=len(content),
+            info=info,
+            conversation=await self._conversation(txn.mail.sender, info),
+            dkim=checks,
+        )
+        verdict = self.ctx.policy.evaluate_message(facts)
+        examined = Examined(facts, verdict, checks)
+        self.decision("data", verdict, message_id=info.message_id, dkim=examined.dkim_log)
+        self._patient_event(facts, verdict)
+        return examined
+
+    def signing_keys(self, sender: str, info: MessageInfo) -> tuple[DkimKey, ...]:
+        """Outgoing mail is signed for the domain of its (aligned) From: BAL."""
+        if self.inbound or not self.ctx.signer:
+            return ()
+        author = info.from_addresses[0] if info.from_addresses else sender
+        return self.ctx.signer.keys_for(domain_of(author or sender))
+
+    async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
+        """For a patient's message coming in: the conversation it replies to."""
+        if not self.inbound or self.ctx.store is None:
+            return None
+        patient = patient_sender(sender, info)
+        if patient is None:
+            return None
+        return await self.ctx.store.lookup(patient, references(info))
+
+    def _patient_event(self, facts: MessageFacts, verdict: Verdict) -> None:
+        if facts.conversation is None:
+            return
+        self.log.info(
+            "patient_message",
+            txid=self.txn.txid if self.txn else None,
+            patient=patient_sender(facts.mail.sender, facts.info),
+            conversation=facts.conversation.status.value,
+            result="accepted" if verdict.accepted else "refused",
+            reason=verdict.reason,
+        )
+
+    def added_headers(
+        self, txid: str, info: MessageInfo
+    ) -> tuple[list[tuple[str, str]], str | None]:
+        """RFC 6409 §8.3-8.4: a submission server adds Message-ID and Date when
+        the client sent none (patient conversations are followed by Message-ID).
+        Returns (name, value) pairs and the message's Message-ID."""
+        if self.inbound:
+            return [], info.message_id
+        fields, message_id = [], info.message_id
+        if not message_ids(message_id):
+            message_id = f"<{txid}.{secrets.token_hex(8)}@{self.ctx.hostname}>"
+            fields.append(("Message-ID", message_id))
+        if not info.has_date:
+            fields.append(("Date", format_datetime(self.ctx.clock())))
+        return fields, message_id
+
+    async def record(self, facts: MessageFacts, message_id: str | None) -> None:
+        """Conversation state follows acceptance, never precedes it. A failure
+        here must not turn an accepted message into a retried (duplicated) one."""
+        store = self.ctx.store
+        if store is None:
+            return
+        changes: list[Change] = []
+        if self.inbound:
+            change = inbound_change(facts, facts.conversation, self.ctx.policy.bals)
+            changes = [change] if change else []
+            actor = "patient"
+        else:
+            bal = self.ctx.policy.bals.get(facts.mail.sender)
+            if bal is not None and message_id:
+                changes = outgoing_changes(bal, facts, message_ids(message_id)[0])
+            actor = self.user or "?"
+        txid = self.txn.txid if self.txn else None
+        for change in changes:
+            try:
+                events = await store.apply(change, actor)
+            except Exception as error:
+                self.log.error("state_error", txid=txid, error=type(error).__name__)
+                continue
+            for event, fields in events:
+                self.log.info(event, txid=txid, **fields)
