@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import ssl
@@ -22,7 +23,9 @@ from mss_relay.core.policy import Policy
 from mss_relay.core.throttle import AuthGuard, SendingRates
 from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
-from mss_relay.front.smtp import RelayContext, RelayHandler, RelaySMTP
+from mss_relay.front.milter import listen_milter
+from mss_relay.front.session import ClientSession, RelayContext
+from mss_relay.front.smtp import RelayHandler, RelaySMTP
 from mss_relay.log import LineWriter, make_logger, utc_now
 from mss_relay.signing import (
     Signer,
@@ -41,7 +44,7 @@ from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answe
 DRAIN_TIMEOUT = 25.0
 
 
-async def drain(sessions: set[RelayHandler], grace: float) -> int:
+async def drain(sessions: set[ClientSession], grace: float) -> int:
     """Let the transactions under way finish, then close every connection.
     Returns how many were still busy when the time ran out."""
 
@@ -69,8 +72,7 @@ def read_upstream_password(path: Path | None) -> str | None:
         raise ConfigError("upstream.password_file", f"cannot read: {error}") from None
 
 
-def make_upstream(config: Config, delivery: UpstreamConfig | None = None) -> Upstream:
-    delivery = delivery or config.upstream
+def make_upstream(config: Config, delivery: UpstreamConfig) -> Upstream:
     if delivery.capture is not None:
         return CaptureUpstream(delivery.capture)
     password = read_upstream_password(delivery.password_file)
@@ -112,22 +114,24 @@ def make_verifier(config: Config) -> Verifier:
 class Prepared:
     """What serve() needs, built from the configuration before anything listens."""
 
-    upstream: Upstream
+    upstream: Upstream | None  # None with only milter listeners
     inbound_delivery: Upstream | None
     tls: ssl.SSLContext | None
     signer: Signer
     verifier: Verifier
 
 
-def prepare(config: Config) -> Prepared:
-    """Everything that can fail on the configuration, before anything listens."""
+def prepare(config: Config, *, create_keys: bool = True) -> Prepared:
+    """Everything that can fail on the configuration, before anything listens.
+    create_keys: make the missing demo DKIM keys (the first worker only; the
+    others find them made)."""
     tls = server_context(config.tls, config.hostname) if config.tls else None
     inbound = make_upstream(config, config.inbound_delivery) if config.inbound_delivery else None
     return Prepared(
-        make_upstream(config),
+        make_upstream(config, config.upstream) if config.upstream else None,
         inbound,
         tls,
-        make_signer(config, create=True),
+        make_signer(config, create=create_keys),
         make_verifier(config),
     )
 
@@ -179,12 +183,71 @@ async def _listen(
         )
 
     return await loop.create_server(
-        factory, host=listener.host, port=listener.port, ssl=tls if implicit else None
+        factory,
+        host=listener.host,
+        port=listener.port,
+        ssl=tls if implicit else None,
+        reuse_port=config.workers > 1,
     )
 
 
-async def serve(config: Config) -> int:
-    prepared = prepare(config)
+async def _orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose first worker is gone (killed) stops too, gracefully."""
+    # Nothing to wait on but the parent's pid changing: polled, once a second.
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
+class Workers:
+    """The other worker processes (workers: N), started by worker 0: each runs
+    « mss-relay serve --worker K » on the same configuration and binds the
+    same TCP ports (SO_REUSEPORT: the kernel spreads connections). A worker
+    that dies is started again, as Postfix's master does."""
+
+    RESTART_DELAY = 1.0
+
+    def __init__(self, config: Config, log: FilteringBoundLogger) -> None:
+        self.config = config
+        self.log = log
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for worker in range(1, self.config.workers):
+            self._tasks.append(loop.create_task(self._keep(worker)))
+
+    async def _keep(self, worker: int) -> None:
+        command = [sys.executable, "-m", "mss_relay", "serve", "--config", str(self.config.path)]
+        while not self.stopping:
+            process = await asyncio.create_subprocess_exec(
+                *command, "--worker", str(worker), stdin=asyncio.subprocess.DEVNULL
+            )
+            self.processes[worker] = process
+            code = await process.wait()
+            if self.stopping:
+                return
+            self.log.error("worker_exited", worker=worker, pid=process.pid, code=code)
+            await asyncio.sleep(self.RESTART_DELAY)  # no tight loop on a persistent failure
+
+    async def stop(self) -> None:
+        """SIGTERM each (each drains its own transactions), then wait for all."""
+        self.stopping = True
+        for process in self.processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+        for process in self.processes.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(process.wait(), timeout=DRAIN_TIMEOUT + 5)
+        for task in self._tasks:
+            task.cancel()
+
+
+async def serve(config: Config, worker: int = 0) -> int:
+    prepared = prepare(config, create_keys=worker == 0)
     upstream, inbound_delivery, tls = prepared.upstream, prepared.inbound_delivery, prepared.tls
     try:
         store = await ConversationStore.open(
@@ -194,6 +257,8 @@ async def serve(config: Config) -> int:
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     writer = LineWriter(config.log.file)
     log = make_logger(writer)
+    if config.workers > 1:
+        log = log.bind(worker=worker)
     # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     # dkimpy logs each failed verification as an error; our log has the result.
@@ -206,11 +271,14 @@ async def serve(config: Config) -> int:
     )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
-    sessions: set[RelayHandler] = set()
+    sessions: set[ClientSession] = set()
     # Shared by every listener: one process, one set of counters and slots.
     auth_guard = AuthGuard(config.throttle)
     rates = SendingRates(config.throttle)
     data_slots = asyncio.Semaphore(config.throttle.max_concurrent_messages)
+    maintenance: asyncio.Task[None] | None = None
+    workers: Workers | None = None
+    orphaned: asyncio.Task[None] | None = None
     try:
         for i, listener in enumerate(config.listeners):
             context = RelayContext(
@@ -234,39 +302,61 @@ async def serve(config: Config) -> int:
                 data_slots=data_slots,
                 trusted_clients=config.trusted_clients,
             )
+            if worker and listener.path is not None:
+                continue  # a Unix socket cannot be shared: worker 0 serves it
             try:
-                servers.append(await _listen(loop, listener, context, config, tls))
+                if listener.role == "milter":
+                    servers.append(await listen_milter(listener, context, config.workers > 1))
+                else:
+                    servers.append(await _listen(loop, listener, context, config, tls))
             except OSError as error:
                 raise ConfigError(
                     f"listeners[{i}]",
-                    f"cannot listen on {listener.host}:{listener.port}: {error.strerror or error}",
+                    f"cannot listen on {listener.endpoint}: {error.strerror or error}",
                 ) from None
-        for warning in config.warnings:
-            log.warning("config_warning", message=warning)
+        if worker == 0:
+            for warning in config.warnings:
+                log.warning("config_warning", message=warning)
         log.info(
             "started",
             version=__version__,
             config=str(config.path),
-            listeners=[f"{li.name}={li.host}:{li.port}/{li.tls}" for li in config.listeners],
+            listeners=[f"{li.name}={li.endpoint}/{li.tls}" for li in config.listeners],
         )
-        print(
-            f"mss-relay {__version__}: listening on "
-            + ", ".join(f"{li.host}:{li.port} ({li.name}, {li.tls})" for li in config.listeners),
-            file=sys.stderr,
-            flush=True,
-        )
-        maintenance = loop.create_task(maintain(store, config, log))
+        if worker == 0:
+            print(
+                f"mss-relay {__version__}: listening on "
+                + ", ".join(f"{li.endpoint} ({li.name}, {li.tls})" for li in config.listeners)
+                + (f", {config.workers} workers" if config.workers > 1 else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+            # One process runs the periodic maintenance for all.
+            maintenance = loop.create_task(maintain(store, config, log))
+            if config.workers > 1:
+                workers = Workers(config, log)
+                workers.start()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if worker:
+            orphaned = loop.create_task(_orphaned(os.getppid(), stop))
         await stop.wait()
         log.info("stopping", connections=len(sessions))
-        maintenance.cancel()
+        if maintenance is not None:
+            maintenance.cancel()
         for server in servers:
             server.close()  # no new connections
-        cut = await drain(sessions, DRAIN_TIMEOUT)
+        # Each worker drains its own transactions, at the same time.
+        cut, _ = await asyncio.gather(
+            drain(sessions, DRAIN_TIMEOUT), workers.stop() if workers else asyncio.sleep(0)
+        )
         log.info("stopped", interrupted_transactions=cut)
     finally:
+        if orphaned is not None:
+            orphaned.cancel()
+        if workers is not None and not workers.stopping:
+            await workers.stop()  # worker 0 failed: the others must not go on alone
         for server in servers:
             server.close()
         for server in servers:

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the relay")
     serve.add_argument("--config", required=True, help="path to the YAML configuration")
+    # Internal: the number of a worker process started by the first (workers: N).
+    serve.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     check = commands.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("--config", required=True, help="path to the YAML configuration")
     commands.add_parser("hash-password", help="read a password on standard input, print its hash")
@@ -87,7 +89,8 @@ def _check_config(path: str) -> int:
         config = load_config(path)
         if config.tls and not (config.tls.self_signed and not config.tls.certificate.exists()):
             server_context(config.tls, config.hostname)
-        make_upstream(config)
+        if config.upstream:
+            make_upstream(config, config.upstream)
         make_signer(config, create=False)
         make_verifier(config)
         if config.inbound_delivery:
@@ -100,12 +103,12 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(path: str) -> int:
+def _serve(path: str, worker: int = 0) -> int:
     from mss_relay.app import serve
 
     try:
         config = load_config(path)
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, worker))
     except ConfigError as error:
         return _config_error(error)
     except KeyboardInterrupt:
@@ -180,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "conversations":
         return _conversations(args)
     if args.command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, args.worker)
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "dkim-keygen":

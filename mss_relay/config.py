@@ -32,7 +32,7 @@ from mss_relay.sizes import parse_duration, parse_size
 
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 
-LISTENER_ROLES = ("submission", "inbound")
+LISTENER_ROLES = ("submission", "inbound", "milter")
 LISTENER_TLS = ("starttls", "implicit", "none")
 UPSTREAM_TLS = ("none", "starttls", "implicit")
 # Mon espace santé is reported to accept about 25 MB per message.
@@ -56,8 +56,13 @@ class ListenerConfig:
     name: str
     role: str
     host: str
-    port: int
+    port: int  # 0 for a milter on a Unix socket
     tls: str
+    path: Path | None = None  # a milter's Unix socket, instead of host and port
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +132,7 @@ class Config:
     hostname: str
     listeners: tuple[ListenerConfig, ...]
     tls: TlsConfig | None
-    upstream: UpstreamConfig
+    upstream: UpstreamConfig | None
     inbound_delivery: UpstreamConfig | None
     conversations: ConversationsConfig
     limits: Limits
@@ -143,12 +148,17 @@ class Config:
     # on a fixed address). Normalized addresses.
     trusted_clients: Mapping[str, str] = field(default_factory=dict)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    # Processes sharing the listening sockets (SO_REUSEPORT) and the SQLite
+    # file: one Python process uses one core.
+    workers: int = 1
     warnings: tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
-        listeners = ", ".join(f"{li.name} {li.host}:{li.port} ({li.tls})" for li in self.listeners)
+        listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
         up = (
-            f"capture to {self.upstream.capture}"
+            "none (milter only)"
+            if self.upstream is None
+            else f"capture to {self.upstream.capture}"
             if self.upstream.capture
             else f"{self.upstream.host}:{self.upstream.port} ({self.upstream.tls})"
         )
@@ -275,34 +285,68 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _listeners(root: _Section) -> tuple[ListenerConfig, ...]:
-    listeners = []
-    names: dict[str, str] = {}
-    endpoints: dict[tuple[str, int], str] = {}
-    for item in root.items("listeners", required=True):
+def _listener(item: _Section, warnings: list[str]) -> ListenerConfig:
+    role = item.choice("role", LISTENER_ROLES, _REQUIRED)
+    if role != "milter":
         listener = ListenerConfig(
             name=item.text("name", _REQUIRED),
-            role=item.choice("role", LISTENER_ROLES, _REQUIRED),
+            role=role,
             host=item.text("host", "127.0.0.1"),
             port=item.integer("port", _REQUIRED, 1, 65535),
             tls=item.choice("tls", LISTENER_TLS, "starttls"),
         )
-        item.done()
-        if listener.name in names:
-            _fail(
-                _key(item.path, "name"), f"duplicate listener name (already {names[listener.name]})"
-            )
-        names[listener.name] = item.path
-        endpoint = (listener.host, listener.port)
-        if endpoint in endpoints:
-            _fail(_key(item.path, "port"), f"same host and port as {endpoints[endpoint]}")
-        endpoints[endpoint] = item.path
         if listener.tls == "none" and not _is_loopback(listener.host):
             _fail(
                 _key(item.path, "tls"),
                 "none is refused on a non-loopback host (mail and passwords would"
                 " cross the network in clear); use starttls or implicit",
             )
+        return listener
+    # Postfix speaks the milter protocol in clear: no tls key, a loopback
+    # address or a Unix socket.
+    name = item.text("name", _REQUIRED)
+    path = item.file("path", must_exist=False)
+    if item.text("tls", "none") != "none":
+        _fail(
+            _key(item.path, "tls"),
+            "a milter listener speaks the milter protocol, which has no TLS:"
+            " leave tls out (listen on loopback or on a Unix socket: path)",
+        )
+    if path is not None:
+        if "port" in item.data:
+            _fail(_key(item.path, "port"), "give either path (a Unix socket) or host and port")
+        return ListenerConfig(name=name, role=role, host="", port=0, tls="none", path=path)
+    listener = ListenerConfig(
+        name=name,
+        role=role,
+        host=item.text("host", "127.0.0.1"),
+        port=item.integer("port", _REQUIRED, 1, 65535),
+        tls="none",
+    )
+    if not _is_loopback(listener.host):
+        warnings.append(
+            f"{item.path}: the milter protocol is not encrypted; {listener.host} is not"
+            " loopback: make sure only the Postfix host can reach it"
+        )
+    return listener
+
+
+def _listeners(root: _Section, warnings: list[str]) -> tuple[ListenerConfig, ...]:
+    listeners = []
+    names: dict[str, str] = {}
+    endpoints: dict[str, str] = {}
+    for item in root.items("listeners", required=True):
+        listener = _listener(item, warnings)
+        item.done()
+        if listener.name in names:
+            _fail(
+                _key(item.path, "name"), f"duplicate listener name (already {names[listener.name]})"
+            )
+        names[listener.name] = item.path
+        if listener.endpoint in endpoints:
+            where = "path" if listener.path else "port"
+            _fail(_key(item.path, where), f"same endpoint as {endpoints[listener.endpoint]}")
+        endpoints[listener.endpoint] = item.path
         listeners.append(listener)
     if not listeners:
         _fail("listeners", "must list at least one listener")
@@ -598,7 +642,7 @@ def parse_config(data: object, path: Path) -> Config:
     base = path.parent
     root = _Section({} if data is None else data, "", base)
     warnings: list[str] = []
-    listeners = _listeners(root)
+    listeners = _listeners(root, warnings)
     users = _users(root)
     state = root.section("state")
     database = (
@@ -608,8 +652,10 @@ def parse_config(data: object, path: Path) -> Config:
     )
     if state:
         state.done()
-    upstream = _delivery(root, "upstream", required=True)
-    assert upstream is not None
+    # A milter needs no upstream: Postfix delivers.
+    upstream = _delivery(
+        root, "upstream", required=any(li.role == "submission" for li in listeners)
+    )
     inbound_delivery = _delivery(root, "inbound_delivery", required=False)
     if inbound_delivery is None:
         for i, listener in enumerate(listeners):
@@ -638,6 +684,7 @@ def parse_config(data: object, path: Path) -> Config:
         attachments=_attachments(root),
         trusted_clients=_trusted_clients(root, users),
         timeouts=_timeouts(root),
+        workers=root.integer("workers", 1, 1, 64),
         warnings=tuple(warnings),
     )
     root.done()

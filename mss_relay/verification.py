@@ -134,10 +134,10 @@ class Verifier:
         head = message[:end]
         if b"authentication-results" not in head.lower():
             return message
-        kept = [f for f in _fields(head) if not self._claims_ours(f)]
+        kept = [f for f in _fields(head) if not self.claims_ours(f)]
         return b"".join(kept) + message[end:]
 
-    def _claims_ours(self, field: bytes) -> bool:
+    def claims_ours(self, field: bytes) -> bool:
         name, colon, value = field.partition(b":")
         if not colon or name.strip().lower() != b"authentication-results":
             return False

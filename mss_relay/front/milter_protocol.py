@@ -209,3 +209,9 @@ CONTINUE = frame(R_CONTINUE)
 ACCEPT = frame(R_ACCEPT)
 REJECT = frame(R_REJECT)
 TEMPFAIL = frame(R_TEMPFAIL)
+
+
+def change_header(index: int, name: str, value: str) -> bytes:
+    """Replace the index-th (from 1) field of that name; an empty value deletes it."""
+    payload = struct.pack(">I", index) + name.encode("ascii") + b"\0"
+    return frame(R_CHGHEADER, payload + value.encode("utf-8") + b"\0")

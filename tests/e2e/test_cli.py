@@ -62,6 +62,20 @@ def test_the_issue_example_shape_works(tmp_path: Path, password_hashes: dict[str
     assert "secretariat" in result.stderr  # a BAL user not in users: a warning, not an error
 
 
+def test_the_milter_issue_shape_works(tmp_path: Path, good: dict[str, Any]) -> None:
+    """The milter issue's listener, with the usual sections and no tls or upstream."""
+    config = {k: good[k] for k in ("users", "bals", "state", "log")}
+    config["listeners"] = [{"name": "milter", "role": "milter", "host": "127.0.0.1", "port": 8890}]
+    config["trusted_clients"] = {"10.0.0.12": "jdupont"}
+    result = run("check-config", "--config", str(write(tmp_path, config)))
+    assert result.returncode == 0, result.stderr
+    assert "milter 127.0.0.1:8890 (none)" in result.stdout
+    assert "upstream none (milter only)" in result.stdout
+    config["listeners"][0]["host"] = "10.0.0.1"  # the protocol is not encrypted: said
+    result = run("check-config", "--config", str(write(tmp_path, config)))
+    assert result.returncode == 0 and "milter protocol is not encrypted" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -121,6 +135,22 @@ def test_the_issue_example_shape_works(tmp_path: Path, password_hashes: dict[str
         (
             lambda c: c.update(inbound={"dkim_dns_file": "/nonexistent.yaml"}),
             "inbound.dkim_dns_file: file not found",
+        ),
+        (
+            lambda c: c["listeners"].append(
+                {"name": "milter", "role": "milter", "port": 8890, "tls": "starttls"}
+            ),
+            "listeners[1].tls: a milter listener speaks the milter protocol, which has no TLS",
+        ),
+        (
+            lambda c: c["listeners"].append(
+                {"name": "milter", "role": "milter", "port": 8890, "path": "milter.sock"}
+            ),
+            "listeners[1].port: give either path (a Unix socket) or host and port",
+        ),
+        (
+            lambda c: c["listeners"].append({"name": "milter", "role": "milter"}),
+            "listeners[1].port: is required",
         ),
     ],
 )

@@ -129,7 +129,7 @@ class Relay:
         return int(next(li["port"] for li in self.config["listeners"] if li["name"] == name))
 
     def start(self) -> None:
-        self.process.start(*(int(li["port"]) for li in self.config["listeners"]))
+        self.process.start(*(int(li["port"]) for li in self.config["listeners"] if "port" in li))
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         return self.process.stop(sig)
