@@ -14,5 +14,25 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy --strict"
 .venv/bin/mypy
+# The end-to-end milter tests run private Postfix instances on loopback
+# (tests/support/postfix.py): install Postfix when it is missing. Debian's
+# package asks which system configuration to write: "No configuration", so
+# the system instance stays unconfigured; our instances bring their own.
+if ! command -v postfix >/dev/null 2>&1 && [ ! -x /usr/sbin/postfix ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing postfix"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
+    # Without systemd (containers) the package's init script may have
+    # started it: be tidy, no system Postfix on port 25.
+    if /usr/sbin/postfix status >/dev/null 2>&1; then
+      /usr/sbin/postfix stop >/dev/null 2>&1 || true
+    fi
+  else
+    echo "postfix is missing and cannot be installed here (needs root and apt-get):" \
+      "its end-to-end tests will be skipped, or fail when CI is set" >&2
+  fi
+fi
 echo "== pytest"
 .venv/bin/pytest "$@"
