@@ -10,6 +10,7 @@ that a slow disk never stalls the SMTP sessions.
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -36,22 +37,28 @@ class LineWriter:
     """Writes rendered lines from a background thread, flushing each one."""
 
     def __init__(self, path: Path | None) -> None:
-        self._stream: TextIO
+        self._stream: TextIO | None = None
+        self._fd: int | None = None
         if path is None:
             self._stream = sys.stdout
-            self._owned = False
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._stream = path.open("a", encoding="utf-8")
-            self._owned = True
+            # One write(2) per line on an O_APPEND file: the lines of several
+            # worker processes never interleave.
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mss-relay-log", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (line := self._queue.get()) is not None:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            if self._fd is not None:
+                data = (line + "\n").encode("utf-8")
+                while data:
+                    data = data[os.write(self._fd, data) :]
+            elif self._stream is not None:
+                self._stream.write(line + "\n")
+                self._stream.flush()
 
     def write(self, line: str) -> None:
         self._queue.put(line)
@@ -59,8 +66,9 @@ class LineWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5)
-        if self._owned:
-            self._stream.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _QueueLogger:
