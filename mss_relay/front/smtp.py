@@ -34,6 +34,7 @@ from mss_relay.core.reply import (
 )
 from mss_relay.core.throttle import connection_verdict
 from mss_relay.delivery.upstream import UpstreamSession
+from mss_relay.front.data import DataReceiver, DataState
 from mss_relay.front.replies import localize
 from mss_relay.front.session import (
     ClientSession,
@@ -48,6 +49,8 @@ from mss_relay.signing import DkimKey, Signer
 # DSN parameters (RFC 3461) that clients send although we do not offer DSN:
 # tolerated and dropped rather than refused.
 _DSN_RCPT_PARAMS = ("NOTIFY=", "ORCPT=")
+# DATA is read by chunks of up to this many octets.
+_DATA_CHUNK = 1 << 18
 _DSN_MAIL_PARAMS = ("RET=", "ENVID=")
 # A hash to verify against when the user is unknown, so that timing does not
 # tell which user names exist.
@@ -133,7 +136,7 @@ class RelaySMTP(SMTP):
         self._data_deadline = self.loop.call_later(ctx.timeouts.data, self._data_overdue)
         self._rate_check = self.loop.call_later(ctx.timeouts.data_rate_grace, self._check_rate)
         try:
-            await super().smtp_DATA(arg)
+            await self._receive_data()
         finally:
             self.data_complete()
             ctx.data_slots.release()
@@ -143,6 +146,40 @@ class RelaySMTP(SMTP):
             # aiosmtpd refuses an over-long line or too much data itself, without
             # calling handle_DATA: close our side of the transaction too.
             await self.relay.data_refused()
+
+    async def _receive_data(self) -> None:
+        """aiosmtpd's DATA (its checks were made by smtp_DATA), received by
+        chunks rather than line by line (mss_relay/front/data.py)."""
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        receiver = DataReceiver(self.data_size_limit, self.line_length_limit)
+        rest = None
+        while rest is None:
+            try:
+                chunk = await self._reader.read(_DATA_CHUNK)
+            except asyncio.CancelledError:
+                self._writer.close()  # the connection went away during DATA
+                raise
+            if not chunk:  # end of stream: eof_received ends the session
+                self._writer.close()
+                return
+            rest = receiver.feed(chunk)
+        if rest:
+            # Pipelined commands after the final dot: back in front of the
+            # reader, for the command loop.
+            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        if receiver.state is DataState.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        if receiver.state is DataState.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        assert self.envelope is not None
+        self.envelope.content = self.envelope.original_content = receiver.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
 
     def data_complete(self) -> None:
         """The final dot is in: from now on only the relay's own work remains,
