@@ -362,6 +362,10 @@ async def serve(config: Config, worker: int = 0) -> int:
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=10)
+        for delivery in (upstream, inbound_delivery):
+            if delivery is not None:
+                with contextlib.suppress(Exception):
+                    await delivery.close_idle()
         await store.close()
         writer.close()
     return 0

@@ -84,6 +84,11 @@ class UpstreamConfig:
     password_file: Path | None = None
     timeout: float = 60.0
     capture: Path | None = None  # write .eml files there instead of relaying (demo)
+    # Idle upstream connections kept for the next client session (0: none),
+    # and for how long at most: a new connection per message costs a TCP
+    # handshake, a greeting, EHLO (and TLS, AUTH) to both sides.
+    pool_size: int = 8
+    pool_idle: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +393,8 @@ def _delivery(root: _Section, key: str, required: bool) -> UpstreamConfig | None
         password_file=section.file("password_file", must_exist=True),
         timeout=section.number("timeout", 60.0),
         capture=capture,
+        pool_size=section.integer("pool_size", 8, 0, 1000),
+        pool_idle=section.duration("pool_idle", 10.0),
     )
     section.done()
     if (upstream.username is None) != (upstream.password_file is None):

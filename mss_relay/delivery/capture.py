@@ -20,6 +20,9 @@ class CaptureUpstream:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
+    async def close_idle(self) -> None:
+        """Nothing is kept open."""
+
     def session(self) -> CaptureSession:
         return CaptureSession(self.directory)
 

@@ -9,7 +9,9 @@ client has it.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,10 +35,18 @@ class UpstreamSession(Protocol):
 
 class Upstream(Protocol):
     def session(self) -> UpstreamSession: ...
+    async def close_idle(self) -> None: ...
 
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
+
+
+def _stale(error: Exception) -> bool:
+    """The failure of a connection that was closed while it waited unused."""
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return error.code == 421
+    return isinstance(error, aiosmtplib.SMTPServerDisconnected | OSError)
 
 
 def _failure(error: Exception) -> StepResult:
@@ -60,21 +70,65 @@ class SmtpUpstream:
 
             self.tls_context = upstream_context(config)
 
+        # Connections between two transactions, newest last, with the time
+        # they were put back (a pool of this upstream, not of the process).
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+
     def session(self) -> SmtpUpstreamSession:
         return SmtpUpstreamSession(self)
 
+    def take(self) -> aiosmtplib.SMTP | None:
+        """An idle connection still open and not too old, if any."""
+        now = time.monotonic()
+        while self._idle:
+            smtp, since = self._idle.pop()
+            if smtp.is_connected and now - since < self.config.pool_idle:
+                return smtp
+            smtp.close()
+        return None
+
+    def give_back(self, smtp: aiosmtplib.SMTP) -> bool:
+        """Keep a connection between two transactions; False when full."""
+        now = time.monotonic()
+        fresh = []
+        for kept, since in self._idle:
+            if kept.is_connected and now - since < self.config.pool_idle:
+                fresh.append((kept, since))
+            else:
+                kept.close()
+        self._idle = fresh
+        if not smtp.is_connected or len(self._idle) >= self.config.pool_size:
+            return False
+        self._idle.append((smtp, now))
+        return True
+
+    async def close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            try:
+                await asyncio.wait_for(smtp.quit(), timeout=5)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                smtp.close()
+
 
 class SmtpUpstreamSession:
-    """One upstream connection per client connection, reused across its messages."""
+    """An upstream connection for a client connection, reused across its
+    messages, taken from and given back to the upstream's pool of idle ones."""
 
     def __init__(self, upstream: SmtpUpstream) -> None:
         self._up = upstream
         self._smtp: aiosmtplib.SMTP | None = None
         self._in_transaction = False
+        self._reused = False  # the connection came from the pool
 
     async def _connect(self) -> aiosmtplib.SMTP:
         if self._smtp is not None and self._smtp.is_connected:
             return self._smtp
+        pooled = self._up.take()
+        if pooled is not None:
+            self._smtp, self._reused = pooled, True
+            return pooled
+        self._reused = False
         config = self._up.config
         smtp = aiosmtplib.SMTP(
             hostname=config.host,
@@ -120,7 +174,13 @@ class SmtpUpstreamSession:
                 await smtp.rset()
             response = await smtp.mail(sender, options=passed)
         except (aiosmtplib.SMTPException, OSError) as error:
+            if self._reused and _stale(error):
+                # An idle connection the upstream closed meanwhile: once more
+                # on a new one (nothing was sent on it but this MAIL).
+                self._drop()
+                return await self.mail(sender, options)
             return self._after_error(error)
+        self._reused = False
         self._in_transaction = True
         return accepted(f"{response.code} {response.message}")
 
@@ -163,6 +223,8 @@ class SmtpUpstreamSession:
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None
         if smtp is None or not smtp.is_connected:
+            return
+        if not self._in_transaction and self._up.give_back(smtp):
             return
         try:
             await smtp.quit()

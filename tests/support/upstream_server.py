@@ -69,6 +69,7 @@ class Recorder:
         content = envelope.original_content or b""
         meta = {
             "tls": session.ssl is not None,
+            "peer_port": session.peer[1] if session.peer else None,
             "mail_from": envelope.mail_from,
             "mail_options": envelope.mail_options,
             "rcpt_tos": envelope.rcpt_tos,
