@@ -1,0 +1,173 @@
+"""Per-message cost of patient mail against the number of stored conversations.
+
+    .venv/bin/python bench/state_cost.py [--counts 1000 1000000] [--messages 1500]
+
+The real relay (1 worker, every rule on, DKIM signing; bench/compare.py's
+configuration) with its state file pre-filled with each count of
+conversations, smtp-sink as the operator. A Python client sends 2 KB messages
+from the DPI's BAL to patients over 10 persistent sessions; each message has
+its own Message-ID and patient, so each one opens a conversation: a look-up
+and writes in the state file, as in real life. Figures: the relay's CPU per
+message (from /proc) and msgs/s, median of 3 runs per count, and the ratio of
+the largest count to the smallest (issue 6: within ±10 %).
+Writes bench/results/state_cost.json. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from compare_load import SENDER, Sink  # noqa: E402
+from compare_targets import (  # noqa: E402
+    Server,
+    cpu_seconds,
+    make_dkim_key,
+    make_state,
+    process_tree,
+    relay_config,
+)
+
+from tests.support.processes import free_port  # noqa: E402
+
+RESULTS = BENCH / "results"
+SESSIONS = 10
+
+
+def patient(i: int) -> str:
+    """A valid INS matricule of its own for each i (< 69,000,000), none of
+    those conversation_lookup.py fills the state with."""
+    order, rest = i % 999 + 1, i // 999
+    commune, rest = rest % 900 + 100, rest // 900
+    department, month = rest % 80 + 10, rest // 80 % 12 + 1
+    base = f"185{month:02d}{department:02d}{commune:03d}{order:03d}"
+    return f"{base}{97 - int(base) % 97:02d}@patient.mssante.fr"
+
+
+def message(number: int, to: str) -> bytes:
+    return (
+        f"From: {SENDER}\r\nTo: {to}\r\nSubject: Resultats\r\n"
+        "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+        f"Message-ID: <run{time.monotonic_ns()}.{number}@ch-bench.mssante.fr>\r\n\r\n"
+        + "Vos resultats sont disponibles.\r\n" * 60
+        + ".\r\n"
+    ).encode()
+
+
+async def session(port: int, numbers: list[int], first: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def expect(code: bytes) -> None:
+        while True:
+            line = await reader.readline()
+            if not line.startswith(code):
+                raise RuntimeError(f"expected {code!r}, got {line!r}")
+            if line[3:4] == b" ":
+                return
+
+    await expect(b"220")
+    writer.write(b"EHLO dpi.ch-bench.mssante.fr\r\n")
+    await expect(b"250")
+    for number in numbers:
+        # Patients never written to before: each message opens a conversation.
+        to = patient(first + number)
+        writer.write(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{to}>\r\nDATA\r\n".encode())
+        await expect(b"250")
+        await expect(b"250")
+        await expect(b"354")
+        writer.write(message(number, to))
+        await expect(b"250")
+    writer.write(b"QUIT\r\n")
+    writer.close()
+
+
+def one_run(port: int, pids: list[int], count: int, first: int) -> dict[str, float]:
+    numbers = list(range(count))
+    chunks = [numbers[i::SESSIONS] for i in range(SESSIONS)]
+
+    async def all_sessions() -> None:
+        await asyncio.gather(*(session(port, chunk, first) for chunk in chunks))
+
+    cpu, started = cpu_seconds(pids), time.monotonic()
+    asyncio.run(all_sessions())
+    elapsed, used = time.monotonic() - started, cpu_seconds(pids) - cpu
+    return {"msgs_per_s": count / elapsed, "cpu_ms_per_msg": used * 1000 / count}
+
+
+def measure(count: int, messages: int, work: Path, sink: Sink) -> dict[str, Any]:
+    directory = work / f"state-{count}"
+    directory.mkdir()
+    seconds = make_state(directory / "state.sqlite3", count)
+    port = free_port()
+    config = relay_config(port, sink.port, 1, directory)
+    path = directory / "relay.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    relay = Server(
+        [sys.executable, "-m", "mss_relay", "serve", "--config", str(path)], directory, "relay"
+    )
+    relay.start(port)
+    try:
+        pids = process_tree(relay.pid)
+        one_run(port, pids, 100, 7_000_000)  # warm-up, not recorded
+        runs = [one_run(port, pids, messages, i * messages) for i in range(3)]
+    finally:
+        relay.stop()
+    log = (directory / "relay.jsonl").read_text()
+    return {
+        "conversations": count,
+        "fill_seconds": round(seconds, 1),
+        "runs": runs,
+        "cpu_ms_per_msg": round(statistics.median(r["cpu_ms_per_msg"] for r in runs), 2),
+        "msgs_per_s": round(statistics.median(r["msgs_per_s"] for r in runs), 1),
+        "conversations_opened": log.count('"event": "conversation_opened"'),
+        "state_errors": log.count('"event": "state_error"'),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1_000, 1_000_000])
+    parser.add_argument("--messages", type=int, default=1500, help="per run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mss-bench-") as name:
+        work = Path(name)
+        make_dkim_key(work / "dkim")
+        sink = Sink(free_port(), work)
+        sink.start()
+        try:
+            results = [measure(c, args.messages, work, sink) for c in args.counts]
+        finally:
+            sink.stop()
+    by_count = sorted(results, key=lambda r: r["conversations"])
+    first, last = by_count[0], by_count[-1]
+    summary = {
+        "sessions": SESSIONS,
+        "results": results,
+        "cpu_ratio_largest_to_smallest": round(last["cpu_ms_per_msg"] / first["cpu_ms_per_msg"], 3),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "state_cost.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for r in results:
+        print(
+            f"{r['conversations']:>10,} conversations: {r['cpu_ms_per_msg']:.2f} ms CPU/msg,"
+            f" {r['msgs_per_s']:.0f} msgs/s, {r['conversations_opened']} opened,"
+            f" {r['state_errors']} state errors"
+        )
+    print(f"ratio: {summary['cpu_ratio_largest_to_smallest']}")
+
+
+if __name__ == "__main__":
+    main()
