@@ -18,10 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
 
 
+# The ports handed out by this test process. The kernel may give the same
+# free port to two calls in a row (nothing listens on it yet): a relay
+# configured with both would refuse to start (same endpoint twice).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
