@@ -23,12 +23,11 @@ import re
 import traceback
 
 from mss_relay.config import ListenerConfig
-from mss_relay.core.facts import MailFacts, RcptFacts
 from mss_relay.core.message import crlf_lines
 from mss_relay.core.reply import BUSY, INTERNAL_ERROR, MESSAGE_TOO_BIG, UNSIGNABLE, ascii_text
 from mss_relay.core.verdict import Verdict
 from mss_relay.front import milter_protocol as mp
-from mss_relay.front.session import ClientSession, RelayContext, Transaction, new_id
+from mss_relay.front.session import ClientSession, RelayContext
 
 # What mss-relay asks of Postfix: add headers (Message-ID, Date,
 # Authentication-Results, DKIM-Signature) and delete forged
@@ -200,21 +199,10 @@ class MilterSession(ClientSession):
             self.trusted = False
         elif not self.trusted:
             self.user = None
-        size = next((o[5:] for o in options if o.upper().startswith("SIZE=")), None)
-        mail = MailFacts(
-            session=self.session_facts(),
-            sender=sender,
-            declared_size=int(size) if size and size.isdigit() else None,
-        )
-        self.txn = Transaction(txid=new_id(), started=self.ctx.monotonic(), mail=mail)
-        verdict = self.ctx.policy.evaluate_mail(mail)
-        if verdict.accepted and self.ctx.rates is not None:
-            verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
-        self.decision(
-            "mail", verdict, sender=sender, direction=self.role, queue_id=self.macros.get("i")
+        verdict = self.begin_transaction(
+            sender, options, direction=self.role, queue_id=self.macros.get("i")
         )
         if verdict.reply is not None:
-            self.txn = None
             return _reply(str(verdict.reply))
         return mp.CONTINUE
 
@@ -222,11 +210,7 @@ class MilterSession(ClientSession):
         txn = self.txn
         if txn is None:  # MAIL was refused: Postfix should not go on
             return mp.CONTINUE
-        facts = RcptFacts(mail=txn.mail, recipient=recipient, accepted_so_far=len(txn.recipients))
-        verdict = self.ctx.policy.evaluate_rcpt(facts)
-        if verdict.accepted and self.ctx.rates is not None:
-            verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
-        self.decision("rcpt", verdict, recipient=recipient)
+        verdict = self.check_recipient(recipient)
         if verdict.reply is not None:
             return _reply(str(verdict.reply))
         txn.recipients.append(recipient)

@@ -30,7 +30,7 @@ from mss_relay.core.conversation import (
     patient_sender,
     references,
 )
-from mss_relay.core.facts import MailFacts, MessageFacts, SessionFacts
+from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
@@ -160,6 +160,36 @@ class ClientSession:
             self.user = user
             self.trusted = True
             self.log.info("auth", client=self.client, user=user, result="trusted_client")
+
+    # MAIL and RCPT ----------------------------------------------------------------
+    def begin_transaction(self, sender: str, options: list[str], **fields: Any) -> Verdict:
+        """MAIL: a new transaction, the policy's and the sending rate's verdict,
+        logged; the transaction is dropped again when refused."""
+        size = next((o[5:] for o in options if o.upper().startswith("SIZE=")), None)
+        mail = MailFacts(
+            session=self.session_facts(),
+            sender=sender,
+            declared_size=int(size) if size and size.isdigit() else None,
+        )
+        self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
+        verdict = self.ctx.policy.evaluate_mail(mail)
+        if verdict.accepted and self.ctx.rates is not None:
+            verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
+        self.decision("mail", verdict, sender=sender, **fields)
+        if verdict.reply is not None:
+            self.txn = None
+        return verdict
+
+    def check_recipient(self, recipient: str) -> Verdict:
+        """RCPT: the policy's and the recipient rate's verdict, logged."""
+        txn = self.txn
+        assert txn is not None
+        facts = RcptFacts(mail=txn.mail, recipient=recipient, accepted_so_far=len(txn.recipients))
+        verdict = self.ctx.policy.evaluate_rcpt(facts)
+        if verdict.accepted and self.ctx.rates is not None:
+            verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
+        self.decision("rcpt", verdict, recipient=recipient)
+        return verdict
 
     # Audit trail -------------------------------------------------------------
     def decision(self, stage: str, verdict: Verdict, **fields: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import traceback
 import warnings
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,6 @@ from typing import Any, AnyStr
 import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mss_relay.core.facts import MailFacts, RcptFacts
 from mss_relay.core.message import crlf_lines
 from mss_relay.core.reply import (
     BUSY,
@@ -39,8 +37,6 @@ from mss_relay.front.replies import localize
 from mss_relay.front.session import (
     ClientSession,
     RelayContext,
-    Transaction,
-    new_id,
     printable,
 )
 from mss_relay.passwords import verify_password
@@ -476,20 +472,11 @@ class RelayHandler(ClientSession):
         options: list[str],
     ) -> str:
         self._observe(server, session)
-        size = next((o[5:] for o in options if o.startswith("SIZE=")), None)
-        mail = MailFacts(
-            session=self.session_facts(),
-            sender=address,
-            declared_size=int(size) if size and size.isdigit() else None,
-        )
-        self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
-        verdict = self.ctx.policy.evaluate_mail(mail)
-        if verdict.accepted and self.ctx.rates is not None:
-            verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
-        self.decision("mail", verdict, sender=address)
+        verdict = self.begin_transaction(address, options)
         if verdict.reply is not None:
-            self.txn = None
             return str(verdict.reply)
+        txn = self.txn
+        assert txn is not None  # begun by an accepting verdict
         if self.upstream is None:
             assert self.ctx.upstream is not None  # every SMTP listener has one
             self.upstream = self.ctx.upstream.session()
@@ -498,7 +485,7 @@ class RelayHandler(ClientSession):
             self.log.warning(
                 "upstream",
                 stage="mail",
-                txid=self.txn.txid,
+                txid=txn.txid,
                 outcome=result.outcome.value,
                 upstream=result.upstream,
             )
@@ -518,11 +505,7 @@ class RelayHandler(ClientSession):
     ) -> str:
         txn = self.txn
         assert txn is not None and self.upstream is not None  # aiosmtpd checks MAIL first
-        facts = RcptFacts(mail=txn.mail, recipient=address, accepted_so_far=len(txn.recipients))
-        verdict = self.ctx.policy.evaluate_rcpt(facts)
-        if verdict.accepted and self.ctx.rates is not None:
-            verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
-        self.decision("rcpt", verdict, recipient=address)
+        verdict = self.check_recipient(address)
         if verdict.reply is not None:
             return str(verdict.reply)
         result = await self.upstream.rcpt(address)
