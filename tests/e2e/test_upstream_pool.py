@@ -3,6 +3,8 @@ connections), and one the upstream closed meanwhile is replaced unnoticed."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import Pki, Stack, base_config
@@ -19,46 +21,43 @@ def send_one(stack: Stack) -> None:
     assert code == 250, text
 
 
+@contextlib.contextmanager
+def relay_with(tmp: Path, pki: Pki, hashes: dict[str, str], **upstream: object) -> Iterator[Stack]:
+    """A relay and its upstream; upstream: keys added to the relay's upstream section."""
+    server = Upstream(tmp)
+    server.start()
+    config = base_config(pki, hashes, server.port)
+    config["upstream"].update(upstream)
+    relay = Relay(tmp, config)
+    relay.start()
+    try:
+        yield Stack(relay, server, pki)
+    finally:
+        relay.stop()
+        server.stop()
+
+
 def test_next_session_reuses_the_connection_and_survives_its_loss(
     tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
 ) -> None:
-    upstream = Upstream(tmp_path)
-    upstream.start()
-    config = base_config(pki, password_hashes, upstream.port)
-    relay = Relay(tmp_path, config)
-    relay.start()
-    stack = Stack(relay, upstream, pki)
-    try:
+    with relay_with(tmp_path, pki, password_hashes) as stack:
         send_one(stack)
         send_one(stack)
-        ports = [meta["peer_port"] for meta, _ in upstream.messages()]
+        ports = [meta["peer_port"] for meta, _ in stack.upstream.messages()]
         assert ports[0] == ports[1]  # one upstream connection for both sessions
         # The upstream goes away and comes back: the idle connection is dead.
-        upstream.stop()
-        upstream.start()
+        stack.upstream.stop()
+        stack.upstream.start()
         send_one(stack)
-        assert len(upstream.messages()) == 3
-        assert not relay.events("upstream")  # no failure seen by anybody
-    finally:
-        relay.stop()
-        upstream.stop()
+        assert len(stack.upstream.messages()) == 3
+        assert not stack.relay.events("upstream")  # no failure seen by anybody
 
 
 def test_pool_size_zero_opens_a_connection_per_session(
     tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
 ) -> None:
-    upstream = Upstream(tmp_path)
-    upstream.start()
-    config = base_config(pki, password_hashes, upstream.port)
-    config["upstream"]["pool_size"] = 0
-    relay = Relay(tmp_path, config)
-    relay.start()
-    try:
-        stack = Stack(relay, upstream, pki)
+    with relay_with(tmp_path, pki, password_hashes, pool_size=0) as stack:
         send_one(stack)
         send_one(stack)
-        ports = [meta["peer_port"] for meta, _ in upstream.messages()]
+        ports = [meta["peer_port"] for meta, _ in stack.upstream.messages()]
         assert ports[0] != ports[1]
-    finally:
-        relay.stop()
-        upstream.stop()
