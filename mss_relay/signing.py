@@ -22,7 +22,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    correct_empty_body,
+    strip_trailing_lines,
+)
 
 from mss_relay.core.addresses import normalize_domain
 
@@ -134,8 +138,8 @@ def sign(message: bytes, key: DkimKey, now: float | None = None) -> bytes:
         for line in _header_lines(message)
     }
     include = [h.encode("ascii") for h in SIGNED_HEADERS if h in present] + [b"from"]
-    parsed = dkim.DKIM(message)
-    body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(parsed.body)).digest())
+    parsed, body = _split(message)
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     domain = key.domain.encode("ascii")
     fields = [
         (b"v", b"1"),
@@ -164,6 +168,33 @@ def sign(message: bytes, key: DkimKey, now: float | None = None) -> bytes:
     fields[-1] = (b"b", base64.b64encode(signature))
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(_NAME))
     return _NAME + b": " + bytes(value)
+
+
+def _split(message: bytes) -> tuple[dkim.DKIM, bytes]:
+    """dkimpy's parse of the header fields, and the body. dkimpy would split
+    the whole message into lines with a regex (120 ms for 5 MB): only the
+    header block is given to it when the body is plain CRLF text, which is
+    then the body dkimpy would have rebuilt."""
+    end = message.find(b"\r\n\r\n")
+    if end >= 0:
+        body = message[end + 4 :]
+        if body.count(b"\n") == body.count(b"\r\n"):
+            return dkim.DKIM(message[: end + 4]), body
+    parsed = dkim.DKIM(message)
+    return parsed, parsed.body
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4, as dkimpy's relaxed canonicalization computes it, with
+    bytes.replace instead of regexes that visit every byte in Python's regex
+    engine (130 ms for 5 MB of base64 against a few)."""
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    while b"  " in body:  # each pass halves every run of spaces
+        body = body.replace(b"  ", b" ")
+    if b" \r\n" in body:
+        body = body.replace(b" \r\n", b"\r\n")
+    return bytes(correct_empty_body(strip_trailing_lines(body)))
 
 
 def _header_lines(message: bytes) -> list[bytes]:

@@ -4,10 +4,24 @@ from pathlib import Path
 
 import dkim
 import pytest
+from dkim.canonicalization import CanonicalizationPolicy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mss_relay.core.authentication import DkimCheck
-from mss_relay.signing import DkimKey, Signer, UnusableKey, dns_record, generate_key, load_key
+from mss_relay.signing import (
+    DkimKey,
+    Signer,
+    UnusableKey,
+    dns_record,
+    generate_key,
+    load_key,
+    relaxed_body,
+    sign,
+    txt_value,
+)
 from mss_relay.verification import Verifier, file_lookup
+from tests.support.dkim import lookup
 
 
 def _key(domain: str, selector: str = "s") -> DkimKey:
@@ -93,3 +107,36 @@ def test_dkimpy_failures_on_garbage_are_permerrors() -> None:
     signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=b.mssante.fr; s=s; h=from; bh=AA==; b=AA==\r\n"
     for raw in (b" folded first\r\n" + signed + b"From: a\r\n\r\nx", b"\r\n" + signed):
         assert all(c.result in ("permerror", "fail", "none") for c in verifier.verify(raw))
+
+
+_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+@settings(max_examples=800)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"\r", b"\n", b"a", b"=", b"  \t "])))
+def test_relaxed_body_is_dkimpys(pieces: list[bytes]) -> None:
+    body = b"".join(pieces)
+    assert relaxed_body(body) == _RELAXED.canonicalize_body(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\r\n",
+        b"x",
+        b"line \t \r\n\tindented  twice\r\n\r\n\r\n",
+        b"lone LF\nhere\r\nand a lone CR\r there \r\n",
+        b"QUFBQUFB\r\n" * 5000,
+    ],
+)
+def test_signatures_verify_with_dkimpy(tmp_path: Path, body: bytes) -> None:
+    pem, public = generate_key("rsa-sha256")
+    path = tmp_path / "k.pem"
+    path.write_bytes(pem)
+    key = load_key(path, "ch.mssante.fr", "s1", "rsa-sha256")
+    message = b"From: a@ch.mssante.fr\r\nSubject:  x \t y\r\n folded\r\nTo: b@c.mssante.fr\r\n\r\n"
+    signed = sign(message + body, key) + message + body
+    records = {"s1._domainkey.ch.mssante.fr": txt_value("rsa-sha256", public)}
+    assert dkim.verify(signed, dnsfunc=lookup(records))
+    assert not dkim.verify(signed + b"tampered\r\n", dnsfunc=lookup(records))
