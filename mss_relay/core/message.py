@@ -1,8 +1,10 @@
-"""MIME inspection with the standard library's email package.
+"""MIME inspection: what the rules need to know of a message.
 
-One parse per message, with the compat32 policy (the fastest; it does not build
-header objects), and no more decoding than the rules need: a base64 part's
-decoded size follows from its encoded length.
+One look at the structure per message (core.mime's scan of the bytes, or the
+standard library's parser with the compat32 policy where the message is not
+plain), and no more decoding than the rules need: a base64 part's decoded size
+follows from its encoded length, of any other part only its two ends are read
+unless it is an archive.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 from mss_relay.core.filetypes import HEAD_SIZE, ArchiveMember, archive_members, is_archive
+from mss_relay.core.mime import Payload, Tree, plain_crlf, scan
 
 _NO_NAME = "(sans nom)"
 # Like Postfix's mime_nesting_limit: no real message comes near it.
@@ -78,33 +81,39 @@ def decode_words(value: str) -> str:
         return value
 
 
-def base64_decoded_size(payload: str) -> int:
+def base64_decoded_size(payload: bytes | str) -> int:
     """The size base64 text decodes to, without decoding it."""
-    whitespace = sum(payload.count(c) for c in "\r\n \t")
+    body = Payload(
+        payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
+    )
+    return _base64_size(body)
+
+
+def _base64_size(payload: Payload) -> int:
+    # Where CR and LF come in pairs, one count gives both; spaces and tabs are
+    # looked for before being counted (base64 has none, and a search is cheaper).
+    if payload.crlf:
+        whitespace = 2 * payload.count(b"\r")
+    else:
+        whitespace = payload.count(b"\r") + payload.count(b"\n")
+    whitespace += sum(payload.count(c) for c in (b" ", b"\t") if c in payload)
     chars = len(payload) - whitespace
-    padding = payload.rstrip()[-2:].count("=")
-    return max(0, chars * 3 // 4 - padding)
+    end = payload.tail(256).rstrip()
+    if not end and len(payload) > 256:  # a long run of trailing whitespace
+        end = payload.whole().rstrip()
+    return max(0, chars * 3 // 4 - end[-2:].count(b"="))
 
 
-def _decoded_size(part: Message) -> int:
-    payload = part.get_payload(decode=False)
-    if not isinstance(payload, str):
-        return 0
-    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+def _decoded_size(cte: str, payload: Payload) -> int:
     if cte == "base64":
-        return base64_decoded_size(payload)
-    # BytesParser maps every byte to one character (surrogateescape), so for
-    # the identity encodings the text length is the byte count.
+        return _base64_size(payload)
     if cte == "quoted-printable":
-        # Raw 8-bit bytes come back as surrogates (their own bytes again), or,
-        # from a malformed header-like line, as U+FFFD (counted as UTF-8).
-        return len(binascii.a2b_qp(payload.encode("utf-8", "surrogateescape")))
+        return len(binascii.a2b_qp(payload.whole()))
     return len(payload)
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
-_NOT_BASE64_TEXT = re.compile(r"[^A-Za-z0-9+/]+")
-_NOT_BASE64_OR_PAD = re.compile(r"[^A-Za-z0-9+/=]+")
+_NOT_BASE64_OR_PAD = re.compile(rb"[^A-Za-z0-9+/=]+")
 # The end-of-archive record of a zip is within its last 64 KiB + 22 bytes.
 _ZIP_END = b"PK\x05\x06"
 _ZIP_END_WINDOW = 65_557
@@ -122,41 +131,34 @@ def _base64(raw: bytes) -> bytes:
         return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
 
 
-def _decode(payload: str, cte: str) -> bytes:
+def _decode(payload: bytes, cte: str) -> bytes:
     """A payload's bytes, decoded as leniently as mail clients do."""
     try:
         if cte == "base64":
-            return _base64(payload.encode("ascii", "ignore"))
-        raw = payload.encode("utf-8", "surrogateescape")
-        return binascii.a2b_qp(raw) if cte == "quoted-printable" else raw
+            return _base64(payload)
+        return binascii.a2b_qp(payload) if cte == "quoted-printable" else payload
     except (binascii.Error, ValueError):
         return b""
 
 
-def _content(part: Message) -> tuple[bytes, tuple[ArchiveMember, ...] | None, bool]:
+def _content(cte: str, payload: Payload) -> tuple[bytes, tuple[ArchiveMember, ...] | None, bool]:
     """The first bytes of a part; whether it is a zip archive, and its members.
     A zip may hide behind other bytes (a PDF with an archive appended, which
     archivers open all the same): its end record, near the end, says so. Only
     an archive is decoded whole; of anything else, its two ends."""
-    payload = part.get_payload(decode=False)
-    if not isinstance(payload, str):
-        return b"", None, False
-    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if cte == "base64":
-        head = _decode(_base64_chars(payload[:256])[:24], cte)[:HEAD_SIZE]
+        head = _decode(_NOT_BASE64.sub(b"", payload.head(256))[:24], cte)[:HEAD_SIZE]
         # Groups of four, counted from the end (padding « = » included).
-        tail_chars = _NOT_BASE64_OR_PAD.sub("", payload[-(_ZIP_END_WINDOW * 2) :])
+        tail_chars = _NOT_BASE64_OR_PAD.sub(b"", payload.tail(_ZIP_END_WINDOW * 2))
         tail = _decode(tail_chars[len(tail_chars) % 4 :], cte)
-    else:
-        data = _decode(payload, cte)
+    elif cte == "quoted-printable":
+        data = _decode(payload.whole(), cte)
         head, tail = data[:HEAD_SIZE], data[-_ZIP_END_WINDOW:]
+    else:
+        head, tail = payload.head(HEAD_SIZE), payload.tail(_ZIP_END_WINDOW)
     if not (is_archive(head) or _ZIP_END in tail):
         return head, None, False
-    return head, archive_members(_decode(payload, cte)), True
-
-
-def _base64_chars(text: str) -> str:
-    return _NOT_BASE64_TEXT.sub("", text)
+    return head, archive_members(_decode(payload.whole(), cte)), True
 
 
 def _names(part: Message) -> tuple[str, ...]:
@@ -177,15 +179,16 @@ def _names(part: Message) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _part_info(part: Message) -> PartInfo:
+def _part_info(part: Message, payload: Payload) -> PartInfo:
     names = _names(part)
     filename = names[0] if names else None
     disposition = (part.get_content_disposition() or "").lower()
-    head, members, archive = _content(part)
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    head, members, archive = _content(cte, payload)
     return PartInfo(
         content_type=part.get_content_type(),
         filename=filename,
-        decoded_size=_decoded_size(part),
+        decoded_size=_decoded_size(cte, payload),
         is_attachment=disposition == "attachment" or filename is not None,
         head=head,
         members=members,
@@ -205,8 +208,9 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def crlf_lines(raw: bytes) -> bytes:
-    """Bare CR and bare LF as CRLF, as they leave on the wire (RFC 5321 §2.3.8)."""
-    if raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r"):
+    """Bare CR and bare LF as CRLF, as they leave on the wire (RFC 5321 §2.3.8).
+    Some 2 ms per MB even when there is nothing to change: done once per message."""
+    if plain_crlf(raw):
         return raw  # the common case, without copying megabytes
     return _LINE_END.sub(b"\r\n", raw)
 
@@ -279,7 +283,8 @@ def _unreadable(why: str) -> MessageInfo:
     return MessageInfo((), None, None, (), None, None, 0, structure_error=why)
 
 
-def inspect_message(raw: bytes) -> MessageInfo:
+def _stdlib_tree(raw: bytes) -> Tree | MessageInfo:
+    """The tree as the standard library's parser finds it, or why it cannot be checked."""
     try:
         msg = _parse(raw)
     except RecursionError:  # the stdlib's parser recurses once per nesting level
@@ -289,7 +294,33 @@ def inspect_message(raw: bytes) -> MessageInfo:
         return _unreadable(f"MIME nesting deeper than {MAX_MIME_DEPTH}")
     if error is not None:
         return _unreadable(error)
-    parts = tuple(_part_info(p) for p in leaves)
+    return Tree(msg, tuple((leaf, _payload(leaf)) for leaf in leaves))
+
+
+def _payload(part: Message) -> Payload:
+    """The part's body as it came. Not get_payload(): for 8-bit text it
+    decodes by the declared charset, U+FFFD for what does not fit, and the
+    sizes and file signatures would be those of that text, not of the octets."""
+    payload = getattr(part, "_payload", None)  # the raw body (not typed; there since 3.2)
+    if not isinstance(payload, str):
+        return Payload(b"")
+    # BytesParser maps every byte to one character (surrogateescape).
+    return Payload(payload.encode("utf-8", "surrogateescape"))
+
+
+def inspect_message(raw: bytes, *, fast: bool = True, crlf: bool = False) -> MessageInfo:
+    """What the rules need of a message. The tree comes from core.mime's scan
+    of the bytes where the message is plain, else from the standard library
+    (fast=False: always, as the property test's reference). crlf: the caller
+    knows the message has no bare CR or LF (it went through crlf_lines())."""
+    tree = scan(raw, crlf=crlf) if fast else None
+    if tree is None:
+        found = _stdlib_tree(raw)
+        if isinstance(found, MessageInfo):
+            return found
+        tree = found
+    msg = tree.root
+    parts = tuple(_part_info(p, payload) for p, payload in tree.leaves)
     subject = _header(msg, "Subject")
     from_headers = [str(v) for v in msg.get_all("From", [])]
     sender_headers = [str(v) for v in msg.get_all("Sender", [])]
