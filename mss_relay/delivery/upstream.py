@@ -28,7 +28,12 @@ _PASSED_MAIL_PARAMS = {"BODY": "8BITMIME", "SIZE": "SIZE"}
 class UpstreamSession(Protocol):
     async def mail(self, sender: str, options: Sequence[str]) -> StepResult: ...
     async def rcpt(self, recipient: str) -> StepResult: ...
-    async def data(self, content: bytes, txid: str) -> StepResult: ...
+
+    async def data(self, content: bytes, txid: str) -> StepResult:
+        """content: the message with CRLF line ends only (crlf_lines()): it
+        is sent as it is, and a bare LF must never reach the upstream."""
+        ...
+
     async def reset(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -47,6 +52,44 @@ def _stale(error: Exception) -> bool:
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return error.code == 421
     return isinstance(error, aiosmtplib.SMTPServerDisconnected | OSError)
+
+
+def wire_data(message: bytes) -> bytes:
+    """The message as DATA sends it (RFC 5321 §4.5.2): dot-stuffed, ending in
+    CRLF; the final dot is not included. The message comes with CRLF line ends
+    already (Upstream.data's contract). What aiosmtplib does with two regexes
+    over the whole message (135 ms for 5 MB), done with bytes.replace."""
+    if b"\r\n." in message:
+        message = message.replace(b"\r\n.", b"\r\n..")
+    if message.startswith(b"."):
+        message = b"." + message
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message
+
+
+async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA, as aiosmtplib.SMTP.data() sends it, with the message prepared by
+    wire_data(). A session sends one command at a time: each write is followed
+    by the read of its reply, as aiosmtplib's own commands do."""
+    protocol = smtp.protocol
+    if protocol is None or not smtp.is_connected:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    data = wire_data(message)
+    try:
+        protocol.write(b"DATA\r\n")
+        start = await protocol.read_response(timeout=smtp.timeout)
+        if start.code != aiosmtplib.SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol.write(data)
+        protocol.write(b".\r\n")
+        response = await protocol.read_response(timeout=smtp.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        smtp.close()
+        raise
+    if response.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 def _failure(error: Exception) -> StepResult:
@@ -197,7 +240,7 @@ class SmtpUpstreamSession:
         if self._smtp is None:
             return unreachable(UPSTREAM_UNAVAILABLE, "no upstream session")
         try:
-            response = await self._smtp.data(content)
+            response = await send_data(self._smtp, content)
         except (aiosmtplib.SMTPException, OSError) as error:
             return self._after_error(error)
         finally:

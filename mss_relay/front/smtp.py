@@ -18,7 +18,6 @@ from typing import Any, AnyStr
 import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mss_relay.core.message import crlf_lines
 from mss_relay.core.reply import (
     BUSY,
     INTERNAL_ERROR,
@@ -54,10 +53,9 @@ _DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
 
 
 def _signed(signer: Signer, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
-    """The message as it will be sent, with CRLF line ends (what the upstream
-    receives, so what the signature covers), signatures on top."""
-    message = crlf_lines(message)
-    return signer.sign(message, keys) + message
+    """The message as it will be sent (CRLF line ends already: what the
+    upstream receives, so what the signature covers), signatures on top."""
+    return signer.sign(message, keys, crlf=True) + message
 
 
 def _strip_params(arg: str | None, prefixes: tuple[str, ...]) -> str | None:
@@ -557,10 +555,11 @@ class RelayHandler(ClientSession):
         fields, message_id = self.added_headers(txn.txid, info)
         added = "".join(f"{name}: {value}\r\n" for name, value in fields).encode("ascii")
         verifier = self.ctx.verifier if self.inbound else None
+        wire = examined.wire
         if verifier is not None and checks is not None:
-            content = verifier.without_forged_results(content)
+            wire = verifier.without_forged_results(wire)
             added = verifier.header(checks) + added
-        message = self._received(txn.txid) + added + content
+        message = self._received(txn.txid) + added + wire
         keys = self.signing_keys(txn.mail.sender, info)
         if keys:
             try:
