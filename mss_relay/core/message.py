@@ -112,8 +112,11 @@ def _decoded_size(cte: str, payload: Payload) -> int:
     return len(payload)
 
 
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
-_NOT_BASE64_OR_PAD = re.compile(rb"[^A-Za-z0-9+/=]+")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# For bytes.translate(None, ...): what to delete. A regex substitution visits
+# each byte in the regex engine (1.2 ms for a 128 KiB window, against 0.05).
+_NOT_BASE64 = bytes(set(range(256)) - set(_BASE64_ALPHABET))
+_NOT_BASE64_OR_PAD = bytes(set(_NOT_BASE64) - set(b"="))
 # The end-of-archive record of a zip is within its last 64 KiB + 22 bytes.
 _ZIP_END = b"PK\x05\x06"
 _ZIP_END_WINDOW = 65_557
@@ -126,7 +129,7 @@ def _base64(raw: bytes) -> bytes:
     try:
         return binascii.a2b_base64(raw)
     except binascii.Error:
-        clean = _NOT_BASE64.sub(b"", raw)
+        clean = raw.translate(None, _NOT_BASE64)
         clean = clean[: len(clean) - len(clean) % 4 if len(clean) % 4 == 1 else len(clean)]
         return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
 
@@ -147,9 +150,9 @@ def _content(cte: str, payload: Payload) -> tuple[bytes, tuple[ArchiveMember, ..
     archivers open all the same): its end record, near the end, says so. Only
     an archive is decoded whole; of anything else, its two ends."""
     if cte == "base64":
-        head = _decode(_NOT_BASE64.sub(b"", payload.head(256))[:24], cte)[:HEAD_SIZE]
+        head = _decode(payload.head(256).translate(None, _NOT_BASE64)[:24], cte)[:HEAD_SIZE]
         # Groups of four, counted from the end (padding « = » included).
-        tail_chars = _NOT_BASE64_OR_PAD.sub(b"", payload.tail(_ZIP_END_WINDOW * 2))
+        tail_chars = payload.tail(_ZIP_END_WINDOW * 2).translate(None, _NOT_BASE64_OR_PAD)
         tail = _decode(tail_chars[len(tail_chars) % 4 :], cte)
     elif cte == "quoted-printable":
         data = _decode(payload.whole(), cte)
