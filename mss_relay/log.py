@@ -23,6 +23,8 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 Clock = Callable[[], datetime]
+# Lines written at once at most (a write of a few tens of KB).
+_BATCH = 64
 
 
 def utc_now() -> datetime:
@@ -52,13 +54,29 @@ class LineWriter:
 
     def _run(self) -> None:
         while (line := self._queue.get()) is not None:
-            if self._fd is not None:
-                data = (line + "\n").encode("utf-8")
-                while data:
-                    data = data[os.write(self._fd, data) :]
-            elif self._stream is not None:
-                self._stream.write(line + "\n")
-                self._stream.flush()
+            # The lines that came meanwhile go in the same write(2): whole
+            # lines still, and one system call instead of one per line.
+            lines = [line]
+            while len(lines) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._write(lines)
+                    return
+                lines.append(more)
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        text = "\n".join(lines) + "\n"
+        if self._fd is not None:
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(self._fd, data) :]
+        elif self._stream is not None:
+            self._stream.write(text)
+            self._stream.flush()
 
     def write(self, line: str) -> None:
         self._queue.put(line)

@@ -54,6 +54,10 @@ def _stale(error: Exception) -> bool:
     return isinstance(error, aiosmtplib.SMTPServerDisconnected | OSError)
 
 
+# Below this size, the final dot is joined to the message (one write, one copy).
+_JOIN_LIMIT = 1 << 16
+
+
 def wire_data(message: bytes) -> bytes:
     """The message as DATA sends it (RFC 5321 §4.5.2): dot-stuffed, ending in
     CRLF; the final dot is not included. The message comes with CRLF line ends
@@ -81,8 +85,11 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPRes
         start = await protocol.read_response(timeout=smtp.timeout)
         if start.code != aiosmtplib.SMTPStatus.start_input:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
-        protocol.write(data)
-        protocol.write(b".\r\n")
+        if len(data) < _JOIN_LIMIT:
+            protocol.write(data + b".\r\n")  # one segment for a small message
+        else:
+            protocol.write(data)
+            protocol.write(b".\r\n")
         response = await protocol.read_response(timeout=smtp.timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         smtp.close()

@@ -77,6 +77,27 @@ def _without_trailing_dot(arg: str | None) -> str | None:
     return _TRAILING_DOT.sub(r"\1>", arg) if arg else arg
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# What nearly every MAIL and RCPT carries: <dot-atom@host.name>.
+_PLAIN_ADDRESS = re.compile(rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+
+
+def plain_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None] | None:
+    """aiosmtpd's _getaddr() for a plain address in angle brackets, without
+    the email package's RFC 5322 tokenizer (a tenth of the relay's CPU per
+    small message); None for anything else, which aiosmtpd parses."""
+    match = _PLAIN_ADDRESS.match(arg)
+    if match is None:
+        return None
+    rest = arg[match.end() :].lstrip(" \t")  # as the tokenizer drops folding white space
+    if rest.startswith("("):
+        return None  # a comment, which the tokenizer drops too
+    address = match[1]
+    if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
+        return None, None
+    return address, rest
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's protocol with our replies, our AUTH and our error handling."""
 
@@ -239,6 +260,10 @@ class RelaySMTP(SMTP):
         await self.relay.reset_transaction(why)
 
     # Parameters ------------------------------------------------------------
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        found = plain_address(arg, self.local_part_limit) if arg else None
+        return found if found is not None else super()._getaddr(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.relay.trusted and self.session is not None:
             # A trusted client needs no AUTH (it may still AUTH, as another user).
