@@ -120,6 +120,7 @@ _NOT_BASE64_OR_PAD = bytes(set(_NOT_BASE64) - set(b"="))
 # The end-of-archive record of a zip is within its last 64 KiB + 22 bytes.
 _ZIP_END = b"PK\x05\x06"
 _ZIP_END_WINDOW = 65_557
+_ZIP_END_CHARS = -(-_ZIP_END_WINDOW // 3) * 4  # the base64 characters of that many bytes
 
 
 def _base64(raw: bytes) -> bytes:
@@ -151,9 +152,11 @@ def _content(cte: str, payload: Payload) -> tuple[bytes, tuple[ArchiveMember, ..
     an archive is decoded whole; of anything else, its two ends."""
     if cte == "base64":
         head = _decode(payload.head(256).translate(None, _NOT_BASE64)[:24], cte)[:HEAD_SIZE]
-        # Groups of four, counted from the end (padding « = » included).
+        # Groups of four, counted from the end (padding « = » included), as
+        # many as decode to the window (binascii decodes some 400 MB/s only).
         tail_chars = payload.tail(_ZIP_END_WINDOW * 2).translate(None, _NOT_BASE64_OR_PAD)
-        tail = _decode(tail_chars[len(tail_chars) % 4 :], cte)
+        keep = min(len(tail_chars) - len(tail_chars) % 4, _ZIP_END_CHARS)
+        tail = _decode(tail_chars[len(tail_chars) - keep :], cte)
     elif cte == "quoted-printable":
         data = _decode(payload.whole(), cte)
         head, tail = data[:HEAD_SIZE], data[-_ZIP_END_WINDOW:]
