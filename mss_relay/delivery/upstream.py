@@ -56,6 +56,7 @@ def _stale(error: Exception) -> bool:
 
 # Below this size, the final dot is joined to the message (one write, one copy).
 _JOIN_LIMIT = 1 << 16
+_WRITE_SLICE = 1 << 20
 
 
 def wire_data(message: bytes) -> bytes:
@@ -88,7 +89,14 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPRes
         if len(data) < _JOIN_LIMIT:
             protocol.write(data + b".\r\n")  # one segment for a small message
         else:
-            protocol.write(data)
+            # By slices, each written once the transport has sent the last:
+            # asyncio would otherwise copy all it cannot send at once into its
+            # buffer, a second copy of the message.
+            view = memoryview(data)
+            for offset in range(0, len(data), _WRITE_SLICE):
+                protocol.write(view[offset : offset + _WRITE_SLICE])  # type: ignore[arg-type]
+                # An upstream that stops reading: TimeoutError, as for a reply.
+                await asyncio.wait_for(protocol._drain_helper(), smtp.timeout)
             protocol.write(b".\r\n")
         response = await protocol.read_response(timeout=smtp.timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):

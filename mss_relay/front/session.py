@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
-from functools import partial
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -44,6 +43,11 @@ from mss_relay.verification import Verifier
 
 # Messages above this size are parsed in a worker thread, off the event loop.
 INLINE_PARSE_LIMIT = 256 * 1024
+
+
+def _inspect(content: bytes, wire: bytes) -> tuple[MessageInfo, Fingerprint]:
+    """The CPU work on a received message, in one worker thread when it is large."""
+    return inspect_message(wire, crlf=True), Fingerprint.of(content)
 
 
 def new_id() -> str:
@@ -92,6 +96,18 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What the log keeps of a message: its size and SHA-256, never its text."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, content: bytes) -> Fingerprint:
+        return cls(len(content), hashlib.sha256(content).hexdigest())
+
+
 @dataclass(frozen=True)
 class Examined:
     """A received message, looked at: its facts and the policy's verdict."""
@@ -101,6 +117,8 @@ class Examined:
     dkim: tuple[DkimCheck, ...] | None
     # The message with CRLF line ends only, as it is inspected, signed and sent.
     wire: bytes = b""
+    # Of the message as received (the log's size and sha256).
+    fingerprint: Fingerprint | None = None
 
     @property
     def info(self) -> MessageInfo:
@@ -212,7 +230,7 @@ class ClientSession:
         outcome: str,
         reply: str,
         *,
-        content: bytes | None = None,
+        content: bytes | Fingerprint | None = None,
         info: MessageInfo | None = None,
         verdict: Verdict | None = None,
         upstream: str | None = None,
@@ -222,6 +240,8 @@ class ClientSession:
         txn = self.txn
         if txn is None:
             return
+        if isinstance(content, bytes):
+            content = Fingerprint.of(content)
         self.log.info(
             "transaction",
             txid=txn.txid,
@@ -230,8 +250,8 @@ class ClientSession:
             sender=txn.mail.sender,
             recipients=list(txn.recipients),
             message_id=message_id or (info.message_id if info else None),
-            size=len(content) if content is not None else None,
-            sha256=hashlib.sha256(content).hexdigest() if content is not None else None,
+            size=content.size if content is not None else None,
+            sha256=content.sha256 if content is not None else None,
             outcome=outcome,
             rule=verdict.rule if verdict else None,
             reason=verdict.reason if verdict else None,
@@ -251,9 +271,9 @@ class ClientSession:
         # CRLF. The one check of the line ends a message gets (2 ms per MB).
         wire = crlf_lines(content)
         if len(content) > INLINE_PARSE_LIMIT:
-            info = await asyncio.to_thread(partial(inspect_message, wire, crlf=True))
+            info, fingerprint = await asyncio.to_thread(_inspect, content, wire)
         else:
-            info = inspect_message(wire, crlf=True)
+            info, fingerprint = _inspect(content, wire)
         verifier = self.ctx.verifier if self.inbound else None
         checks = await asyncio.to_thread(verifier.verify, content) if verifier else None
         facts = MessageFacts(
@@ -265,7 +285,7 @@ class ClientSession:
             dkim=checks,
         )
         verdict = self.ctx.policy.evaluate_message(facts)
-        examined = Examined(facts, verdict, checks, wire)
+        examined = Examined(facts, verdict, checks, wire, fingerprint)
         self.decision("data", verdict, message_id=info.message_id, dkim=examined.dkim_log)
         self._patient_event(facts, verdict)
         return examined

@@ -282,3 +282,27 @@ def test_patient_messages_must_be_signed_when_required(
             if e["stage"] == "data" and e["listener"] == "inbound"
         ]
         assert rules == ["patient_dkim", "patient_dkim", "patient_dkim", "data"]
+
+
+def test_a_large_message_arrives_whole_and_signed(
+    signing: tuple[Stack, dict[str, str]],
+) -> None:
+    """Several megabytes: written to the upstream by slices, dot-stuffed,
+    its body hashed without a copy; trailing empty lines as sent."""
+    stack, records = signing
+    lines = b"".join(b".ligne %07d qui commence par un point\r\n" % i for i in range(80_000))
+    content = (
+        (
+            f"From: {SENDER}\r\nTo: {DEST}\r\nSubject: gros\r\nMessage-ID: <big@x>\r\n"
+            "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\n\r\n"
+        ).encode()
+        + lines
+        + b"\r\n\r\n\r\n"
+    )
+    assert len(content) > 3 * 1024 * 1024
+    with connect(stack) as client:
+        _, (code, text) = send(client, SENDER, [DEST], content)
+    assert code == 250, text
+    received = stack.upstream.messages()[-1][1]
+    assert received.endswith(b"\r\n\r\n" + lines + b"\r\n\r\n\r\n")
+    assert _verify_all(received, records) == [True, True]

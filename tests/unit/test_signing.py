@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import dkim
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mss_relay.core.authentication import DkimCheck
+from mss_relay.core.message import crlf_lines
 from mss_relay.signing import (
     DkimKey,
     Signer,
@@ -17,6 +20,7 @@ from mss_relay.signing import (
     generate_key,
     load_key,
     relaxed_body,
+    relaxed_body_hash,
     sign,
     txt_value,
 )
@@ -119,6 +123,15 @@ def test_relaxed_body_is_dkimpys(pieces: list[bytes]) -> None:
     assert relaxed_body(body) == _RELAXED.canonicalize_body(body)
 
 
+@settings(max_examples=800)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"=", b"\r\n" * 40000])))
+def test_body_hash_without_copy_is_dkimpys(pieces: list[bytes]) -> None:
+    head = b"From: a@ch.mssante.fr\r\n\r\n"
+    body = b"".join(pieces)
+    expected = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+    assert relaxed_body_hash(head + body, len(head)) == expected
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -136,7 +149,9 @@ def test_signatures_verify_with_dkimpy(tmp_path: Path, body: bytes) -> None:
     path.write_bytes(pem)
     key = load_key(path, "ch.mssante.fr", "s1", "rsa-sha256")
     message = b"From: a@ch.mssante.fr\r\nSubject:  x \t y\r\n folded\r\nTo: b@c.mssante.fr\r\n\r\n"
-    signed = sign(message + body, key) + message + body
     records = {"s1._domainkey.ch.mssante.fr": txt_value("rsa-sha256", public)}
-    assert dkim.verify(signed, dnsfunc=lookup(records))
-    assert not dkim.verify(signed + b"tampered\r\n", dnsfunc=lookup(records))
+    for crlf in (False, True):
+        wire = crlf_lines(message + body) if crlf else message + body
+        signed = sign(wire, key, crlf=crlf) + wire
+        assert dkim.verify(signed, dnsfunc=lookup(records))
+        assert not dkim.verify(signed + b"tampered\r\n", dnsfunc=lookup(records))
