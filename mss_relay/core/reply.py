@@ -133,6 +133,8 @@ _ASCII_PUNCTUATION = str.maketrans(
 def ascii_text(text: str) -> str:
     """RFC 5321 §4.2: reply text is printable US-ASCII (without SMTPUTF8, which
     we do not offer). French accents are folded (« MSSanté » -> "MSSante")."""
+    if text.isascii() and text.isprintable():
+        return text  # nothing to fold (aiosmtpd's and most of our replies)
     # « x » is French typography; "x" is its ASCII form, without the spaces.
     text = text.replace("« ", "«").replace(" »", "»").replace("\u00a0»", "»")
     folded = unicodedata.normalize("NFKD", text.translate(_ASCII_PUNCTUATION))

@@ -65,12 +65,17 @@ _STOCK: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+# Any of them: one regex call for the replies that are none (nearly all).
+_ANY_STOCK = re.compile("|".join(f"(?:{pattern.pattern})" for pattern, _ in _STOCK))
+
+
 def localize(status: str) -> str:
     """Our text and an enhanced code for one of aiosmtpd's stock replies."""
-    for pattern, reply in _STOCK:
-        match = pattern.match(status)
-        if match:
-            return match.expand(reply)
+    if _ANY_STOCK.match(status):
+        for pattern, reply in _STOCK:
+            match = pattern.match(status)
+            if match:
+                return match.expand(reply)
     if _WITH_ENHANCED.match(status) or not status[:3].isdigit() or status[:3] in _BARE:
         return status
     code, rest = status[:3], status[4:]
