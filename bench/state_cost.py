@@ -1,6 +1,6 @@
 """Per-message cost of patient mail against the number of stored conversations.
 
-    .venv/bin/python bench/state_cost.py [--counts 1000 1000000] [--messages 1500]
+    .venv/bin/python bench/state_cost.py [--counts 1000 1000000] [--messages 1500] [--repeats 5]
 
 The real relay (1 worker, every rule on, DKIM signing; bench/compare.py's
 configuration) with its state file pre-filled with each count of
@@ -8,8 +8,9 @@ conversations, smtp-sink as the operator. A Python client sends 2 KB messages
 from the DPI's BAL to patients over 10 persistent sessions; each message has
 its own Message-ID and patient, so each one opens a conversation: a look-up
 and writes in the state file, as in real life. Figures: the relay's CPU per
-message (from /proc) and msgs/s, median of 3 runs per count, and the ratio of
-the largest count to the smallest (issue 6: within ±10 %).
+message (from /proc) and msgs/s, median of 5 runs per count (the runs of the
+counts interleaved, so that the machine's drift weighs on all alike), and the
+ratio of the largest count to the smallest (issue 6: within ±10 %).
 Writes bench/results/state_cost.json. Loopback only.
 """
 
@@ -22,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,19 @@ def one_run(port: int, pids: list[int], count: int, first: int) -> dict[str, flo
     return {"msgs_per_s": count / elapsed, "cpu_ms_per_msg": used * 1000 / count}
 
 
-def measure(count: int, messages: int, work: Path, sink: Sink) -> dict[str, Any]:
+@dataclass
+class Subject:
+    """One relay and its state file of `count` conversations."""
+
+    count: int
+    directory: Path
+    relay: Server
+    port: int
+    fill_seconds: float
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+
+def prepare(count: int, work: Path, sink: Sink) -> Subject:
     directory = work / f"state-{count}"
     directory.mkdir()
     seconds = make_state(directory / "state.sqlite3", count)
@@ -119,16 +133,35 @@ def measure(count: int, messages: int, work: Path, sink: Sink) -> dict[str, Any]
         [sys.executable, "-m", "mss_relay", "serve", "--config", str(path)], directory, "relay"
     )
     relay.start(port)
+    one_run(port, process_tree(relay.pid), 100, 7_000_000)  # warm-up, not recorded
+    return Subject(count, directory, relay, port, seconds)
+
+
+def measure_all(
+    counts: list[int], messages: int, repeats: int, work: Path, sink: Sink
+) -> list[dict[str, Any]]:
+    """The runs of every count interleaved (A B A B ...), so that a drift of
+    the machine meanwhile weighs on every count alike; medians quoted."""
+    subjects: list[Subject] = []
     try:
-        pids = process_tree(relay.pid)
-        one_run(port, pids, 100, 7_000_000)  # warm-up, not recorded
-        runs = [one_run(port, pids, messages, i * messages) for i in range(3)]
+        for count in counts:
+            subjects.append(prepare(count, work, sink))
+        for i in range(repeats):
+            for s in subjects:
+                pids = process_tree(s.relay.pid)
+                s.runs.append(one_run(s.port, pids, messages, i * messages))
     finally:
-        relay.stop()
-    log = (directory / "relay.jsonl").read_text()
+        for s in subjects:
+            s.relay.stop()
+    return [summary(s) for s in subjects]
+
+
+def summary(s: Subject) -> dict[str, Any]:
+    runs = s.runs
+    log = (s.directory / "relay.jsonl").read_text()
     return {
-        "conversations": count,
-        "fill_seconds": round(seconds, 1),
+        "conversations": s.count,
+        "fill_seconds": round(s.fill_seconds, 1),
         "runs": runs,
         "cpu_ms_per_msg": round(statistics.median(r["cpu_ms_per_msg"] for r in runs), 2),
         "msgs_per_s": round(statistics.median(r["msgs_per_s"] for r in runs), 1),
@@ -141,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1_000, 1_000_000])
     parser.add_argument("--messages", type=int, default=1500, help="per run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per count, interleaved")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mss-bench-") as name:
         work = Path(name)
@@ -148,7 +182,7 @@ def main() -> None:
         sink = Sink(free_port(), work)
         sink.start()
         try:
-            results = [measure(c, args.messages, work, sink) for c in args.counts]
+            results = measure_all(args.counts, args.messages, args.repeats, work, sink)
         finally:
             sink.stop()
     by_count = sorted(results, key=lambda r: r["conversations"])
