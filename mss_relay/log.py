@@ -10,7 +10,6 @@ that a slow disk never stalls the SMTP sessions.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import sys
@@ -49,16 +48,15 @@ class LineWriter:
             # One write(2) per line on an O_APPEND file: the lines of several
             # worker processes never interleave.
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
-        self._pending: list[str] = []  # lines of this turn of the event loop
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mss-relay-log", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
+        while (line := self._queue.get()) is not None:
             # The lines that came meanwhile go in the same write(2): whole
             # lines still, and one system call instead of one per line.
-            lines = list(batch)
+            lines = [line]
             while len(lines) < _BATCH:
                 try:
                     more = self._queue.get_nowait()
@@ -67,7 +65,7 @@ class LineWriter:
                 if more is None:
                     self._write(lines)
                     return
-                lines.extend(more)
+                lines.append(more)
             self._write(lines)
 
     def _write(self, lines: list[str]) -> None:
@@ -81,24 +79,12 @@ class LineWriter:
             self._stream.flush()
 
     def write(self, line: str) -> None:
-        """From the event loop, the lines of one turn of the loop go to the
-        thread together (one wake-up, not one per line); from elsewhere, at once."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._queue.put([line])
-            return
-        if not self._pending:
-            loop.call_soon(self._hand_over)
-        self._pending.append(line)
-
-    def _hand_over(self) -> None:
-        lines, self._pending = self._pending, []
-        if lines:
-            self._queue.put(lines)
+        # Handed over at once: a line is on its way before the reply it
+        # accompanies is sent (holding lines for the end of the loop's turn
+        # saved 0.5 % of the CPU and let replies overtake their log lines).
+        self._queue.put(line)
 
     def close(self) -> None:
-        self._hand_over()
         self._queue.put(None)
         self._thread.join(timeout=5)
         if self._fd is not None:

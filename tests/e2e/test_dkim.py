@@ -79,6 +79,7 @@ def test_outgoing_message_is_signed_and_one_body_byte_breaks_it(
     signing: tuple[Stack, dict[str, str]],
 ) -> None:
     stack, records = signing
+    before = len(stack.relay.events("transaction"))
     with connect(stack) as client:
         _, (code, text) = send(client, SENDER, [DEST], make_message())
         assert code == 250, text
@@ -96,7 +97,7 @@ def test_outgoing_message_is_signed_and_one_body_byte_breaks_it(
     assert _verify_all(_tamper_body(received), records) == [False, False]
     forged = received.replace(b"Subject: Compte rendu", b"Subject: Compte rendu!", 1)
     assert _verify_all(forged, records) == [False, False]
-    event = stack.relay.wait_event("transaction")[-1]
+    event = stack.relay.wait_event("transaction", before + 1)[-1]
     assert event["dkim"] == [
         f"d={DOMAIN} s=mss2026 a=rsa-sha256",
         f"d={DOMAIN} s=ed2026 a=ed25519-sha256",

@@ -151,6 +151,7 @@ def test_sender_must_be_a_bal_of_the_authenticated_user(milter: Milter) -> None:
 
 
 def test_valid_outgoing_message_gets_headers_and_a_verifying_signature(milter: Milter) -> None:
+    before = len(milter.relay.events("transaction"))
     content = make_message(sender=SENDER, to=DEST)
     # Without Message-ID and Date: the milter adds them, as the SMTP listener does.
     content = b"\r\n".join(
@@ -173,7 +174,7 @@ def test_valid_outgoing_message_gets_headers_and_a_verifying_signature(milter: M
     tampered = final.replace(b"compte rendu", b"Compte rendu")
     with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
         dkim.DKIM(tampered).verify(dnsfunc=lookup(milter.records))
-    outcome = milter.relay.wait_event("transaction")[-1]
+    outcome = milter.relay.wait_event("transaction", before + 1)[-1]
     assert outcome["outcome"] == "accepted" and outcome["user"] == "jdupont"
     assert outcome["dkim"] == [f"d={DOMAIN} s=mss2026 a=rsa-sha256"], outcome["dkim"]
     assert not milter.upstream.messages()  # Postfix delivers, not the relay
@@ -199,13 +200,14 @@ def test_unauthenticated_session_is_incoming(milter: Milter) -> None:
 
 
 def test_unsolicited_patient_message_is_refused(milter: Milter) -> None:
+    before = len(milter.relay.events("patient_message"))
     content = make_message(sender=PATIENT, to=SENDER, subject="Question", body="Bonjour")
     with milter.session() as client:
         assert client.mail(PATIENT).code == "c"
         assert client.rcpt(SENDER).code == "c"
         replies = client.message(content)
     assert replies[-1].code == "y" and replies[-1].text.startswith("550 5.7.1 "), replies
-    event = milter.relay.wait_event("patient_message")[-1]
+    event = milter.relay.wait_event("patient_message", before + 1)[-1]
     assert event["result"] == "refused"
 
 
@@ -250,8 +252,14 @@ def test_abort_and_a_new_session_on_the_same_connection(milter: Milter) -> None:
         assert client.mail(DEST).code == "c"
         assert client.rcpt("someone@gmail.com").code == "y"
         client.quit()
-    rcpt = [e for e in milter.relay.wait_event("decision") if e["stage"] == "rcpt"]
-    assert rcpt[-1]["rule"] == "recipient_is_bal"  # incoming now: the incoming rules
+    # Incoming now: the incoming rules.
+    assert (
+        milter.relay.wait_event(
+            "decision",
+            where=lambda e: e["stage"] == "rcpt" and e["recipient"] == "someone@gmail.com",
+        )[-1]["rule"]
+        == "recipient_is_bal"
+    )
     abandoned = [e for e in milter.relay.events("transaction") if e["outcome"] == "abandoned"]
     assert any(e["reason"] is None and e["user"] == "jdupont" for e in abandoned)
 

@@ -145,12 +145,13 @@ def test_oversized_attachment_is_refused(gateway: Gateway) -> None:
 
 def test_patients_unsolicited_message_is_refused(gateway: Gateway) -> None:
     before = len(gateway.upstream.messages())
+    logged = len(gateway.relay.events("patient_message"))
     content = make_message(sender=PATIENT, to=SENDER, subject="Question", body="Bonjour")
     with gateway.client(OPERATOR) as client, pytest.raises(smtplib.SMTPDataError) as refused:
         client.sendmail(PATIENT, [SENDER], content)
     assert refused.value.smtp_code == 550
     assert refused.value.smtp_error.startswith(b"5.7.1 "), refused.value.smtp_error
-    assert gateway.relay.wait_event("patient_message")[-1]["result"] == "refused"
+    assert gateway.relay.wait_event("patient_message", logged + 1)[-1]["result"] == "refused"
     assert len(gateway.upstream.messages()) == before
 
 
@@ -158,6 +159,7 @@ def test_valid_message_arrives_with_added_headers_and_a_verifying_signature(
     gateway: Gateway,
 ) -> None:
     before = len(gateway.upstream.messages())
+    logged = len(gateway.relay.events("transaction"))
     content = make_message(sender=SENDER, to=DEST, subject="Compte rendu opératoire")
     # No Message-ID: the relay adds one, as its SMTP listener does.
     content = re.sub(rb"Message-ID: [^\r\n]*\r\n", b"", content)
@@ -173,7 +175,7 @@ def test_valid_message_arrives_with_added_headers_and_a_verifying_signature(
     assert received.startswith(b"DKIM-Signature:") or b"\nDKIM-Signature:" in received
     assert dkim.DKIM(received).verify(dnsfunc=lookup(gateway.records))
     # Postfix's queue id ties the relay's log line to Postfix's own log.
-    outcome = gateway.relay.wait_event("transaction")[-1]
+    outcome = gateway.relay.wait_event("transaction", logged + 1)[-1]
     assert outcome["outcome"] == "accepted" and outcome["queue_id"]
     assert gateway.postfix.wait_log(re.escape(outcome["queue_id"]) + r": .*status=sent")
 

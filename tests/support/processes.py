@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +152,18 @@ class Relay:
         lines = [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
         return [e for e in lines if name is None or e.get("event") == name]
 
-    def wait_event(self, name: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """The log is written by a thread: wait until the lines are there."""
+    def wait_event(
+        self,
+        name: str,
+        count: int = 1,
+        timeout: float = 10.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The log is written by a thread: wait until the lines are there
+        (`count` of them, among those `where` accepts)."""
         deadline = time.monotonic() + timeout
         while True:
-            events = self.events(name)
+            events = [e for e in self.events(name) if where is None or where(e)]
             if len(events) >= count or time.monotonic() > deadline:
                 return events
             time.sleep(0.02)
