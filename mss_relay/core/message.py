@@ -245,6 +245,10 @@ _IDENTITY = ("", "7bit", "8bit", "binary")
 def _structure_error(part: Message) -> str | None:
     if any(isinstance(d, _UNREADABLE_HEADERS) for d in part.defects):
         return "a header line that cannot be read (" + type(part.defects[0]).__name__ + ")"
+    if any(isinstance(d, errors.StartBoundaryNotFoundDefect) for d in part.defects):
+        # Its parts cannot be found, and it would pass for one opaque part,
+        # whatever a mail client that reads the boundary otherwise finds in it.
+        return "a multipart whose boundary never appears (StartBoundaryNotFoundDefect)"
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if part.get_content_maintype() in ("message", "multipart") and cte not in _IDENTITY:
         return f"{part.get_content_type()} encoded as {cte} (RFC 2046 §5.2.1, §5.1)"

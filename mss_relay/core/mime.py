@@ -14,6 +14,7 @@ holds both paths to the same result.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -22,6 +23,8 @@ from email.policy import compat32
 # Deeper trees go to the standard library's parser (and its limits).
 MAX_FAST_DEPTH = 20
 _IDENTITY = ("7bit", "8bit", "binary")
+# RFC 2046 §5.1.1 bchars, at most 70 of them.
+_BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{1,70}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,9 @@ def scan(raw: bytes, *, crlf: bool = False) -> Tree | None:
         boundary = msg.get_boundary()
         if msg.get_content_subtype() == "digest" or cte not in _IDENTITY or not boundary:
             return None
-        if not boundary.isascii():
+        if not _BCHARS.fullmatch(boundary):
+            # RFC 2046's characters only: a folded value keeps its CRLF, which
+            # bytes.find would match across two lines and the stdlib never.
             return None
         mark = boundary.encode("ascii")
         if any(b.startswith(mark) or mark.startswith(b) for b in outer):

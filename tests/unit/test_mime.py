@@ -15,7 +15,9 @@ from mss_relay.core.message import inspect_message
 from mss_relay.core.mime import Payload, scan
 from tests.support.mail import nested_mime
 
-BOUNDARIES = ["b1", "b1x", "b", "=_b1", "b1--", "b 1", "b1 "]
+# The last ones: a folded value (compat32 keeps its CRLF), a character
+# RFC 2046 does not allow.
+BOUNDARIES = ["b1", "b1x", "b", "=_b1", "b1--", "b 1", "b1 ", "b\r\n 1", "b;1"]
 ZIP = io.BytesIO()
 with zipfile.ZipFile(ZIP, "w") as archive:
     archive.writestr("ordonnance.exe", b"MZ" + b"\0" * 64)
@@ -151,11 +153,31 @@ def test_what_the_scan_leaves_to_the_standard_library() -> None:
         multipart + b"--b\r\n\r\nno close delimiter\r\n",
         multipart + b"--b\r\n--b\r\n\r\ntwo delimiter lines\r\n--b--\r\n",
         multipart + b"--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: x\r\n\r\ny\r\n--b--\r\n",
+        # A folded boundary: found across two lines by bytes.find, never by the stdlib.
+        head + b'Content-Type: multipart/mixed; boundary="a\r\n b"\r\n\r\n'
+        b"--a\r\n b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--a\r\n b--\r\n",
         head + b"Content-Type: multipart/mixed\r\n\r\nno boundary\r\n",
         head + b"MIME-Version: 1.0\r\n" + nested_mime(30),
     ):
         assert scan(raw) is None, raw
         assert inspect_message(raw) == inspect_message(raw, fast=False)
+
+
+def test_a_multipart_whose_boundary_never_appears_cannot_be_checked() -> None:
+    """Else it passes for one opaque part, whatever a mail client reading the
+    boundary another way (unfolded, say) finds in it: an .exe, for one."""
+    exe = base64.encodebytes(b"MZ" + b"\0" * 100).replace(b"\n", b"\r\n")
+    for boundary, delimiter in ((b'"a\r\n b"', b"a b"), (b"b", b"c")):
+        raw = (
+            b"From: a@ch.mssante.fr\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n"
+            b"--" + delimiter + b'\r\nContent-Type: application/octet-stream; name="x.exe"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + exe + b"--" + delimiter + b"--\r\n"
+        )
+        assert scan(raw) is None
+        info = inspect_message(raw)
+        assert info.structure_error is not None and "boundary never appears" in info.structure_error
+        assert info == inspect_message(raw, fast=False)
 
 
 def test_payload_is_a_range_of_the_message() -> None:
