@@ -10,6 +10,7 @@ client has it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Sequence
@@ -74,37 +75,52 @@ def wire_data(message: bytes) -> bytes:
 
 
 async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPResponse:
-    """DATA, as aiosmtplib.SMTP.data() sends it, with the message prepared by
-    wire_data(). A session sends one command at a time: each write is followed
-    by the read of its reply, as aiosmtplib's own commands do."""
+    """DATA, as aiosmtplib.SMTP.data() sends it (under its command lock, a
+    reply expected from the first byte written), with the message prepared by
+    wire_data() and large messages written by slices."""
     protocol = smtp.protocol
-    if protocol is None or not smtp.is_connected:
+    lock = protocol._command_lock if protocol is not None else None
+    if protocol is None or lock is None or not smtp.is_connected:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     data = wire_data(message)
     try:
-        protocol.write(b"DATA\r\n")
-        start = await protocol.read_response(timeout=smtp.timeout)
-        if start.code != aiosmtplib.SMTPStatus.start_input:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
-        if len(data) < _JOIN_LIMIT:
-            protocol.write(data + b".\r\n")  # one segment for a small message
-        else:
-            # By slices, each written once the transport has sent the last:
-            # asyncio would otherwise copy all it cannot send at once into its
-            # buffer, a second copy of the message.
-            view = memoryview(data)
-            for offset in range(0, len(data), _WRITE_SLICE):
-                protocol.write(view[offset : offset + _WRITE_SLICE])  # type: ignore[arg-type]
-                # An upstream that stops reading: TimeoutError, as for a reply.
-                await asyncio.wait_for(protocol._drain_helper(), smtp.timeout)
-            protocol.write(b".\r\n")
-        response = await protocol.read_response(timeout=smtp.timeout)
+        async with lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=smtp.timeout)
+            if start.code != aiosmtplib.SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            # An upstream may answer before the end (552 once over its size
+            # limit) and close: its reply is kept, and is the outcome.
+            protocol._response_pending = True
+            # The reply read next says why the writing failed, or that the
+            # connection is lost.
+            with contextlib.suppress(aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                await _write_message(smtp, protocol, data)
+            response = await protocol.read_response(timeout=smtp.timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         smtp.close()
         raise
     if response.code != aiosmtplib.SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response
+
+
+async def _write_message(
+    smtp: aiosmtplib.SMTP, protocol: aiosmtplib.protocol.SMTPProtocol, data: bytes
+) -> None:
+    if len(data) < _JOIN_LIMIT:
+        protocol.write(data + b".\r\n")  # one segment for a small message
+        return
+    # By slices, each written once the transport has sent the last: asyncio
+    # would otherwise copy all it cannot send at once into its buffer, a
+    # second copy of the message.
+    view = memoryview(data)
+    for offset in range(0, len(data), _WRITE_SLICE):
+        protocol.write(view[offset : offset + _WRITE_SLICE])  # type: ignore[arg-type]
+        # An upstream that stops reading: TimeoutError, as for a reply.
+        await asyncio.wait_for(protocol._drain_helper(), smtp.timeout)
+    protocol.write(b".\r\n")
 
 
 def _failure(error: Exception) -> StepResult:
