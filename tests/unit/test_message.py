@@ -63,3 +63,26 @@ def test_base64_size_estimate_is_exact_for_encoder_output(data: bytes) -> None:
 def test_inspector_never_raises_on_garbage(raw: bytes) -> None:
     info = inspect_message(raw)
     assert info.total_decoded_size >= 0
+
+
+@settings(max_examples=400)
+@given(
+    st.binary(max_size=300),
+    st.binary(max_size=40),
+    st.integers(0, 2),
+    st.booleans(),
+)
+def test_zip_end_record_found_in_base64_at_any_alignment(
+    before: bytes, after: bytes, shift: int, record: bool
+) -> None:
+    """Only the end of a base64 part is decoded: a zip's end record is found
+    there whatever its position in a group of three bytes."""
+    data = b"%PDF" + b"x" * shift + before + (b"PK\x05\x06" + bytes(18) if record else b"") + after
+    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    raw = (
+        b"From: a@ch.mssante.fr\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: application/pdf; name="cr.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded
+    )
+    (part,) = inspect_message(raw).parts
+    assert part.archive == (b"PK\x05\x06" in data)
