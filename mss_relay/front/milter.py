@@ -259,15 +259,14 @@ class MilterSession(ClientSession):
         txn = self.txn
         if txn is None:
             return mp.CONTINUE
-        content = self._message([])
-        examined = await self.examine(content)
+        examined = await self.examine(self._message([]))
         info, verdict = examined.info, examined.verdict
         queue_id = self.macros.get("i")
         if verdict.reply is not None:
             self.outcome(
                 "rejected",
                 str(verdict.reply),
-                content=content,
+                content=examined.fingerprint,
                 info=info,
                 verdict=verdict,
                 queue_id=queue_id,
@@ -290,7 +289,9 @@ class MilterSession(ClientSession):
                 signatures = await asyncio.to_thread(self.ctx.signer.sign, message, keys)
             except Exception as error:  # dkimpy's errors on a message it cannot sign
                 self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
-                self.outcome("rejected", str(UNSIGNABLE), content=content, queue_id=queue_id)
+                self.outcome(
+                    "rejected", str(UNSIGNABLE), content=examined.fingerprint, queue_id=queue_id
+                )
                 self._end_transaction()
                 return _reply(str(UNSIGNABLE))
             # Last, and on top: the signatures cover every other change. One
@@ -303,7 +304,7 @@ class MilterSession(ClientSession):
         self.outcome(
             "accepted",
             "accepted by the milter (Postfix delivers)",
-            content=content,
+            content=examined.fingerprint,
             info=info,
             verdict=verdict,
             message_id=message_id,

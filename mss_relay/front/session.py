@@ -116,9 +116,9 @@ class Examined:
     verdict: Verdict
     dkim: tuple[DkimCheck, ...] | None
     # The message with CRLF line ends only, as it is inspected, signed and sent.
-    wire: bytes = b""
+    wire: bytes
     # Of the message as received (the log's size and sha256).
-    fingerprint: Fingerprint | None = None
+    fingerprint: Fingerprint
 
     @property
     def info(self) -> MessageInfo:
@@ -230,7 +230,7 @@ class ClientSession:
         outcome: str,
         reply: str,
         *,
-        content: bytes | Fingerprint | None = None,
+        content: Fingerprint | None = None,
         info: MessageInfo | None = None,
         verdict: Verdict | None = None,
         upstream: str | None = None,
@@ -240,8 +240,6 @@ class ClientSession:
         txn = self.txn
         if txn is None:
             return
-        if isinstance(content, bytes):
-            content = Fingerprint.of(content)
         self.log.info(
             "transaction",
             txid=txn.txid,
