@@ -10,6 +10,7 @@ that a slow disk never stalls the SMTP sessions.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sys
@@ -32,7 +33,10 @@ def utc_now() -> datetime:
 
 
 def iso_ms(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # A UTC time's isoformat() always ends with "+00:00".
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class LineWriter:
@@ -102,12 +106,24 @@ class _QueueLogger:
     debug = info = warning = error = critical = msg
 
 
-def _order(
+def _fallback(value: Any) -> Any:
+    """What structlog's JSONRenderer writes for a value JSON has no form for."""
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if callable(structlog_form) else repr(value)
+
+
+def _render(
     clock: Clock,
-) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
-    def processor(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        head = {"ts": iso_ms(clock()), "level": method, "event": event.pop("event", "")}
-        return {**head, **event}
+) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    """ts, level and event first, then the fields; one JSON line. What
+    structlog's JSONRenderer would write, with one encoder made once
+    (json.dumps with options builds a new one per line)."""
+    encode = json.JSONEncoder(ensure_ascii=False, default=_fallback).encode
+
+    def processor(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        line = {"ts": iso_ms(clock()), "level": method, "event": event.pop("event", "")}
+        line.update(event)
+        return encode(line)
 
     return processor
 
@@ -115,7 +131,7 @@ def _order(
 def make_logger(writer: LineWriter, clock: Clock = utc_now) -> FilteringBoundLogger:
     logger: FilteringBoundLogger = structlog.wrap_logger(
         _QueueLogger(writer),
-        processors=[_order(clock), structlog.processors.JSONRenderer(ensure_ascii=False)],
+        processors=[_render(clock)],
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=True,
     )
