@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -24,6 +25,43 @@ from mss_relay.delivery.outcome import StepResult, accepted, from_upstream_reply
 
 # MAIL parameters worth passing on when the upstream supports the extension.
 _PASSED_MAIL_PARAMS = {"BODY": "8BITMIME", "SIZE": "SIZE"}
+
+# A dot-atom local part @ a domain of letters, digits and hyphens (RFC 5321
+# §4.1.2), or the null sender: what aiosmtplib's quote_address() gives back as
+# <address> unchanged. Such a path is sent without its email.utils.parseaddr()
+# (some 3 % of the event loop per message); any other goes through aiosmtplib.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"(?:{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)?")
+
+
+def plain_path(address: str) -> bytes | None:
+    """<address> as aiosmtplib would send it, where that needs no parsing."""
+    if _PLAIN_PATH.fullmatch(address) is None:
+        return None
+    return b"<" + address.encode("ascii") + b">"
+
+
+async def _mail(smtp: aiosmtplib.SMTP, sender: str, options: list[str]) -> aiosmtplib.SMTPResponse:
+    """smtp.mail(), through execute_command() when the path needs no parsing."""
+    path = plain_path(sender)
+    if path is None or smtp.is_ehlo_or_helo_needed:
+        return await smtp.mail(sender, options=options)
+    params = [option.encode("ascii") for option in options]
+    response = await smtp.execute_command(b"MAIL", b"FROM:" + path, *params)
+    if response.code != 250:  # as smtp.mail() raises
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+    return response
+
+
+async def _rcpt(smtp: aiosmtplib.SMTP, recipient: str) -> aiosmtplib.SMTPResponse:
+    """smtp.rcpt(), through execute_command() when the path needs no parsing."""
+    path = plain_path(recipient)
+    if path is None or smtp.is_ehlo_or_helo_needed:
+        return await smtp.rcpt(recipient)
+    response = await smtp.execute_command(b"RCPT", b"TO:" + path)
+    if response.code not in (250, 251):  # as smtp.rcpt() raises
+        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
+    return response
 
 
 class UpstreamSession(Protocol):
@@ -246,7 +284,7 @@ class SmtpUpstreamSession:
         try:
             if self._in_transaction:
                 await smtp.rset()
-            response = await smtp.mail(sender, options=passed)
+            response = await _mail(smtp, sender, passed)
         except (aiosmtplib.SMTPException, OSError) as error:
             if self._reused and _stale(error):
                 # An idle connection the upstream closed meanwhile: once more
@@ -262,7 +300,7 @@ class SmtpUpstreamSession:
         if self._smtp is None:
             return unreachable(UPSTREAM_UNAVAILABLE, "no upstream session")
         try:
-            response = await self._smtp.rcpt(recipient)
+            response = await _rcpt(self._smtp, recipient)
         except (aiosmtplib.SMTPException, OSError) as error:
             return self._after_error(error)
         return accepted(f"{response.code} {response.message}")
