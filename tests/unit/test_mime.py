@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import io
 import zipfile
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mss_relay.core.message import inspect_message
-from mss_relay.core.mime import Payload, scan
+from mss_relay.core.mime import Payload, _plain_headers, scan
 from tests.support.mail import nested_mime
 
 # The last ones: a folded value (compat32 keeps its CRLF), a character
@@ -185,3 +187,61 @@ def test_payload_is_a_range_of_the_message() -> None:
     assert len(payload) == 7 and payload.whole() == b"ABC DEF"
     assert payload.head(2) == b"AB" and payload.tail(2) == b"EF"
     assert payload.count(b"x") == 0 and b" " in payload and b"y" not in payload
+
+
+_HEADER_PIECES = st.sampled_from(
+    [
+        "Subject",
+        "From",
+        "X-A",
+        "Content-Type",
+        ":",
+        ": ",
+        ":\t",
+        " ",
+        "\t",
+        "\r\n",
+        "\r\n ",
+        "\r\n\t",
+        "From ",
+        "v",
+        'a; name="x.pdf"',
+        "é",
+        "=?utf-8?q?x?=",
+        "\x7f",
+        "@",
+        "\r\nX-B:",
+        "\r\nTo: ",
+    ]
+)
+
+
+@settings(max_examples=1000)
+@given(st.booleans(), st.lists(_HEADER_PIECES, max_size=14))
+def test_header_lines_read_as_the_standard_library_reads_them(
+    named: bool, pieces: list[str]
+) -> None:
+    # Mostly blocks that start as a header does, where the fast path answers.
+    block = (("X-A:" if named else "") + "".join(pieces)).encode("utf-8")
+    if b"\r\n\r\n" in block or block.startswith(b"\r\n"):
+        return  # not a header block: the scan splits there
+    block += b"\r\n"
+    fast = _plain_headers(block)
+    if fast is None:
+        return  # the parser decides
+    reference = BytesHeaderParser(policy=compat32).parsebytes(block)
+    assert not reference.defects
+    assert reference.get_payload() == fast.get_payload() == ""
+    assert fast.items() == reference.items()
+
+
+def test_the_usual_header_lines_are_read_without_the_parser() -> None:
+    block = (
+        b'Content-Type: application/pdf;\r\n\tname="r\xc3\xa9sultat.pdf"\r\n'
+        b"Content-Disposition: attachment\r\nX-Empty:\r\nX-Blank: \t\r\n \r\n"
+    )
+    fast = _plain_headers(block)
+    assert fast is not None
+    assert fast.items() == BytesHeaderParser(policy=compat32).parsebytes(block).items()
+    for odd in (b" folded first\r\n", b"From someone\r\n", b"No colon\r\n", b": no name\r\n"):
+        assert _plain_headers(odd) is None
