@@ -75,7 +75,9 @@ _TRAILING_DOT = re.compile(r"^((?:TO|FROM):\s*<[^<>]*@[^<>]*?)\.+>", re.IGNORECA
 def _without_trailing_dot(arg: str | None) -> str | None:
     """« x@ch.mssante.fr. » (the FQDN form) is « x@ch.mssante.fr »: aiosmtpd's
     parser refuses the dot, and the upstream should not see it either."""
-    return _TRAILING_DOT.sub(r"\1>", arg) if arg else arg
+    if not arg or ".>" not in arg:  # nearly always: no regex substitution to run
+        return arg
+    return _TRAILING_DOT.sub(r"\1>", arg)
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
