@@ -123,6 +123,7 @@ class RelaySMTP(SMTP):
         self._rate_check: asyncio.TimerHandle | None = None
         self._data_started_at = 0.0
         self._data_bytes = 0
+        self._idle_deadline = 0.0
         with warnings.catch_warnings():
             # With implicit TLS the whole connection is encrypted, so aiosmtpd's
             # « AUTH without TLS » warning does not apply.
@@ -242,6 +243,26 @@ class RelaySMTP(SMTP):
     def _data_overdue(self) -> None:
         self._data_deadline = None
         self._close_with(TIMEOUT.with_text("Délai de transmission du message dépassé"), "data")
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this for every command, and data_received() for every
+        # chunk of DATA: a new timer each time was some 4 % of the event loop
+        # per small message. The deadline moves instead, and the one timer,
+        # when it fires before it, sets itself again for it.
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and handle.when() <= deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+            return
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         self._close_with(TIMEOUT, "idle")
