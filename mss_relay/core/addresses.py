@@ -19,6 +19,12 @@ PATIENT_DOMAIN = "patient.mssante.fr"
 # would strip spaces and dots, which an e-mail local part must not contain.
 _MATRICULE = re.compile(r"\A[0-9]{5}(?:[0-9]{2}|2[AaBb])[0-9]{8}\Z")
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# A dot-atom local part @ a domain of letters, digits and hyphens (RFC 5321
+# §4.1.2): what nearly every MAIL and RCPT carries, and what needs no RFC 5322
+# parsing (the SMTP front end and the upstream take it without the email package).
+PLAIN_MAILBOX = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+
 
 def split_address(address: str) -> tuple[str, str]:
     """Split at the last « @ ». A missing domain gives an empty string."""

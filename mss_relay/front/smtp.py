@@ -19,6 +19,7 @@ from typing import Any, AnyStr
 import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mss_relay.core.addresses import PLAIN_MAILBOX
 from mss_relay.core.reply import (
     BUSY,
     INTERNAL_ERROR,
@@ -80,9 +81,8 @@ def _without_trailing_dot(arg: str | None) -> str | None:
     return _TRAILING_DOT.sub(r"\1>", arg)
 
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # What nearly every MAIL and RCPT carries: <dot-atom@host.name>.
-_PLAIN_ADDRESS = re.compile(rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+_PLAIN_ADDRESS = re.compile(rf"[ \t]*<({PLAIN_MAILBOX})>")
 
 
 def plain_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None] | None:
