@@ -501,7 +501,9 @@ class RelayTarget(Target):
     def _read_all(self) -> list[dict[str, Any]]:
         if not self.log_path.exists():
             return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+        data = self.log_path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        return [json.loads(line) for line in whole.splitlines() if line]
 
     def stop(self) -> None:
         self.server.stop()

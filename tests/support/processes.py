@@ -146,7 +146,12 @@ class Relay:
         return self.process.stop(sig)
 
     def log_text(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        """The log's whole lines. A reader may catch the writer thread in the
+        middle of its write(2) (Linux lets read(2) see part of a write to a
+        regular file, even cut inside a UTF-8 character), as any log shipper
+        tailing the file may; the rest of the line comes later."""
+        data = self.log_path.read_bytes() if self.log_path.exists() else b""
+        return data[: data.rfind(b"\n") + 1].decode("utf-8")
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
