@@ -27,7 +27,7 @@ from mss_relay.core.message import crlf_lines
 from mss_relay.core.reply import BUSY, INTERNAL_ERROR, MESSAGE_TOO_BIG, UNSIGNABLE, ascii_text
 from mss_relay.core.verdict import Verdict
 from mss_relay.front import milter_protocol as mp
-from mss_relay.front.session import ClientSession, RelayContext
+from mss_relay.front.session import ClientSession, RelayContext, message_work
 
 # What mss-relay asks of Postfix: add headers (Message-ID, Date,
 # Authentication-Results, DKIM-Signature) and delete forged
@@ -286,7 +286,7 @@ class MilterSession(ClientSession):
         if keys:
             message = self._message(added)
             try:
-                signatures = await asyncio.to_thread(self.ctx.signer.sign, message, keys)
+                signatures = await message_work(len(message), self.ctx.signer.sign, message, keys)
             except Exception as error:  # dkimpy's errors on a message it cannot sign
                 self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
                 self.outcome(

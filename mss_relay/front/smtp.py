@@ -38,6 +38,7 @@ from mss_relay.front.replies import localize
 from mss_relay.front.session import (
     ClientSession,
     RelayContext,
+    message_work,
     printable,
 )
 from mss_relay.passwords import verify_password
@@ -626,7 +627,7 @@ class RelayHandler(ClientSession):
         keys = self.signing_keys(txn.mail.sender, info)
         if keys:
             try:
-                message = await asyncio.to_thread(_signed, self.ctx.signer, message, keys)
+                message = await message_work(len(message), _signed, self.ctx.signer, message, keys)
             except dkim.DKIMException as error:
                 refusal = UNSIGNABLE
                 self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
