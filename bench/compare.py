@@ -574,7 +574,7 @@ def acceptance(rows: list[dict[str, Any]], relays: list[str]) -> list[str]:
         ratio = by_size.get(size, {}).get(f"{relay}/{base}")
         if ratio is None:
             continue
-        verdict = "met" if ratio >= needed else f"missed: ×{needed / ratio:.1f} to go"
+        verdict = "met" if ratio >= needed else f"missed: ×{needed / ratio:.2f} to go"
         lines.append(f"| {relay}/{base} at {size} | ≥ {needed:.1f} | {ratio:.2f} | {verdict} |")
     return lines if len(lines) > 2 else []
 
