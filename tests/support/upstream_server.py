@@ -66,7 +66,8 @@ class Recorder:
         if self.control().get("hang") != stage:
             return False
         self.journal(session, "hang", stage=stage)
-        while self.control().get("hang") == stage:
+        # control.json is written by the test process: polled, no event to wait on.
+        while self.control().get("hang") == stage:  # noqa: ASYNC110
             await asyncio.sleep(_HANG_POLL)
         return True
 
