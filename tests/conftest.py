@@ -140,6 +140,22 @@ class Stack:
     pki: Pki
 
 
+@contextlib.contextmanager
+def relay_with(tmp: Path, pki: Pki, hashes: dict[str, str], **upstream: object) -> Iterator[Stack]:
+    """A relay and its upstream; upstream: keys added to the relay's upstream section."""
+    server = Upstream(tmp)
+    server.start()
+    config = base_config(pki, hashes, server.port)
+    config["upstream"].update(upstream)
+    relay = Relay(tmp, config)
+    relay.start()
+    try:
+        yield Stack(relay, server, pki)
+    finally:
+        relay.stop()
+        server.stop()
+
+
 def _stack(tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any) -> Iterator[Stack]:
     upstream = Upstream(tmp)
     upstream.start()

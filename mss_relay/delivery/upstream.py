@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -86,10 +88,30 @@ def _describe(error: BaseException) -> str:
 
 
 def _stale(error: Exception) -> bool:
-    """The failure of a connection that was closed while it waited unused."""
+    """The failure of a connection that was closed while it waited unused:
+    found closed (or closing: 421). A timeout is not one: it is the
+    upstream's answer (451 4.4.2), and trying the next pooled connection
+    would wait once more for each (8 pooled: 8 timeouts for one MAIL)."""
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return error.code == 421
-    return isinstance(error, aiosmtplib.SMTPServerDisconnected | OSError)
+    if isinstance(error, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
+        return False
+    return isinstance(error, ConnectionError)  # SMTPServerDisconnected is one
+
+
+def abort(smtp: aiosmtplib.SMTP) -> None:
+    """Close the connection with a reset (RST), not close()'s orderly FIN:
+    an upstream that wakes up after we gave up then fails to answer, rather
+    than completing a message whose client was told 451 (and will send it
+    again). SO_LINGER 0 makes the kernel reset; abort() drops what is unsent."""
+    transport = smtp.transport
+    if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        sock = transport.get_extra_info("socket")  # passed through by a TLS transport
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    smtp.close()
 
 
 # Below this size, the final dot is joined to the message (one write, one copy).
@@ -135,7 +157,11 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPRes
             with contextlib.suppress(aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 await _write_message(smtp, protocol, data)
             response = await protocol.read_response(timeout=smtp.timeout)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+    except TimeoutError:  # aiosmtplib's, or the drain's
+        # Given up on a silent upstream, perhaps after the final dot: reset.
+        abort(smtp)
+        raise
+    except aiosmtplib.SMTPServerDisconnected:
         smtp.close()
         raise
     if response.code != aiosmtplib.SMTPStatus.completed:

@@ -8,6 +8,7 @@ as a reply. It holds no policy of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import traceback
 import warnings
@@ -139,6 +140,10 @@ class RelaySMTP(SMTP):
             if localized.startswith("354"):
                 self._data_started = True
             await super().push(localized)
+            if localized.startswith("421") and self.transport is not None:
+                # RFC 5321 §3.8: a 421 (ours, or the upstream's passed on)
+                # closes the connection once it is sent.
+                self.transport.close()
             return
         await super().push(status)
 
@@ -366,7 +371,12 @@ class RelaySMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
-        await super()._handle_client()
+        # The client may go away while it is answered (the 221 to a QUIT sent
+        # just before a close or a reset): nobody is left to tell. aiosmtpd
+        # re-raises that, which a task nobody awaits prints as a traceback;
+        # the disconnect is logged by connection_lost().
+        with contextlib.suppress(ConnectionError):
+            await super()._handle_client()
 
     def eof_received(self) -> bool | None:
         super().eof_received()  # cancels the session's coroutine

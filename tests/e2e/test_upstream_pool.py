@@ -3,13 +3,10 @@ connections), and one the upstream closed meanwhile is replaced unnoticed."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import Pki, Stack, base_config
+from tests.conftest import Pki, Stack, relay_with
 from tests.support.mail import connect, make_message, send
-from tests.support.processes import Relay, Upstream
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
 DEST = "dr.martin@chu-b.mssante.fr"
@@ -19,22 +16,6 @@ def send_one(stack: Stack) -> None:
     with connect(stack) as client:
         _, (code, text) = send(client, SENDER, [DEST], make_message())
     assert code == 250, text
-
-
-@contextlib.contextmanager
-def relay_with(tmp: Path, pki: Pki, hashes: dict[str, str], **upstream: object) -> Iterator[Stack]:
-    """A relay and its upstream; upstream: keys added to the relay's upstream section."""
-    server = Upstream(tmp)
-    server.start()
-    config = base_config(pki, hashes, server.port)
-    config["upstream"].update(upstream)
-    relay = Relay(tmp, config)
-    relay.start()
-    try:
-        yield Stack(relay, server, pki)
-    finally:
-        relay.stop()
-        server.stop()
 
 
 def test_next_session_reuses_the_connection_and_survives_its_loss(

@@ -110,6 +110,23 @@ class Upstream:
     def control(self, **settings: Any) -> None:
         (self.dir / "control.json").write_text(json.dumps(settings))
 
+    def journal(self) -> list[dict[str, Any]]:
+        """What each connection did (upstream_server.py's journal.jsonl), whole lines only."""
+        path = self.dir / "journal.jsonl"
+        data = path.read_bytes() if path.exists() else b""
+        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
+
+    def wait_journal(
+        self, where: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """The journal once `where` accepts it (or when the time is up)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            journal = self.journal()
+            if where(journal) or time.monotonic() > deadline:
+                return journal
+            time.sleep(0.02)
+
     def messages(self) -> list[tuple[dict[str, Any], bytes]]:
         return [
             (json.loads(p.with_suffix(".json").read_text()), p.read_bytes())

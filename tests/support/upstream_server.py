@@ -7,6 +7,18 @@ make it refuse a sender, a recipient or the data, or stall before answering:
     {"mail": "451 4.3.0 busy", "rcpt": {"x@y.mssante.fr": "550 5.1.1 unknown"},
      "data": "554 5.6.0 no", "data_delay": 30}
 
+or hang: {"hang": "mail"} (or "rcpt", or "data": after the final dot) leaves
+that command unanswered for as long as control.json says so. A message hung
+after its final dot is then committed like a real server's (even if the client
+has closed its side meanwhile), unless the connection was reset.
+
+It writes what each connection did to journal.jsonl, one JSON object a line,
+keyed by the client's port: {"peer_port": N, "event": E} where E is a command
+(MAIL, RCPT, DATA once the final dot is in, RSET, QUIT), "hang" when it
+starts to hang, "committed" or "dropped" when a hung message is decided,
+"eof" when the client closed its side, "lost" (with "reset": true or false)
+when the connection is gone.
+
 Usage: python -m tests.support.upstream_server --port N --dir DIR
 """
 
@@ -24,6 +36,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+# How often a hung command looks at control.json again.
+_HANG_POLL = 0.05
+
 
 class Recorder:
     def __init__(self, directory: Path, discard: bool = False) -> None:
@@ -39,9 +54,28 @@ class Recorder:
             return {}
         return dict(json.loads(path.read_text()))
 
+    def journal(self, session: Session, event: str, **details: Any) -> None:
+        port = session.peer[1] if session.peer else None
+        line = json.dumps({"peer_port": port, "event": event, **details})
+        with (self.directory / "journal.jsonl").open("a") as journal:
+            journal.write(line + "\n")
+
+    async def hang(self, session: Session, stage: str) -> bool:
+        """Leave the command unanswered while control.json says to hang at
+        this stage; whether it did."""
+        if self.control().get("hang") != stage:
+            return False
+        self.journal(session, "hang", stage=stage)
+        # control.json is written by the test process: polled, no event to wait on.
+        while self.control().get("hang") == stage:  # noqa: ASYNC110
+            await asyncio.sleep(_HANG_POLL)
+        return True
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        self.journal(session, "MAIL")
+        await self.hang(session, "mail")
         refusal = self.control().get("mail")
         if refusal:
             return str(refusal)
@@ -52,13 +86,40 @@ class Recorder:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        self.journal(session, "RCPT")
+        await self.hang(session, "rcpt")
         refusal = self.control().get("rcpt", {}).get(address)
         if refusal:
             return str(refusal)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.journal(session, "RSET")
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.journal(session, "QUIT")
+        return "221 Bye"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.journal(session, "DATA")
+        if self.control().get("hang") == "data":
+            # aiosmtpd cancels the command when the client closes its side: a
+            # real server has the message by now, and commits it all the same.
+            return await asyncio.shield(self.hung_data(server, session, envelope))
+        return await self.receive(session, envelope)
+
+    async def hung_data(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self.hang(session, "data")
+        if isinstance(server, RecordingSMTP) and server.reset:
+            self.journal(session, "dropped")  # the client is known to be gone
+            return "451 4.3.0 connection reset"
+        reply = await self.receive(session, envelope)
+        self.journal(session, "committed")
+        return reply
+
+    async def receive(self, session: Session, envelope: Envelope) -> str:
         control = self.control()
         delay = control.get("data_delay")
         if delay:
@@ -87,6 +148,23 @@ class Recorder:
         return f"250 2.0.0 Ok: queued as UP{number:04d}"
 
 
+class RecordingSMTP(SMTP):
+    """aiosmtpd's server, writing how each connection ended to the journal."""
+
+    reset = False  # the client reset the connection (rather than closing it)
+
+    def eof_received(self) -> bool | None:
+        if self.session is not None:
+            self.event_handler.journal(self.session, "eof")
+        return super().eof_received()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.reset = isinstance(error, ConnectionResetError)
+        if self.session is not None:
+            self.event_handler.journal(self.session, "lost", reset=self.reset)
+        super().connection_lost(error)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -103,7 +181,7 @@ async def main() -> None:
     recorder = Recorder(args.dir, args.discard)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(
+        lambda: RecordingSMTP(
             recorder,
             hostname="upstream.test",
             data_size_limit=None,
