@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mss_relay.config import ConfigError, parse_config
 from mss_relay.log import LineWriter
 from tests.support.filesystems import fill, remount, small_tmpfs
 
@@ -172,3 +173,23 @@ def test_standard_output_still_works(capfd: pytest.CaptureFixture[str]) -> None:
     writer.close()
     assert capfd.readouterr().out == "to stdout\n"
     assert writer.healthy
+
+
+@pytest.mark.parametrize(
+    ("log", "required"),
+    [(None, True), ({"file": "-"}, True), ({"required": False}, False), ({"required": True}, True)],
+)
+def test_log_required_defaults_to_true(log: dict[str, object] | None, required: bool) -> None:
+    data: dict[str, object] = {"listeners": [{"name": "m", "role": "milter", "port": 10025}]}
+    if log is not None:
+        data["log"] = log
+    assert parse_config(data, Path("/etc/mss-relay/relay.yaml")).log.required is required
+
+
+def test_log_required_must_be_a_flag() -> None:
+    data = {
+        "listeners": [{"name": "m", "role": "milter", "port": 10025}],
+        "log": {"required": "yes"},
+    }
+    with pytest.raises(ConfigError, match=r"^log\.required: must be true or false$"):
+        parse_config(data, Path("/etc/mss-relay/relay.yaml"))
