@@ -255,7 +255,15 @@ async def serve(config: Config, worker: int = 0) -> int:
         )
     except (OSError, sqlite3.Error) as error:
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
-    writer = LineWriter(config.log.file)
+    try:
+        writer = LineWriter(
+            config.log.file,
+            required=config.log.required,
+            fields={"worker": worker} if config.workers > 1 else None,
+        )
+    except OSError as error:
+        await store.close()
+        raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
     log = make_logger(writer)
     if config.workers > 1:
         log = log.bind(worker=worker)
@@ -301,6 +309,7 @@ async def serve(config: Config, worker: int = 0) -> int:
                 rates=rates,
                 data_slots=data_slots,
                 trusted_clients=config.trusted_clients,
+                log_healthy=(lambda: writer.healthy) if config.log.required else None,
             )
             if worker and listener.path is not None:
                 continue  # a Unix socket cannot be shared: worker 0 serves it

@@ -129,6 +129,9 @@ class TimeoutsConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     file: Path | None  # None: standard output
+    # Traceability is a duty: while the log cannot be written, new
+    # transactions get 451 4.3.0 (false: mail goes on, reported on stderr).
+    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,6 +673,7 @@ def parse_config(data: object, path: Path) -> Config:
                 _fail(f"listeners[{i}].role", "inbound needs a top-level inbound_delivery section")
     log = root.section("log")
     log_file = log.text("file", "-") if log else "-"
+    log_required = log.flag("required", True) if log else True
     if log:
         log.done()
     config = Config(
@@ -684,7 +688,9 @@ def parse_config(data: object, path: Path) -> Config:
         users=users,
         bals=_bals(root, users, warnings),
         database=database or base / "var/state.sqlite3",
-        log=LogConfig(file=None if log_file == "-" else (base / log_file).resolve()),
+        log=LogConfig(
+            file=None if log_file == "-" else (base / log_file).resolve(), required=log_required
+        ),
         dkim=_dkim(root),
         inbound=_inbound(root),
         throttle=_throttle(root),

@@ -10,12 +10,16 @@ that a slow disk never stalls the SMTP sessions.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, MutableMapping
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +30,17 @@ from structlog.typing import FilteringBoundLogger
 Clock = Callable[[], datetime]
 # Lines written at once at most (a write of a few tens of KB).
 _BATCH = 64
+# Lines waiting for the writer at most. While the log cannot be written they
+# wait here, and past this bound the newest are dropped and counted: memory
+# stays bounded (some 5 MB at 500 bytes a line; about 2 500 messages at 4 lines
+# each), and the lines kept are the oldest, those of the transactions accepted
+# before the failure (afterwards, with log.required, only refusals are logged).
+MAX_QUEUED = 10_000
+# Between two attempts to write while the log fails: doubling, up to a second.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
+# How often the log's path is compared with the file open (rotated, removed).
+PATH_CHECK = 1.0
 
 
 def utc_now() -> datetime:
@@ -39,61 +54,277 @@ def iso_ms(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-class LineWriter:
-    """Writes rendered lines from a background thread, flushing each one."""
+def _error_name(error: Exception) -> str:
+    if isinstance(error, OSError) and error.errno is not None:
+        return errno.errorcode.get(error.errno, str(error.errno))
+    return type(error).__name__
 
-    def __init__(self, path: Path | None) -> None:
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+@dataclass
+class _Outage:
+    """From the first failed write to the next one that works."""
+
+    started: float  # monotonic
+    since: datetime
+    errors: list[str] = field(default_factory=list)
+
+
+class LineWriter:
+    """Writes rendered lines from a background thread, flushing each one.
+
+    A write that fails (ENOSPC, EROFS, EIO, a file removed) never stops the
+    thread: the lines not written are kept (up to MAX_QUEUED, then the newest
+    are dropped and counted), the file is reopened by its path and the write
+    tried again with a backoff, the failure is said once on stderr, and once
+    writing works again a « log_recovered » line gives the outage and the count
+    of lines dropped. `healthy` tells the sessions whether the log is written.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        limit: int = MAX_QUEUED,
+        required: bool = False,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = path
+        self._limit = limit
+        self._required = required  # only for what stderr says
+        self._fields = dict(fields or {})
         self._stream: TextIO | None = None
         self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
         if path is None:
-            self._stream = sys.stdout
+            try:
+                # Standard output by its descriptor, like the file: write(2)
+                # says how much it took, so a retry never repeats a line.
+                self._fd = sys.stdout.fileno()
+            except (AttributeError, OSError, ValueError):
+                self._stream = sys.stdout  # no descriptor (replaced in-process)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # One write(2) per line on an O_APPEND file: the lines of several
-            # worker processes never interleave.
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._open()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Counted by write(), on the event loop's thread; read by the writer.
+        # Each counter has one thread writing it: no lock on the hot path.
+        self._dropped = 0
+        # The writer thread's own state.
+        self._reported = 0  # of _dropped, already in a log_recovered line
+        self._cut = 0  # lines the writer lost itself (cut, or at exit)
+        self._failing = False
+        self._outage: _Outage | None = None
+        self._next_check = time.monotonic() + PATH_CHECK
+        self._last_report = 0.0
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mss-relay-log", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while (line := self._queue.get()) is not None:
-            # The lines that came meanwhile go in the same write(2): whole
-            # lines still, and one system call instead of one per line.
-            lines = [line]
-            while len(lines) < _BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._write(lines)
-                    return
-                lines.append(more)
-            self._write(lines)
-
-    def _write(self, lines: list[str]) -> None:
-        text = "\n".join(lines) + "\n"
-        if self._fd is not None:
-            data = text.encode("utf-8")
-            while data:
-                data = data[os.write(self._fd, data) :]
-        elif self._stream is not None:
-            self._stream.write(text)
-            self._stream.flush()
-
+    # The event loop's side -------------------------------------------------
     def write(self, line: str) -> None:
         # Handed over at once: a line is on its way before the reply it
         # accompanies is sent (holding lines for the end of the loop's turn
         # saved 0.5 % of the CPU and let replies overtake their log lines).
+        # qsize() is a C call without a lock: the bound costs next to nothing.
+        if self._queue.qsize() >= self._limit:
+            self._dropped += 1
+            return
         self._queue.put(line)
 
+    @property
+    def healthy(self) -> bool:
+        """The log is being written: the last write worked and nothing is
+        being dropped. Plain reads (the GIL makes them safe): cheap at MAIL."""
+        return not self._failing and self._queue.qsize() < self._limit
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def dropped(self) -> int:
+        """Lines lost since the start (dropped at the bound, cut, or at exit)."""
+        return self._dropped + self._cut
+
     def close(self) -> None:
+        # A writer still retrying makes one last attempt, then gives up.
+        self._closing.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
-        if self._fd is not None:
-            os.close(self._fd)
+        if self.path is not None and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
+
+    # The writer thread -----------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                lines, stop = self._batch()
+                if lines and not self._deliver(("\n".join(lines) + "\n").encode("utf-8")):
+                    self._give_up(stop)
+                    return
+                if stop:
+                    return
+        except Exception as error:  # a bug here: say so, and let `healthy` say it too
+            self._failing = True
+            self._say(f"the log writer stopped: {_error_name(error)}: {error}")
+
+    def _batch(self) -> tuple[list[str], bool]:
+        """The next lines, waiting for the first: the lines that came meanwhile
+        go in the same write(2), one system call instead of one per line.
+        True with them when the end (None) was reached."""
+        lines: list[str] = []
+        line = self._queue.get()
+        while line is not None:
+            lines.append(line)
+            if len(lines) == _BATCH:
+                return lines, False
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return lines, False
+        return lines, True
+
+    def _deliver(self, data: bytes) -> bool:
+        """Write the lines, however long it takes; then, after an outage or
+        drops, the log_recovered line. False: given up (closing)."""
+        if self.path is not None and time.monotonic() >= self._next_check:
+            self._follow_path()
+        if not self._write_all(data):
+            return False
+        outage, dropped = self._outage, self._dropped
+        pending = dropped - self._reported + self._cut
+        if outage is None and not (pending and time.monotonic() - self._last_report >= 1):
+            return True
+        line: dict[str, Any] = {"ts": iso_ms(utc_now()), "level": "warning"}
+        line |= {"event": "log_recovered", **self._fields, "dropped": pending}
+        if outage is not None:
+            line["outage_s"] = round(time.monotonic() - outage.started, 3)
+            line["since"] = iso_ms(outage.since)
+            line["error"] = ", ".join(outage.errors)
+        report = json.dumps(line, ensure_ascii=False) + "\n"
+        if not self._write_all(report.encode("utf-8")):
+            return False
+        self._reported, self._cut, self._outage = dropped, 0, None
+        self._last_report = time.monotonic()
+        if outage is not None:
+            self._say(
+                f"log written again to {self._where} after {line['outage_s']:.1f} s;"
+                f" {pending} lines dropped"
+            )
+        return True
+
+    def _write_all(self, data: bytes) -> bool:
+        delay = RETRY_FIRST
+        at_line_start = True
+        while True:
+            try:
+                if self._fd is None and self._stream is None:
+                    data = self._reopen(data, at_line_start)
+                while data:
+                    written = self._write_some(data)
+                    if written:
+                        at_line_start = data[written - 1] == 0x0A
+                    data = data[written:]
+                self._failing = False
+                return True
+            except (OSError, ValueError) as error:
+                self._failed(error)
+            if self._closing.is_set():
+                self._cut += data.count(b"\n")
+                return False
+            # The writer thread may sleep: the event loop does not wait on it.
+            # close() ends the wait at once, for one last attempt.
+            self._closing.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _write_some(self, data: bytes) -> int:
+        if self._fd is not None:
+            return os.write(self._fd, data)
+        assert self._stream is not None
+        self._stream.write(data.decode("utf-8"))
+        self._stream.flush()
+        return len(data)
+
+    def _failed(self, error: Exception) -> None:
+        name = _error_name(error)
+        if self._outage is None:
+            self._outage = _Outage(time.monotonic(), utc_now(), [name])
+            self._failing = True
+            consequence = (
+                "new mail transactions get 451 4.3.0 until it works again (log.required)"
+                if self._required
+                else "mail goes on without its audit trail (log.required: false)"
+            )
+            self._say(
+                f"cannot write the log to {self._where}: {error}; retrying, keeping up to"
+                f" {self._limit} lines in memory (the newest are dropped beyond); {consequence}"
+            )
+        elif name not in self._outage.errors:
+            self._outage.errors.append(name)
+            self._say(f"the log to {self._where} now fails with: {error}")
+        if self.path is not None and self._fd is not None:
+            # Reopened by its path on the next attempt: the same file if it is
+            # still there, a new one if it was removed; and no file is held open
+            # meanwhile (a file system can be remounted read-only, or unmounted).
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _open(self) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One write(2) per line on an O_APPEND file: the lines of several
+        # worker processes never interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd, self._identity = fd, _identity(fd)
+
+    def _reopen(self, data: bytes, at_line_start: bool) -> bytes:
+        before = self._identity
+        self._open()
+        if before != self._identity and not at_line_start:
+            # The line's start went to the file now gone: its end alone
+            # would be no line at all in the new one.
+            self._cut += 1
+            data = data[data.find(b"\n") + 1 :]
+        return data
+
+    def _follow_path(self) -> None:
+        """A log file renamed or removed (rotated) is made again at its path."""
+        self._next_check = time.monotonic() + PATH_CHECK
+        assert self.path is not None
+        try:
+            info = os.stat(self.path)
+            moved = (info.st_dev, info.st_ino) != self._identity
+        except OSError:
+            moved = True
+        if moved and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None  # _write_all reopens it
+
+    def _give_up(self, stopped: bool) -> None:
+        """Closing while the log still fails: what is left is lost, and said."""
+        if not stopped:
+            while self._queue.get() is not None:
+                self._cut += 1
+        lost = self._dropped - self._reported + self._cut
+        self._say(f"log still not writable at exit: {lost} lines lost")
+
+    @property
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else "standard output"
+
+    @staticmethod
+    def _say(message: str) -> None:
+        # Once per outage (and per new error), never a traceback.
+        with contextlib.suppress(OSError, ValueError):
+            print(f"mss-relay: {message}", file=sys.stderr, flush=True)
 
 
 class _QueueLogger:

@@ -61,6 +61,8 @@ DKIM_TEMPORARY = Reply(
     451, "4.4.3", "Vérification DKIM impossible pour le moment (DNS), réessayez plus tard"
 )
 INTERNAL_ERROR = Reply(451, "4.3.0", "Erreur interne temporaire, réessayez plus tard")
+# RFC 3463 §3.4 (X.3.0, mail system status): the audit log cannot be written.
+LOG_UNAVAILABLE = Reply(451, "4.3.0", "Journal d'audit indisponible, réessayez plus tard")
 
 AUTH_LOCKED = Reply(
     454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"

@@ -33,6 +33,7 @@ from mss_relay.core.conversation import (
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
+from mss_relay.core.reply import LOG_UNAVAILABLE
 from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
@@ -100,6 +101,9 @@ class RelayContext:
     trusted_clients: Mapping[str, str] = field(default_factory=dict)
     # The open sessions of the whole process, for a graceful stop.
     sessions: set[ClientSession] = field(default_factory=set)
+    # log.required: whether the audit log is being written (read at MAIL and
+    # at the end of DATA); None when mail may go on without it.
+    log_healthy: Callable[[], bool] | None = None
 
     @property
     def inbound(self) -> bool:
@@ -211,7 +215,7 @@ class ClientSession:
             declared_size=int(size) if size and size.isdigit() else None,
         )
         self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
-        verdict = self.ctx.policy.evaluate_mail(mail)
+        verdict = self.log_refusal() or self.ctx.policy.evaluate_mail(mail)
         if verdict.accepted and self.ctx.rates is not None:
             verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
         self.decision("mail", verdict, sender=sender, **fields)
@@ -231,6 +235,16 @@ class ClientSession:
         return verdict
 
     # Audit trail -------------------------------------------------------------
+    def log_refusal(self) -> Verdict | None:
+        """log.required: no new transaction, and no message sent on, while
+        the audit log cannot be written (the relay resumes by itself)."""
+        healthy = self.ctx.log_healthy
+        if healthy is None or healthy():
+            return None
+        return Verdict.tempfail(
+            LOG_UNAVAILABLE, rule="log_required", reason="the log cannot be written"
+        )
+
     def decision(self, stage: str, verdict: Verdict, **fields: Any) -> None:
         self.log.info(
             "decision",
@@ -298,6 +312,9 @@ class ClientSession:
             dkim=checks,
         )
         verdict = self.ctx.policy.evaluate_message(facts)
+        if verdict.accepted:
+            # The log failed since MAIL: nothing is sent on without its trace.
+            verdict = self.log_refusal() or verdict
         examined = Examined(facts, verdict, checks, wire, fingerprint)
         self.decision("data", verdict, message_id=info.message_id, dkim=examined.dkim_log)
         self._patient_event(facts, verdict)
