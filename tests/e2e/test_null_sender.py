@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -377,3 +378,53 @@ def test_milter_outgoing_read_receipt_from_a_trusted_client(gateway: Gateway) ->
     before = len(gateway.upstream.messages())
     assert gateway.send(DPI, P1, mdn(DR, P1, "<q@patient.mssante.fr>"))[0] == 250
     assert len(gateway.arrived(before + 1)) == before + 1
+
+
+def test_local_postfix_bounce_of_a_refused_recipient_goes_out(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """A DPI's local Postfix relays through the submission listener: the relay
+    refuses a recipient, Postfix bounces it to the BAL with « MAIL FROM:<> »,
+    through the relay again. Before, that bounce was refused too (553 <<>>) and
+    Postfix double-bounced. Its From: (MAILER-DAEMON of the Postfix host) must
+    be a BAL of the trusted client's user, as any From: on the outgoing side."""
+    needs_postfix()
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    config = base_config(pki, password_hashes, upstream.port)
+    local_port = free_port()
+    config["listeners"].append(
+        {
+            "name": "local",
+            "role": "submission",
+            "host": "127.0.0.1",
+            "port": local_port,
+            "tls": "none",
+        }
+    )
+    config["trusted_clients"] = {DPI: "jdupont"}
+    daemon = "MAILER-DAEMON@mx.ch-exemple.mssante.fr"  # the harness's myhostname
+    config["bals"].append({"address": daemon, "type": "applicative", "users": ["jdupont"]})
+    relay = Relay(tmp_path, config)
+    postfix = PostfixInstance(tmp_path, smtp_port=free_port(), relay_port=local_port, milter=None)
+    try:
+        relay.start()
+        postfix.start()
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+            client.ehlo("dpi.ch-exemple.mssante.fr")
+            content = make_message(sender=DR, to="someone@gmail.com")
+            assert client.sendmail(DR, ["someone@gmail.com"], content) == {}
+        deadline = time.monotonic() + 30
+        while not (messages := upstream.messages()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(messages) == 1, postfix.log_text()
+        envelope, received = messages[0]
+        assert envelope["mail_from"] in ("", "<>") and envelope["rcpt_tos"] == [DR]
+        assert b"report-type=delivery-status" in received
+        assert b"someone@gmail.com" in received
+        refused = relay.wait_event("decision", where=lambda e: e["rule"] == "trust_space")
+        assert refused and refused[0]["verdict"] == "reject"
+    finally:
+        postfix.stop()
+        relay.stop()
+        upstream.stop()
