@@ -203,6 +203,13 @@ def test_incoming_null_sender_content_rules_still_apply(sides: Sides) -> None:
     assert len(sides.mailbox.messages()) == before
 
 
+def test_incoming_notification_from_outside_the_trust_space_is_refused(sides: Sides) -> None:
+    before = len(sides.mailbox.messages())
+    code, text = sides.incoming(DR, dsn(DR, sender="mailer-daemon@gmail.com"))
+    assert (code, text[:5]) == (550, b"5.7.1") and b"<mailer-daemon@gmail.com>" in text
+    assert len(sides.mailbox.messages()) == before
+
+
 def test_incoming_plain_message_with_null_sender_is_refused(sides: Sides) -> None:
     before = len(sides.mailbox.messages())
     code, text = sides.incoming(DR, plain("dr.martin@chu-b.mssante.fr", DR))

@@ -222,6 +222,9 @@ NONE = ConversationFacts(Status.NONE)
         ("inbound", "dr.x@chu.mssante.fr", AUTO, DR, None, None),
         ("inbound", "dr.x@chu.mssante.fr", MDN, DR, None, None),
         ("inbound", "dr.x@chu.mssante.fr", {}, DR, None, RESERVED),
+        # ... but from the trust space only: <> is no way in for anyone else.
+        ("inbound", "mailer-daemon@gmail.com", DSN, DR, None, "hors de l'espace de confiance"),
+        ("inbound", "x@evilmssante.fr", AUTO, DR, None, "hors de l'espace de confiance"),
         # Incoming, a patient's read receipt: on a message sent to them, even closed since.
         ("inbound", P, MDN, DR, OPEN, None),
         ("inbound", P, MDN, DR, CLOSED, None),

@@ -9,8 +9,13 @@ message; who sends a patient's read receipt is judged by patient_conversation.
 
 from __future__ import annotations
 
+from mss_relay.core.addresses import domain_of, in_trust_space
 from mss_relay.core.facts import MailFacts, MessageFacts
-from mss_relay.core.reply import NULL_SENDER_RESERVED, NULL_SENDER_UNAUTHENTICATED
+from mss_relay.core.reply import (
+    NULL_SENDER_RESERVED,
+    NULL_SENDER_UNAUTHENTICATED,
+    SENDER_NOT_TRUST_SPACE,
+)
 from mss_relay.core.reports import OUTGOING, automatic_kind
 from mss_relay.core.verdict import Verdict
 
@@ -30,9 +35,29 @@ def null_sender_at_data(facts: MessageFacts, inbound: bool) -> Verdict | None:
     (the incoming side: any message Auto-Submitted says is automatic, such as
     the operator's notice of a closed patient mailbox, seed 004)."""
     kind = automatic_kind(facts.info)
-    if kind is not None and (inbound or kind in OUTGOING):
+    if kind is not None and inbound:
+        return _author_in_trust_space(facts)
+    if kind in OUTGOING:
         return None
     what = kind.value if kind else "plain message"
     return Verdict.reject(
         NULL_SENDER_RESERVED, rule="null_sender", reason=f"null sender for no notification: {what}"
+    )
+
+
+def _author_in_trust_space(facts: MessageFacts) -> Verdict | None:
+    """Seed 003's trust space, on the one sender a notice names: its From:
+    (single_from ran first). The operator's reports, a professional's
+    absence message and a patient's read receipt all come from mssante.fr;
+    without it, <> and an Auto-Submitted header would open the incoming side
+    to anyone."""
+    author = facts.info.from_addresses[0]
+    if in_trust_space(domain_of(author)):
+        return None
+    return Verdict.reject(
+        SENDER_NOT_TRUST_SPACE.with_text(
+            f"Avis sans expéditeur (<>) de <{author}>, hors de l'espace de confiance MSSanté"
+        ),
+        rule="null_sender",
+        reason="From: of a null-sender message outside mssante.fr",
     )
