@@ -22,6 +22,8 @@ from mss_relay.core.mailbox import Bal, BalDirectory
 def outgoing_changes(bal: Bal, facts: MessageFacts, message_id: str) -> list[Change]:
     """A professional's message to patients opens (or continues) one conversation
     per patient, and closes it on [FIN] or when the BAL closes automatically."""
+    if not facts.mail.sender:
+        return []  # a notification (<>) opens, continues and closes nothing
     how = closing(facts.info) or ("auto_close" if bal.auto_close else None)
     reply_to = reply_to_address(facts.info)
     return [
@@ -44,7 +46,9 @@ def inbound_change(
     """An accepted patient message continues its conversation, or (officine)
     opens one with the BAL that lets patients write first."""
     patient = patient_sender(facts.mail.sender, facts.info)
-    if patient is None:
+    if patient is None or not facts.mail.sender:
+        # <>: a read receipt, a delivery report or an automatic reply is no
+        # word of the patient's: it neither opens nor continues a conversation.
         return None
     message_id = facts.info.message_id
     if conversation is not None and conversation.status is Status.OPEN and conversation.bal:

@@ -63,6 +63,12 @@ class MessageInfo:
     sender_addresses: tuple[str, ...] = ()
     # Why the MIME structure could not be followed, if it could not.
     structure_error: str | None = None
+    # A top-level multipart/report's report-type (RFC 6522 §3), lowercased:
+    # "delivery-status" (RFC 3464), "disposition-notification" (RFC 8098).
+    report_type: str | None = None
+    auto_submitted: str | None = None  # RFC 3834 §5
+    # The Original-Message-ID of a read receipt's disposition-notification part.
+    original_message_id: str | None = None
 
     @property
     def total_decoded_size(self) -> int:
@@ -318,6 +324,27 @@ def _payload(part: Message) -> Payload:
     return Payload(payload.encode("utf-8", "surrogateescape"))
 
 
+def _report(msg: Message) -> tuple[str | None, str | None]:
+    """A report's type and, for a read receipt, the Message-ID it reports on.
+    RFC 6522 §3: a report is the top-level multipart/report; RFC 8098 §3: an
+    MDN's machine-readable part is a message/disposition-notification child of
+    it, whose fields the standard library parses as the headers of one message
+    (the fast scan never gets there: it leaves message/* parts to the stdlib)."""
+    if msg.get_content_type() != "multipart/report":
+        return None, None
+    kind = msg.get_param("report-type")
+    report_type = kind.strip().lower() if isinstance(kind, str) and kind.strip() else None
+    payload = msg.get_payload()
+    for part in payload if isinstance(payload, list) else ():
+        if isinstance(part, Message) and part.get_content_type() == (
+            "message/disposition-notification"
+        ):
+            fields = part.get_payload()
+            if isinstance(fields, list) and fields and isinstance(fields[0], Message):
+                return report_type, _header(fields[0], "Original-Message-ID")
+    return report_type, None
+
+
 def inspect_message(raw: bytes, *, fast: bool = True, crlf: bool = False) -> MessageInfo:
     """What the rules need of a message. The tree comes from core.mime's scan
     of the bytes where the message is plain, else from the standard library
@@ -334,6 +361,7 @@ def inspect_message(raw: bytes, *, fast: bool = True, crlf: bool = False) -> Mes
     subject = _header(msg, "Subject")
     from_headers = [str(v) for v in msg.get_all("From", [])]
     sender_headers = [str(v) for v in msg.get_all("Sender", [])]
+    report_type, original_message_id = _report(msg)
     return MessageInfo(
         parts=parts,
         message_id=_header(msg, "Message-ID"),
@@ -348,4 +376,7 @@ def inspect_message(raw: bytes, *, fast: bool = True, crlf: bool = False) -> Mes
         from_addresses=_addresses(from_headers),
         sender_headers=tuple(sender_headers),
         sender_addresses=_addresses(sender_headers),
+        report_type=report_type,
+        auto_submitted=_header(msg, "Auto-Submitted"),
+        original_message_id=original_message_id,
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import BalDirectory
-from mss_relay.core.rules import content, inbound, recipients, sender, size
+from mss_relay.core.rules import content, inbound, null_sender, recipients, sender, size
 from mss_relay.core.verdict import Verdict
 
 INBOUND = "inbound"
@@ -59,7 +59,10 @@ class Policy:
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
         checks: list[Check] = []
-        if facts.session.role == INBOUND:
+        incoming = facts.session.role == INBOUND
+        if not facts.sender:  # <>: a notification, decided at the end of DATA
+            checks.append(("null_sender", lambda: null_sender.null_sender_at_mail(facts, incoming)))
+        elif incoming:
             checks.append(("sender_trust_space", lambda: inbound.sender_in_trust_space(facts)))
         else:
             checks.append(("sender_owned", lambda: sender.sender_owned(facts, self.bals)))
@@ -105,7 +108,10 @@ class Policy:
             )
         )
         checks.append(("single_from", lambda: sender.single_from(facts)))
-        if facts.mail.session.role == INBOUND:
+        incoming = facts.mail.session.role == INBOUND
+        if not facts.mail.sender:
+            checks.append(("null_sender", lambda: null_sender.null_sender_at_data(facts, incoming)))
+        if incoming:
             checks.append(
                 ("patient_dkim", lambda: inbound.patient_dkim(facts, self.require_patient_dkim))
             )

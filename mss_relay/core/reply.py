@@ -125,6 +125,21 @@ WRONG_CONVERSATION_BAL = Reply(
     550, "5.7.1", "Cette réponse n'est pas adressée à la boîte aux lettres de la conversation"
 )
 ATTACHMENT_TOO_BIG = Reply(552, "5.3.4", "Pièce jointe trop volumineuse")
+# RFC 5321 §4.5.5: the null reverse-path is for notifications only (RFC 3461
+# delivery status, RFC 8098 read receipts, RFC 3834 automatic replies).
+NULL_SENDER_RESERVED = Reply(
+    553,
+    "5.7.1",
+    "Expéditeur vide (<>) réservé aux avis de remise, accusés de lecture et réponses automatiques",
+)
+NULL_SENDER_UNAUTHENTICATED = Reply(
+    553, "5.7.1", "Expéditeur vide (<>) refusé : authentifiez-vous d'abord"
+)
+MDN_NOT_OURS = Reply(
+    550,
+    "5.7.1",
+    "Accusé de lecture refusé : il ne se rapporte à aucun message envoyé à ce patient",
+)
 
 
 _ASCII_PUNCTUATION = str.maketrans(

@@ -34,6 +34,7 @@ from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFact
 from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.reply import LOG_UNAVAILABLE
+from mss_relay.core.reports import is_null_sender_mdn, reported_ids
 from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
@@ -334,6 +335,9 @@ class ClientSession:
         patient = patient_sender(sender, info)
         if patient is None:
             return None
+        if is_null_sender_mdn(sender, info):
+            # A read receipt: the message it reports on, sent to this patient.
+            return await self.ctx.store.lookup(patient, reported_ids(info), sent_only=True)
         return await self.ctx.store.lookup(patient, references(info))
 
     def _patient_event(self, facts: MessageFacts, verdict: Verdict) -> None:

@@ -103,6 +103,12 @@ def plain_address(arg: str, local_part_limit: int) -> tuple[str | None, str | No
     return address, rest
 
 
+def null_path(address: str) -> str:
+    """RFC 5321 §4.1.1.2 « MAIL FROM:<> », which aiosmtpd's parser hands on
+    as the address « <> » (a sender the rules would quote as « <<>> »)."""
+    return "" if address.strip() == "<>" else address
+
+
 def _take_content(envelope: Envelope) -> bytes:
     """The message, which the envelope then no longer holds: the relay keeps
     one reference, dropped as soon as the message to send is built (memory:
@@ -540,6 +546,8 @@ class RelayHandler(ClientSession):
         options: list[str],
     ) -> str:
         self._observe(server, session)
+        # aiosmtpd gives the null reverse-path as « <> »: the core knows it as "".
+        address = null_path(address)
         verdict = self.begin_transaction(address, options)
         if verdict.reply is not None:
             return str(verdict.reply)
@@ -559,7 +567,7 @@ class RelayHandler(ClientSession):
             )
             self.txn = None
             return str(result.reply)
-        envelope.mail_from = address
+        envelope.mail_from = address or "<>"  # aiosmtpd takes "" for « no MAIL yet »
         envelope.mail_options.extend(options)
         return str(SENDER_OK)
 

@@ -91,10 +91,15 @@ class ConversationStore:
             return list(await self._db.execute_fetchall(sql, params))
 
     # Look-ups ----------------------------------------------------------------
-    async def lookup(self, patient: str, references: Sequence[str]) -> ConversationFacts:
+    async def lookup(
+        self, patient: str, references: Sequence[str], *, sent_only: bool = False
+    ) -> ConversationFacts:
         """The conversation a patient's message replies to (cost: index look-ups on
-        the Message-IDs named, whatever the number of conversations stored)."""
+        the Message-IDs named, whatever the number of conversations stored).
+        sent_only: among the Message-IDs sent to the patient only (a read
+        receipt reports on one of those, not on the patient's own)."""
         cutoff = self._idle_cutoff() or ""
+        direction = " AND m.direction = 'out'" if sent_only else ""
         refs = list(references)[:MAX_REFERENCES] or [""]
         marks = ",".join("?" * len(refs))
         # One statement, one trip to the database thread: the conversations the
@@ -102,7 +107,7 @@ class ConversationStore:
         rows = await self._all(
             "SELECT c.bal, c.closed_at, c.close_reason, c.last_activity_at, m.reply_to, 0"
             " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-            f" WHERE m.message_id IN ({marks}) AND c.patient = ?"
+            f" WHERE m.message_id IN ({marks}) AND c.patient = ?{direction}"
             " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, 1 FROM (SELECT 1 FROM conversations"
             " WHERE patient = ? AND closed_at IS NULL AND last_activity_at >= ? LIMIT 1)",
             [*refs, patient, patient, cutoff],

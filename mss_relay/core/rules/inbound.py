@@ -12,11 +12,13 @@ from mss_relay.core.reply import (
     CONVERSATION_NOT_OPENED,
     DKIM_REQUIRED,
     DKIM_TEMPORARY,
+    MDN_NOT_OURS,
     NOT_A_REPLY,
     SENDER_NOT_TRUST_SPACE,
     UNKNOWN_BAL,
     WRONG_CONVERSATION_BAL,
 )
+from mss_relay.core.reports import is_null_sender_mdn
 from mss_relay.core.verdict import Verdict
 
 _CLOSED_BY = {
@@ -66,6 +68,18 @@ def patient_conversation(
     if patient_sender(facts.mail.sender, facts.info) is None:
         return None
     conv = conversation or ConversationFacts(Status.NONE)
+    if is_null_sender_mdn(facts.mail.sender, facts.info):
+        # Seed 004: the professional asked for it. A read receipt reports on a
+        # message sent to this patient (the conversation was looked up by the
+        # Message-ID it reports on, among those sent to the patient), even one
+        # closed since: reading comes after [FIN] too. It changes nothing.
+        if conv.status is not Status.NONE:
+            return None
+        return Verdict.reject(
+            MDN_NOT_OURS,
+            rule="patient_conversation",
+            reason="read receipt on no message sent to this patient",
+        )
     if conv.status is Status.OPEN:
         targets = {normalize_address(a) for a in (conv.bal, conv.reply_to) if a}
         if targets & {normalize_address(r) for r in facts.recipients}:
