@@ -7,11 +7,16 @@ import base64
 import zipfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mss_relay.core.facts import MailFacts, MessageFacts, SessionFacts
+from mss_relay.core.filetypes import AttachmentRules, Found, archive_members, archive_refusal
 from mss_relay.core.mailbox import Bal, BalDirectory, BalType
 from mss_relay.core.message import inspect_message
 from mss_relay.core.policy import Limits, Policy
+from mss_relay.core.tnef import SIGNATURE, tnef_files
+from mss_relay.core.uuencode import uuencoded_files
 from tests.support import files, hidden
 
 SENDER = "jean.dupont@ch.mssante.fr"
@@ -237,3 +242,29 @@ def test_data_after_base64_padding_is_a_structure_error(encoded: bytes) -> None:
 def test_padding_at_the_end_passes() -> None:
     for size in range(6):
         _accepted(_message(_attachment("cr.pdf", files.pdf()[: 40 + size], "application/pdf")))
+
+
+# The readers, on hostile bytes: bounded, and never an exception.
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=600))
+def test_tnef_reading_never_raises(data: bytes) -> None:
+    good = hidden.tnef({"CR.PDF": files.pdf()}, long_names={"CR.PDF": "cr.pdf"})
+    for candidate in (SIGNATURE + data, good[: len(data) % len(good)] + data):
+        assert isinstance(tnef_files(candidate), tuple)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400), st.sampled_from(["begin 644 a.b\r\n", "begin-base64 7 x\n"]))
+def test_uudecoding_never_raises(data: bytes, begin: str) -> None:
+    assert isinstance(uuencoded_files(begin.encode() + data), tuple)
+
+
+def test_inner_archives_are_read_within_the_byte_bound() -> None:
+    inner = files.zip_of({"a.bin": b"\0" * 2_000_000}, zipfile.ZIP_STORED)
+    members = archive_members(files.zip_of({"in.zip": inner}), max_inner_bytes=1_000_000)
+    assert members is not None and members[0].problem == "inner archives too large to check"
+    assert archive_refusal(members, AttachmentRules()) == Found(
+        "in.zip", "inner archives too large to check", checked=False
+    )
