@@ -21,6 +21,8 @@ from email.utils import getaddresses
 
 from mss_relay.core.filetypes import HEAD_SIZE, ArchiveMember, archive_members, is_archive
 from mss_relay.core.mime import Payload, Tree, plain_crlf, scan
+from mss_relay.core.tnef import is_tnef, tnef_files
+from mss_relay.core.uuencode import uuencoded_files
 
 _NO_NAME = "(sans nom)"
 # Like Postfix's mime_nesting_limit: no real message comes near it.
@@ -39,6 +41,12 @@ class PartInfo:
     members: tuple[ArchiveMember, ...] | None = None
     names: tuple[str, ...] = ()  # every name it gives itself (filename first)
     archive: bool = False  # a zip archive, at its start or appended to other bytes
+    # Files a client finds inside the part though the MIME structure does not
+    # show them (uuencoded in a text, in a TNEF winmail.dat), as members.
+    embedded: tuple[ArchiveMember, ...] = ()
+    # Why this part's content cannot be checked (a mail client may read it
+    # otherwise than we do), if it cannot.
+    structure_error: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -173,6 +181,33 @@ def _content(cte: str, payload: Payload) -> tuple[bytes, tuple[ArchiveMember, ..
     return head, archive_members(_decode(payload.whole(), cte)), True
 
 
+_ENCODED = ("base64", "quoted-printable")
+
+
+def _after_padding(payload: Payload) -> bool:
+    """Base64 data after a padding « = »: our decoder stops there, others go
+    on (a second file can hide there). Only a part with an « = » is read."""
+    at = payload.data.find(b"=", payload.start, payload.end)  # mostly in the last line
+    return at >= 0 and bool(payload.data[at : payload.end].translate(None, _NOT_BASE64))
+
+
+def _hidden(
+    part: Message, cte: str, payload: Payload, head: bytes
+) -> tuple[tuple[ArchiveMember, ...], str | None]:
+    """What a client finds in the part that its MIME structure does not show,
+    and why its content cannot be checked, if it cannot. Decodes the part
+    only where a search says there may be something: a TNEF's signature,
+    « begin » in a text part."""
+    if cte == "base64" and _after_padding(payload):
+        return (), "base64 data after its padding"
+    if is_tnef(head):
+        return tnef_files(_decode(payload.whole(), cte)), None
+    if part.get_content_maintype() == "text" and (cte in _ENCODED or b"begin" in payload):
+        # Text parts are small; an encoded one hides its « begin » until decoded.
+        return uuencoded_files(_decode(payload.whole(), cte)), None
+    return (), None
+
+
 def _names(part: Message) -> tuple[str, ...]:
     """Every name the part gives itself: Content-Disposition's filename and
     Content-Type's name may differ, and a mail client may show either."""
@@ -197,6 +232,7 @@ def _part_info(part: Message, payload: Payload) -> PartInfo:
     disposition = (part.get_content_disposition() or "").lower()
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     head, members, archive = _content(cte, payload)
+    embedded, unreadable = _hidden(part, cte, payload, head)
     return PartInfo(
         content_type=part.get_content_type(),
         filename=filename,
@@ -206,6 +242,8 @@ def _part_info(part: Message, payload: Payload) -> PartInfo:
         members=members,
         names=names,
         archive=archive,
+        embedded=embedded,
+        structure_error=unreadable,
     )
 
 
@@ -246,9 +284,14 @@ _UNREADABLE_HEADERS = (
     errors.MisplacedEnvelopeHeaderDefect,
 )
 _IDENTITY = ("", "7bit", "8bit", "binary")
+# What a part is: two of one, and the recipient's software may read the other.
+_ONCE = ("Content-Type", "Content-Disposition", "Content-Transfer-Encoding")
 
 
 def _structure_error(part: Message) -> str | None:
+    for name in _ONCE:
+        if len(part.get_all(name, ())) > 1:
+            return f"two {name} header fields in one part"
     if any(isinstance(d, _UNREADABLE_HEADERS) for d in part.defects):
         return "a header line that cannot be read (" + type(part.defects[0]).__name__ + ")"
     if any(isinstance(d, errors.StartBoundaryNotFoundDefect) for d in part.defects):

@@ -23,6 +23,7 @@ from email.policy import compat32
 # Deeper trees go to the standard library's parser (and its limits).
 MAX_FAST_DEPTH = 20
 _IDENTITY = ("7bit", "8bit", "binary")
+_ONCE = ("Content-Type", "Content-Disposition", "Content-Transfer-Encoding")
 # RFC 2046 §5.1.1 bchars, at most 70 of them.
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{1,70}")
 
@@ -138,6 +139,8 @@ def _headers(raw: bytes, start: int, end: int) -> tuple[Message, int] | None:
         # A line the parser would not take for a header: its body starts there
         # (a last "From " line is given back to the body, without a defect).
         return None
+    if any(len(msg.get_all(name, ())) > 1 for name in _ONCE):
+        return None  # two of what says what the part is: the standard library's path refuses it
     return msg, body
 
 

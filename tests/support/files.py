@@ -47,9 +47,9 @@ def dicom() -> bytes:
     return b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"
 
 
-def zip_of(members: dict[str, bytes]) -> bytes:
+def zip_of(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", method) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()

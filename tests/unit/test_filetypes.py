@@ -11,6 +11,7 @@ from mss_relay.core.filetypes import (
     DEFAULT_EXTENSIONS,
     HEAD_SIZE,
     AttachmentRules,
+    Found,
     archive_members,
     archive_refusal,
     extension,
@@ -88,20 +89,23 @@ def test_a_message_body_may_start_like_a_script() -> None:
     assert refusal(None, "text/plain", b"#!/bin/sh\n", RULES, attached=False) is None
 
 
-def test_archives_are_looked_into_one_level_deep() -> None:
+def test_archives_are_looked_into() -> None:
     inner = archive_members(files.zip_of({"docs/cr.pdf": files.pdf(), "setup.exe": files.exe()}))
-    assert inner is not None and archive_refusal(inner, RULES) == ("setup.exe", "extension .exe")
+    assert inner is not None and archive_refusal(inner, RULES) == Found(
+        "setup.exe", "extension .exe"
+    )
     renamed = archive_members(files.zip_of({"notes.txt": files.exe()}))
     assert renamed is not None
-    assert archive_refusal(renamed, RULES) == ("notes.txt", "Windows executable (MZ)")
+    assert archive_refusal(renamed, RULES) == Found("notes.txt", "Windows executable (MZ)")
     macros = archive_members(files.docm())
     assert macros is not None
-    assert archive_refusal(macros, RULES) == (
+    assert archive_refusal(macros, RULES) == Found(
         "word/vbaProject.bin",
         "macro-enabled Office document (vbaProject.bin)",
     )
     nested = archive_members(files.zip_of({"inner.zip": files.zip_of({"x.exe": files.exe()})}))
-    assert nested is not None and archive_refusal(nested, RULES) is None  # one level only
+    assert nested is not None  # and deeper (issue 13): tests/unit/test_hidden_content.py
+    assert archive_refusal(nested, RULES) == Found("inner.zip/x.exe", "extension .exe")
 
 
 def test_a_zip_bomb_member_is_read_only_to_its_first_bytes() -> None:
@@ -164,10 +168,12 @@ def _member_with_name(name: bytes) -> bytes:
 
 
 def test_what_cannot_be_checked_is_refused() -> None:
-    assert archive_refusal(None, RULES) == ("", "unreadable archive")
+    assert archive_refusal(None, RULES) == Found("", "unreadable archive", checked=False)
     many = archive_members(files.zip_of({f"f{i}.txt": b"x" for i in range(12)}), max_members=10)
     assert many is not None and len(many) == 11
-    assert archive_refusal(many, RULES, max_members=10) == ("", "archive of more than 10 files")
+    assert archive_refusal(many, RULES, max_members=10) == Found(
+        "", "archive of more than 10 files", checked=False
+    )
     # An empty member name makes zipfile's is_dir() raise: no crash here.
     members = archive_members(_member_with_name(b""))
     assert members is None or isinstance(members, tuple)
@@ -181,4 +187,4 @@ def test_unbounded_decompressors_are_not_run(method: int) -> None:
         archive.writestr("setup.exe", b"MZ")
     members = archive_members(buffer.getvalue())
     assert members is not None and [m.head for m in members] == [b"", b""]
-    assert archive_refusal(members, RULES) == ("setup.exe", "extension .exe")
+    assert archive_refusal(members, RULES) == Found("setup.exe", "extension .exe")
