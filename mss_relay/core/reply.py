@@ -61,6 +61,10 @@ DKIM_TEMPORARY = Reply(
     451, "4.4.3", "Vérification DKIM impossible pour le moment (DNS), réessayez plus tard"
 )
 INTERNAL_ERROR = Reply(451, "4.3.0", "Erreur interne temporaire, réessayez plus tard")
+# RFC 3463 4.3.0: the conversation state cannot be read or written just now.
+STATE_UNAVAILABLE = Reply(
+    451, "4.3.0", "Suivi des conversations patient indisponible, réessayez plus tard"
+)
 
 AUTH_LOCKED = Reply(
     454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"

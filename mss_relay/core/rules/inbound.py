@@ -14,6 +14,7 @@ from mss_relay.core.reply import (
     DKIM_TEMPORARY,
     NOT_A_REPLY,
     SENDER_NOT_TRUST_SPACE,
+    STATE_UNAVAILABLE,
     UNKNOWN_BAL,
     WRONG_CONVERSATION_BAL,
 )
@@ -66,6 +67,13 @@ def patient_conversation(
     if patient_sender(facts.mail.sender, facts.info) is None:
         return None
     conv = conversation or ConversationFacts(Status.NONE)
+    if conv.status is Status.UNAVAILABLE:
+        # Fail closed, and temporarily: the patient's operator retries.
+        return Verdict.tempfail(
+            STATE_UNAVAILABLE,
+            rule="patient_conversation",
+            reason=f"conversation state unavailable ({conv.unavailable})",
+        )
     if conv.status is Status.OPEN:
         targets = {normalize_address(a) for a in (conv.bal, conv.reply_to) if a}
         if targets & {normalize_address(r) for r in facts.recipients}:
