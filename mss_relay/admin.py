@@ -7,10 +7,11 @@ import getpass
 import sys
 from typing import TextIO
 
-from mss_relay.config import Config
+from mss_relay.config import Config, ConfigError
 from mss_relay.core.addresses import normalize_address
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.state.conversations import ConversationRow, ConversationStore
+from mss_relay.state.database import StateLost
 
 _HEADER = ("STATE", "BAL", "PATIENT", "OPENED", "LAST ACTIVITY", "CLOSED", "HOW", "MESSAGES")
 
@@ -35,9 +36,12 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
 
 
 async def _store(config: Config) -> ConversationStore:
-    return await ConversationStore.open(
-        config.database, idle_days=config.conversations.close_after_days
-    )
+    try:
+        return await ConversationStore.open(
+            config.database, idle_days=config.conversations.close_after_days
+        )
+    except StateLost as error:  # not an empty database in its place, silently
+        raise ConfigError("state.database", str(error)) from None
 
 
 async def list_conversations(config: Config, state: str | None, bal: str | None) -> int:

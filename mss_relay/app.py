@@ -36,12 +36,17 @@ from mss_relay.signing import (
     write_key,
 )
 from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.database import StateLost
+from mss_relay.state.recorder import Recorder
 from mss_relay.tls import server_context
 from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
 
 # On SIGTERM, how long transactions under way may take to finish (systemd's
 # TimeoutStopSec is 30 s in the shipped unit).
 DRAIN_TIMEOUT = 25.0
+# Then how long the conversation writes still pending may take (within the
+# unit's 30 s).
+FLUSH_TIMEOUT = 4.0
 
 
 async def drain(sessions: set[ClientSession], grace: float) -> int:
@@ -250,23 +255,33 @@ async def serve(config: Config, worker: int = 0) -> int:
     prepared = prepare(config, create_keys=worker == 0)
     upstream, inbound_delivery, tls = prepared.upstream, prepared.inbound_delivery, prepared.tls
     try:
-        store = await ConversationStore.open(
-            config.database, idle_days=config.conversations.close_after_days
-        )
-    except (OSError, sqlite3.Error) as error:
-        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
-    try:
         writer = LineWriter(
             config.log.file,
             required=config.log.required,
             fields={"worker": worker} if config.workers > 1 else None,
         )
     except OSError as error:
-        await store.close()
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
     log = make_logger(writer)
     if config.workers > 1:
         log = log.bind(worker=worker)
+    try:
+        store = await ConversationStore.open(
+            config.database,
+            idle_days=config.conversations.close_after_days,
+            # One write's wait for another process's lock; the reply does
+            # not wait for it (Recorder), the writer retries.
+            busy_timeout=config.record_timeout,
+        )
+    except StateLost as error:
+        log.error("state_lost", database=str(config.database), how="deleted", at="start")
+        writer.close()
+        raise ConfigError("state.database", str(error)) from None
+    except (OSError, sqlite3.Error) as error:
+        writer.close()
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    state = Recorder(store, log, timeout=config.record_timeout)
+    state.start()
     # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     # dkimpy logs each failed verification as an error; our log has the result.
@@ -294,7 +309,7 @@ async def serve(config: Config, worker: int = 0) -> int:
                 upstream=inbound_delivery
                 if listener.role == "inbound" and inbound_delivery
                 else upstream,
-                store=store,
+                state=state,
                 users=config.users,
                 hostname=config.hostname,
                 role=listener.role,
@@ -375,6 +390,7 @@ async def serve(config: Config, worker: int = 0) -> int:
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     await delivery.close_idle()
+        await state.close(FLUSH_TIMEOUT)
         await store.close()
         writer.close()
     return 0

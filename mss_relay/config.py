@@ -148,6 +148,10 @@ class Config:
     bals: tuple[Bal, ...]
     database: Path
     log: LogConfig
+    # state.record_timeout: how long a client's reply may wait for the
+    # conversation state (a write after delivery, a look-up before the
+    # verdict); a write not done by then goes on in the background.
+    record_timeout: float = 2.0
     dkim: tuple[DkimKeyConfig, ...] = ()
     inbound: InboundConfig = field(default_factory=InboundConfig)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
@@ -660,6 +664,9 @@ def parse_config(data: object, path: Path) -> Config:
         if state
         else (base / "var/state.sqlite3").resolve()
     )
+    record_timeout = state.duration("record_timeout", 2.0) if state else 2.0
+    if record_timeout > 60:
+        _fail("state.record_timeout", "must be at most 60 seconds (a client waits that long)")
     if state:
         state.done()
     # A milter needs no upstream: Postfix delivers.
@@ -688,6 +695,7 @@ def parse_config(data: object, path: Path) -> Config:
         users=users,
         bals=_bals(root, users, warnings),
         database=database or base / "var/state.sqlite3",
+        record_timeout=record_timeout,
         log=LogConfig(
             file=None if log_file == "-" else (base / log_file).resolve(), required=log_required
         ),

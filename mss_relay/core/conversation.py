@@ -26,6 +26,9 @@ class Status(Enum):
     NONE = "none"  # no conversation matches
     OPEN = "open"
     CLOSED = "closed"
+    # The state could not answer (database locked, lost, a write still pending
+    # for this patient): nothing can be decided, the sender retries later.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class ConversationFacts:
     reply_to: str | None = None  # the Reply-To the professional's message gave
     closed_how: str | None = None  # fin, x-mss-mes, auto_close, idle, admin
     patient_has_open: bool = False  # some conversation with this patient is open
+    unavailable: str | None = None  # why the state could not answer (UNAVAILABLE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,10 @@ DKIM_TEMPORARY = Reply(
 INTERNAL_ERROR = Reply(451, "4.3.0", "Erreur interne temporaire, réessayez plus tard")
 # RFC 3463 §3.4 (X.3.0, mail system status): the audit log cannot be written.
 LOG_UNAVAILABLE = Reply(451, "4.3.0", "Journal d'audit indisponible, réessayez plus tard")
+# RFC 3463 4.3.0: the conversation state cannot be read or written just now.
+STATE_UNAVAILABLE = Reply(
+    451, "4.3.0", "Suivi des conversations patient indisponible, réessayez plus tard"
+)
 
 AUTH_LOCKED = Reply(
     454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.config import TimeoutsConfig
-from mss_relay.core.addresses import domain_of
+from mss_relay.core.addresses import domain_of, is_patient_address
 from mss_relay.core.authentication import DkimCheck
 from mss_relay.core.changes import inbound_change, outgoing_changes
 from mss_relay.core.conversation import (
@@ -33,14 +33,14 @@ from mss_relay.core.conversation import (
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
-from mss_relay.core.reply import LOG_UNAVAILABLE
+from mss_relay.core.reply import LOG_UNAVAILABLE, STATE_UNAVAILABLE
 from mss_relay.core.reports import is_null_sender_mdn, reported_ids
 from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
 from mss_relay.log import Clock
 from mss_relay.signing import DkimKey, Signer
-from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.recorder import Recorder
 from mss_relay.verification import Verifier
 
 # Messages above this size are inspected and signed in a worker thread, off the
@@ -89,7 +89,7 @@ class RelayContext:
     role: str
     log: FilteringBoundLogger
     clock: Clock
-    store: ConversationStore | None = None
+    state: Recorder | None = None  # the conversation state
     signer: Signer = field(default_factory=lambda: Signer(()))
     verifier: Verifier | None = None  # the incoming side's DKIM verification
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
@@ -232,8 +232,24 @@ class ClientSession:
         verdict = self.ctx.policy.evaluate_rcpt(facts)
         if verdict.accepted and self.ctx.rates is not None:
             verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
+        if verdict.accepted:
+            verdict = self._state_refusal(recipient) or verdict
         self.decision("rcpt", verdict, recipient=recipient)
         return verdict
+
+    def _state_refusal(self, recipient: str) -> Verdict | None:
+        """A professional's message to a patient opens or continues a
+        conversation: not while the state cannot record it (deleted under
+        the relay, writes piling up), rather than deliver it unrecorded."""
+        state = self.ctx.state
+        if self.inbound or state is None or not is_patient_address(recipient):
+            return None
+        why = state.unavailable()
+        if why is None:
+            return None
+        return Verdict.tempfail(
+            STATE_UNAVAILABLE, rule="conversation_state", reason=f"state unavailable ({why})"
+        )
 
     # Audit trail -------------------------------------------------------------
     def log_refusal(self) -> Verdict | None:
@@ -330,15 +346,15 @@ class ClientSession:
 
     async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
         """For a patient's message coming in: the conversation it replies to."""
-        if not self.inbound or self.ctx.store is None:
+        if not self.inbound or self.ctx.state is None:
             return None
         patient = patient_sender(sender, info)
         if patient is None:
             return None
         if is_null_sender_mdn(sender, info):
             # A read receipt: the message it reports on, sent to this patient.
-            return await self.ctx.store.lookup(patient, reported_ids(info), sent_only=True)
-        return await self.ctx.store.lookup(patient, references(info))
+            return await self.ctx.state.lookup(patient, reported_ids(info), sent_only=True)
+        return await self.ctx.state.lookup(patient, references(info))
 
     def _patient_event(self, facts: MessageFacts, verdict: Verdict) -> None:
         if facts.conversation is None:
@@ -370,9 +386,10 @@ class ClientSession:
 
     async def record(self, facts: MessageFacts, message_id: str | None) -> None:
         """Conversation state follows acceptance, never precedes it. A failure
-        here must not turn an accepted message into a retried (duplicated) one."""
-        store = self.ctx.store
-        if store is None:
+        here must not turn an accepted message into a retried (duplicated) one:
+        the reply waits state.record_timeout at most (Recorder)."""
+        state = self.ctx.state
+        if state is None:
             return
         changes: list[Change] = []
         if self.inbound:
@@ -384,12 +401,5 @@ class ClientSession:
             if bal is not None and message_id:
                 changes = outgoing_changes(bal, facts, message_ids(message_id)[0])
             actor = self.user or "?"
-        txid = self.txn.txid if self.txn else None
-        for change in changes:
-            try:
-                events = await store.apply(change, actor)
-            except Exception as error:
-                self.log.error("state_error", txid=txid, error=type(error).__name__)
-                continue
-            for event, fields in events:
-                self.log.info(event, txid=txid, **fields)
+        if changes:
+            await state.record(changes, actor, self.txn.txid if self.txn else None, self.log)

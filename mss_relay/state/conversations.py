@@ -1,9 +1,12 @@
 """The conversation store: which patient conversations are open, and the
 Message-IDs exchanged in each.
 
-One aiosqlite connection per process, its statements serialized by a lock so
-that two SMTP sessions never interleave inside one transaction. Every change is
-one IMMEDIATE transaction: a kill -9 leaves it whole or absent.
+Two aiosqlite connections per process, each in its own thread, its statements
+serialized by a lock so that two SMTP sessions never interleave inside one
+transaction: one writes, one reads. With WAL a reader never waits for a
+writer, so a write waiting for another process's lock does not hold the
+look-ups behind it. Every change is one IMMEDIATE transaction: a kill -9
+leaves it whole or absent.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import aiosqlite
 
 from mss_relay.core.conversation import Change, ConversationFacts, Status
 from mss_relay.log import Clock, iso_ms, utc_now
-from mss_relay.state.database import connect
+from mss_relay.state.database import FileId, connect, file_id, mark, refuse_lost
 
 MAX_REFERENCES = 50  # the most recent Message-IDs a reply names are enough
 Event = tuple[str, dict[str, Any]]
@@ -52,20 +55,62 @@ _COLUMNS = (
 
 
 class ConversationStore:
-    def __init__(self, db: aiosqlite.Connection, clock: Clock, idle_days: int | None) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        identity: FileId,
+        clock: Clock,
+        idle_days: int | None,
+    ) -> None:
         self._db = db
+        self._reader = reader
+        self.path = path
+        self._identity = identity
         self._clock = clock
         self._idle_days = idle_days
         self._lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(
-        cls, path: Path, *, clock: Clock = utc_now, idle_days: int | None = None
+        cls,
+        path: Path,
+        *,
+        clock: Clock = utc_now,
+        idle_days: int | None = None,
+        busy_timeout: float = 10.0,
     ) -> ConversationStore:
-        return cls(await connect(path), clock, idle_days)
+        """Raises StateLost rather than create an empty database where one was."""
+        await asyncio.to_thread(refuse_lost, path)
+        db = await connect(path, busy_timeout)
+        try:
+            reader = await connect(path, busy_timeout)
+            try:
+                await reader.execute("PRAGMA query_only = ON")
+                identity = await asyncio.to_thread(mark, path)
+            except BaseException:
+                await reader.close()
+                raise
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, reader, path, identity, clock, idle_days)
 
     async def close(self) -> None:
+        await self._reader.close()
         await self._db.close()
+
+    async def vanished(self) -> str | None:
+        """Whether the file at the path is still the one opened: None, or
+        "deleted" or "replaced" (the writes then go to a file nobody will
+        open again). A stat in a worker thread."""
+        try:
+            identity = await asyncio.to_thread(file_id, self.path)
+        except FileNotFoundError:
+            return "deleted"
+        return None if identity == self._identity else "replaced"
 
     def _now(self) -> str:
         return iso_ms(self._clock())
@@ -81,14 +126,17 @@ class ConversationStore:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # Also when COMMIT itself failed (locked, I/O): a transaction
+                # left open would make every later BEGIN fail.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock:
-            return list(await self._db.execute_fetchall(sql, params))
+        async with self._read_lock:
+            return list(await self._reader.execute_fetchall(sql, params))
 
     # Look-ups ----------------------------------------------------------------
     async def lookup(

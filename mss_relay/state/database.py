@@ -4,10 +4,16 @@ The schema version is SQLite's own user_version. Each migration runs in one
 IMMEDIATE transaction with the version bump, so a crash (even kill -9) leaves
 the file at the old version or the new one, never between; two processes
 starting at once migrate once.
+
+Beside the database, a marker file (« state.sqlite3.marker ») says that a
+state existed there. A database that is gone while its marker is still there
+was deleted (or its volume not mounted): the relay refuses to create a new,
+empty one in its place, which would silently forget every conversation.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import aiosqlite
@@ -48,14 +54,60 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-async def connect(path: Path) -> aiosqlite.Connection:
+MARKER_TEXT = """This file tells mss-relay that its state database (the file of the same
+name, without ".marker") exists. If that database is gone, mss-relay refuses
+to start with an empty one: restore it from a backup, or, to start afresh and
+knowingly forget every patient conversation, remove this marker.
+"""
+
+# A file's identity: (st_dev, st_ino). Another identity at the same path is
+# another file (replaced); no file there, a deleted one.
+FileId = tuple[int, int]
+
+
+class StateLost(Exception):
+    """The state database is gone, or is no longer the file the relay opened."""
+
+
+def marker_path(path: Path) -> Path:
+    return path.with_name(path.name + ".marker")
+
+
+def refuse_lost(path: Path) -> None:
+    """Before opening (blocking: run it in a thread): a marker without its
+    database is a deleted database, not a first start."""
+    if marker_path(path).exists() and not path.exists():
+        raise StateLost(
+            f"{path} is gone but {marker_path(path).name} says it existed: restore it from"
+            " a backup, or remove the marker to start with an empty state"
+        )
+
+
+def mark(path: Path) -> FileId:
+    """After opening (blocking): write the marker if missing; the identity of
+    the file opened."""
+    marker = marker_path(path)
+    if not marker.exists():
+        marker.write_text(MARKER_TEXT, encoding="utf-8")
+    return file_id(path)
+
+
+def file_id(path: Path) -> FileId:
+    """Blocking; FileNotFoundError when the file is gone."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+async def connect(path: Path, busy_timeout: float = 10.0) -> aiosqlite.Connection:
+    """busy_timeout: how long one statement waits for another process's lock
+    (seconds) before it fails with « database is locked »."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = FULL")  # an accepted change survives power loss
         await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 10000")
+        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         await migrate(db)
     except BaseException:
         await db.close()

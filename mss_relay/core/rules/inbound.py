@@ -15,6 +15,7 @@ from mss_relay.core.reply import (
     MDN_NOT_OURS,
     NOT_A_REPLY,
     SENDER_NOT_TRUST_SPACE,
+    STATE_UNAVAILABLE,
     UNKNOWN_BAL,
     WRONG_CONVERSATION_BAL,
 )
@@ -68,6 +69,13 @@ def patient_conversation(
     if patient_sender(facts.mail.sender, facts.info) is None:
         return None
     conv = conversation or ConversationFacts(Status.NONE)
+    if conv.status is Status.UNAVAILABLE:
+        # Fail closed, and temporarily: the patient's operator retries.
+        return Verdict.tempfail(
+            STATE_UNAVAILABLE,
+            rule="patient_conversation",
+            reason=f"conversation state unavailable ({conv.unavailable})",
+        )
     if is_null_sender_mdn(facts.mail.sender, facts.info):
         # Seed 004: the professional asked for it. A read receipt reports on a
         # message sent to this patient (the conversation was looked up by the
