@@ -490,33 +490,49 @@ class RelayHandler(ClientSession):
         shown = printable(user, 64)
         guard = self.ctx.auth_guard
         if guard is not None:
-            locked = guard.locked(self.client, user, self.ctx.monotonic())
-            if locked is not None and locked.reply is not None:
+            refused = guard.begin(self.client, user, self.ctx.monotonic())
+            if refused is not None and refused.reply is not None:
                 # Not even verified: a locked-out guesser learns nothing more.
                 self.log.warning(
-                    "auth", client=self.client, user=shown, result="locked", reason=locked.reason
+                    "auth", client=self.client, user=shown, result="locked", reason=refused.reason
                 )
-                return AuthResult(success=False, handled=False, message=str(locked.reply))
-        encoded = self.ctx.users.get(user)
-        valid = await asyncio.to_thread(verify_password, password, encoded or _DUMMY_HASH)
-        ok = valid and encoded is not None
+                return AuthResult(success=False, handled=False, message=str(refused.reply))
+        ok = False
+        try:
+            encoded = self.ctx.users.get(user)
+            valid = await asyncio.to_thread(verify_password, password, encoded or _DUMMY_HASH)
+            ok = valid and encoded is not None
+        finally:
+            # Settled whatever happens: an attempt whose outcome is not known
+            # (an error, the client gone meanwhile) counts as a failure.
+            delay = self._settle_attempt(user, ok)
         self.log.info("auth", client=self.client, user=shown, result="success" if ok else "failure")
         if ok:
             self.user = user
             return AuthResult(success=True, auth_data=user)
-        if guard is not None:
-            delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
-            for what in locked_now:
-                self.log.warning(
-                    "auth_lockout",
-                    client=self.client,
-                    user=shown,
-                    locked=what,
-                    seconds=self.ctx.throttle.auth_lockout,
-                )
-            if delay:
-                await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
+        if delay:
+            await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
         return AuthResult(success=False, handled=False)
+
+    def _settle_attempt(self, user: str, ok: bool) -> float:
+        """The AuthGuard's reservation of an attempt, settled (a lockout it
+        caused logged): the delay before answering a failure."""
+        guard = self.ctx.auth_guard
+        if guard is None:
+            return 0.0
+        if ok:
+            guard.succeeded(self.client, user)
+            return 0.0
+        delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
+        for what in locked_now:
+            self.log.warning(
+                "auth_lockout",
+                client=self.client,
+                user=printable(user, 64),
+                locked=what,
+                seconds=self.ctx.throttle.auth_lockout,
+            )
+        return delay
 
     def connection_lost(self) -> None:
         self.log.info("disconnect", client=self.client)
