@@ -88,15 +88,15 @@ def _without_trailing_dot(arg: str | None) -> str | None:
 _PLAIN_ADDRESS = re.compile(rf"[ \t]*<({PLAIN_MAILBOX})>")
 
 
-def _control_verdict(arg: str) -> Verdict | None:
+def argument_syntax(arg: str) -> Verdict | None:
     """path_syntax() on a MAIL or RCPT argument as sent (« FROM:<path> params »).
-    A tab is white space between its parts, as aiosmtpd and plain_address()
-    take it; one inside the path is refused once the path is parsed."""
-    bare = arg.replace("\t", "")  # the same string when there is none (nearly always)
-    if not has_control_character(bare):
-        return None
-    path, bracket, parameters = bare.partition(">")
-    return path_syntax(path + bracket, (parameters,))
+    A tab is white space before the path and between parameters, as aiosmtpd
+    and plain_address() take it; inside the path it is refused like the rest."""
+    if not has_control_character(arg):
+        return None  # nearly always
+    keyword, colon, rest = arg.partition(":")
+    path, bracket, parameters = rest.lstrip(" \t").partition(">")
+    return path_syntax(keyword + colon + path + bracket, (parameters.replace("\t", " "),))
 
 
 def plain_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None] | None:
@@ -310,7 +310,14 @@ class RelaySMTP(SMTP):
     # Parameters ------------------------------------------------------------
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         found = plain_address(arg, self.local_part_limit) if arg else None
-        return found if found is not None else super()._getaddr(arg)
+        if found is not None:
+            return found
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # the email package's tokenizer on hostile input
+            # « MAIL FROM:< » made it raise IndexError (a 451 4.3.0, retried
+            # forever): an address it cannot read is malformed, 553 5.1.3.
+            return None, None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.relay.trusted and self.session is not None:
@@ -330,7 +337,7 @@ class RelaySMTP(SMTP):
         before aiosmtpd parses it: its parser passes some on in the address and
         takes others for white space between parameters. Its own checks of the
         session's state come first, as they would."""
-        verdict = _control_verdict(arg) if arg else None
+        verdict = argument_syntax(arg) if arg else None
         if verdict is None or verdict.reply is None or arg is None:
             return False
         if await self.check_helo_needed() or await self.check_auth_needed(command):
