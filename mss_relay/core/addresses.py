@@ -25,6 +25,19 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # parsing (the SMTP front end and the upstream take it without the email package).
 PLAIN_MAILBOX = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 
+# C0 controls and DEL. RFC 5321 §4.1.2: no path holds one, not even quoted
+# (qtextSMTP and quoted-pairSMTP are printable ASCII), and no ESMTP parameter
+# (esmtp-value is printable ASCII too).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_character(text: str) -> bool:
+    """A control character in an address or a parameter: a syntax error. Let
+    through, it could end a command line upstream early (CR, LF: a command
+    smuggled in) or cut a C string short (NUL: « x@gmail.com\\0.mssante.fr »
+    would pass for the trust space here and be sent to gmail.com elsewhere)."""
+    return _CONTROL.search(text) is not None
+
 
 def split_address(address: str) -> tuple[str, str]:
     """Split at the last « @ ». A missing domain gives an empty string."""

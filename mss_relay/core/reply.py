@@ -71,6 +71,9 @@ STATE_UNAVAILABLE = Reply(
 AUTH_LOCKED = Reply(
     454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"
 )
+AUTH_BUSY = Reply(
+    454, "4.7.0", "Trop de tentatives d'authentification en cours, réessayez dans un instant"
+)
 RATE_MESSAGES = Reply(
     450, "4.7.1", "Trop de messages envoyés en peu de temps : réessayez dans une minute"
 )
@@ -80,6 +83,10 @@ BUSY = Reply(451, "4.3.2", "Trop de messages en cours de réception, réessayez 
 TIMEOUT = Reply(421, "4.4.2", "Délai dépassé, connexion fermée")
 
 # 5xx: permanent refusals.
+# RFC 3463 §3.2: X.1.3, bad syntax of a destination (or sender) mailbox address.
+ADDRESS_CONTROL_CHARACTER = Reply(501, "5.1.3", "Adresse invalide : caractère de contrôle")
+# RFC 3463 §3.6: X.5.4, invalid command arguments.
+PARAMETER_CONTROL_CHARACTER = Reply(501, "5.5.4", "Paramètre invalide : caractère de contrôle")
 NOT_TRUST_SPACE = Reply(
     550,
     "5.7.1",

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from mss_relay.core.reply import (
+    AUTH_BUSY,
     AUTH_LOCKED,
     RATE_MESSAGES,
     RATE_RECIPIENTS,
@@ -105,13 +106,28 @@ def client_key(address: str) -> str:
 
 
 class AuthGuard:
-    """Failed AUTH attempts, counted per client address and per user name."""
+    """Failed AUTH attempts, counted per client address and per user name.
+
+    An attempt is reserved (begin()) before its password is verified and
+    counts against both limits until it is settled: succeeded() releases it,
+    failed() turns it into a failure. Verification is slow (scrypt, in a
+    thread): counted only afterwards, 50 attempts at once would all be
+    verified before the first failure is known. Reserved first, no more
+    attempts are ever verified than the limits allow.
+    """
 
     def __init__(self, settings: ThrottleSettings) -> None:
         self.settings = settings
         self._by_client = SlidingWindow(settings.auth_max_failures_per_client, settings.auth_window)
         self._by_user = SlidingWindow(settings.auth_max_failures_per_user, settings.auth_window)
         self._locked: dict[str, float] = {}  # "client:1.2.3.4" / "user:x" -> until
+        self._in_flight: dict[str, int] = {}  # the same keys -> attempts being verified
+
+    def _keys(self, client: str, user: str) -> tuple[tuple[str, SlidingWindow, str], ...]:
+        return (
+            ("client", self._by_client, client_key(client)),
+            ("user", self._by_user, user),
+        )
 
     def locked(self, client: str, user: str, now: float) -> Verdict | None:
         for key in (f"client:{client_key(client)}", f"user:{user}"):
@@ -127,16 +143,53 @@ class AuthGuard:
             del self._locked[key]
         return None
 
+    def begin(self, client: str, user: str, now: float) -> Verdict | None:
+        """Before a password is verified: a refusal (locked out, or the limit
+        taken up by failures and attempts still being verified), or None, the
+        attempt then reserved until succeeded() or failed() settles it."""
+        locked = self.locked(client, user, now)
+        if locked is not None:
+            return locked
+        keys = self._keys(client, user)
+        for kind, window, key in keys:
+            pending = self._in_flight.get(f"{kind}:{key}", 0)
+            if window.count(key, now) + pending >= window.limit:
+                # Not a lockout: those in flight may yet succeed.
+                return Verdict.tempfail(
+                    AUTH_BUSY,
+                    rule="auth_in_flight",
+                    reason=f"{kind}: {pending} attempts being verified, limit {window.limit}",
+                )
+        for kind, _, key in keys:
+            name = f"{kind}:{key}"
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        return None
+
+    def _release(self, client: str, user: str) -> None:
+        for kind, _, key in self._keys(client, user):
+            name = f"{kind}:{key}"
+            left = self._in_flight.get(name, 0) - 1
+            if left > 0:
+                self._in_flight[name] = left
+            else:
+                self._in_flight.pop(name, None)  # memory: only keys in flight are kept
+
+    def succeeded(self, client: str, user: str) -> None:
+        """A reserved attempt whose password was right."""
+        # No forgiveness of past failures: an account that logs in often (a
+        # DPI connector) would otherwise reset a guesser's count every time.
+        # Failures simply age out of auth_window.
+        self._release(client, user)
+
     def failed(self, client: str, user: str, now: float) -> tuple[float, list[str]]:
-        """Record a failure: the delay to wait before answering, and what got
-        locked out by it ("client", "user")."""
+        """A reserved attempt that failed (or whose outcome is unknown), counted:
+        the delay to wait before answering, and what got locked out by it
+        ("client", "user")."""
+        self._release(client, user)
         settings = self.settings
         locked = []
         failures = 0
-        for kind, window, key in (
-            ("client", self._by_client, client_key(client)),
-            ("user", self._by_user, user),
-        ):
+        for kind, window, key in self._keys(client, user):
             window.add(key, now)
             failures = max(failures, window.count(key, now))
             if window.full(key, now):
@@ -144,10 +197,6 @@ class AuthGuard:
                 window.clear(key)
                 locked.append(kind)
         return min(settings.auth_failure_delay * failures, settings.auth_max_delay), locked
-
-    # No forgiveness on a successful login: an account that logs in often (a
-    # DPI connector) would otherwise reset a guesser's count every time.
-    # Failures simply age out of auth_window.
 
 
 class SendingRates:

@@ -35,6 +35,7 @@ from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message
 from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.reply import LOG_UNAVAILABLE, STATE_UNAVAILABLE
 from mss_relay.core.reports import is_null_sender_mdn, reported_ids
+from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
@@ -209,6 +210,10 @@ class ClientSession:
     def begin_transaction(self, sender: str, options: list[str], **fields: Any) -> Verdict:
         """MAIL: a new transaction, the policy's and the sending rate's verdict,
         logged; the transaction is dropped again when refused."""
+        refused = path_syntax(sender, options)
+        if refused is not None:  # before the policy: a control character is no fact
+            self.decision("mail", refused, sender=printable(sender), **fields)
+            return refused
         size = next((o[5:] for o in options if o.upper().startswith("SIZE=")), None)
         mail = MailFacts(
             session=self.session_facts(),
@@ -228,6 +233,10 @@ class ClientSession:
         """RCPT: the policy's and the recipient rate's verdict, logged."""
         txn = self.txn
         assert txn is not None
+        refused = path_syntax(recipient)
+        if refused is not None:
+            self.decision("rcpt", refused, recipient=printable(recipient))
+            return refused
         facts = RcptFacts(mail=txn.mail, recipient=recipient, accepted_so_far=len(txn.recipients))
         verdict = self.ctx.policy.evaluate_rcpt(facts)
         if verdict.accepted and self.ctx.rates is not None:

@@ -20,7 +20,7 @@ from typing import Any, AnyStr
 import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mss_relay.core.addresses import PLAIN_MAILBOX
+from mss_relay.core.addresses import PLAIN_MAILBOX, has_control_character
 from mss_relay.core.reply import (
     BUSY,
     INTERNAL_ERROR,
@@ -32,7 +32,9 @@ from mss_relay.core.reply import (
     Reply,
     ascii_text,
 )
+from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.throttle import connection_verdict
+from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import UpstreamSession
 from mss_relay.front.data import DataReceiver, DataState
 from mss_relay.front.replies import localize
@@ -85,6 +87,17 @@ def _without_trailing_dot(arg: str | None) -> str | None:
 
 # What nearly every MAIL and RCPT carries: <dot-atom@host.name>.
 _PLAIN_ADDRESS = re.compile(rf"[ \t]*<({PLAIN_MAILBOX})>")
+
+
+def argument_syntax(arg: str) -> Verdict | None:
+    """path_syntax() on a MAIL or RCPT argument as sent (« FROM:<path> params »).
+    A tab is white space before the path and between parameters, as aiosmtpd
+    and plain_address() take it; inside the path it is refused like the rest."""
+    if not has_control_character(arg):
+        return None  # nearly always
+    keyword, colon, rest = arg.partition(":")
+    path, bracket, parameters = rest.lstrip(" \t").partition(">")
+    return path_syntax(keyword + colon + path + bracket, (parameters.replace("\t", " "),))
 
 
 def plain_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None] | None:
@@ -308,16 +321,45 @@ class RelaySMTP(SMTP):
     # Parameters ------------------------------------------------------------
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         found = plain_address(arg, self.local_part_limit) if arg else None
-        return found if found is not None else super()._getaddr(arg)
+        if found is not None:
+            return found
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # the email package's tokenizer on hostile input
+            # « MAIL FROM:< » made it raise IndexError (a 451 4.3.0, retried
+            # forever): an address it cannot read is malformed, 553 5.1.3.
+            return None, None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.relay.trusted and self.session is not None:
             # A trusted client needs no AUTH (it may still AUTH, as another user).
             self.session.authenticated = True
+        if await self._control_characters(arg, "MAIL"):
+            return
         await super().smtp_MAIL(_without_trailing_dot(_strip_params(arg, _DSN_MAIL_PARAMS)))
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._control_characters(arg, "RCPT"):
+            return
         await super().smtp_RCPT(_without_trailing_dot(_strip_params(arg, _DSN_RCPT_PARAMS)))
+
+    async def _control_characters(self, arg: str | None, command: str) -> bool:
+        """A MAIL or RCPT argument with a control character, refused (True)
+        before aiosmtpd parses it: its parser passes some on in the address and
+        takes others for white space between parameters. Its own checks of the
+        session's state come first, as they would."""
+        verdict = argument_syntax(arg) if arg else None
+        if verdict is None or verdict.reply is None or arg is None:
+            return False
+        if await self.check_helo_needed() or await self.check_auth_needed(command):
+            return True
+        if command == "RCPT" and not (self.envelope and self.envelope.mail_from):
+            return False  # aiosmtpd's 503: no MAIL yet
+        what = "sender" if command == "MAIL" else "recipient"
+        path = printable(arg.partition(":")[2].strip())
+        self.relay.decision(command.lower(), verdict, **{what: path})
+        await self.push(str(verdict.reply))
+        return True
 
     # AUTH, verified off the event loop --------------------------------------
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
@@ -471,33 +513,49 @@ class RelayHandler(ClientSession):
         shown = printable(user, 64)
         guard = self.ctx.auth_guard
         if guard is not None:
-            locked = guard.locked(self.client, user, self.ctx.monotonic())
-            if locked is not None and locked.reply is not None:
+            refused = guard.begin(self.client, user, self.ctx.monotonic())
+            if refused is not None and refused.reply is not None:
                 # Not even verified: a locked-out guesser learns nothing more.
                 self.log.warning(
-                    "auth", client=self.client, user=shown, result="locked", reason=locked.reason
+                    "auth", client=self.client, user=shown, result="locked", reason=refused.reason
                 )
-                return AuthResult(success=False, handled=False, message=str(locked.reply))
-        encoded = self.ctx.users.get(user)
-        valid = await asyncio.to_thread(verify_password, password, encoded or _DUMMY_HASH)
-        ok = valid and encoded is not None
+                return AuthResult(success=False, handled=False, message=str(refused.reply))
+        ok = False
+        try:
+            encoded = self.ctx.users.get(user)
+            valid = await asyncio.to_thread(verify_password, password, encoded or _DUMMY_HASH)
+            ok = valid and encoded is not None
+        finally:
+            # Settled whatever happens: an attempt whose outcome is not known
+            # (an error, the client gone meanwhile) counts as a failure.
+            delay = self._settle_attempt(user, ok)
         self.log.info("auth", client=self.client, user=shown, result="success" if ok else "failure")
         if ok:
             self.user = user
             return AuthResult(success=True, auth_data=user)
-        if guard is not None:
-            delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
-            for what in locked_now:
-                self.log.warning(
-                    "auth_lockout",
-                    client=self.client,
-                    user=shown,
-                    locked=what,
-                    seconds=self.ctx.throttle.auth_lockout,
-                )
-            if delay:
-                await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
+        if delay:
+            await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
         return AuthResult(success=False, handled=False)
+
+    def _settle_attempt(self, user: str, ok: bool) -> float:
+        """The AuthGuard's reservation of an attempt, settled (a lockout it
+        caused logged): the delay before answering a failure."""
+        guard = self.ctx.auth_guard
+        if guard is None:
+            return 0.0
+        if ok:
+            guard.succeeded(self.client, user)
+            return 0.0
+        delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
+        for what in locked_now:
+            self.log.warning(
+                "auth_lockout",
+                client=self.client,
+                user=printable(user, 64),
+                locked=what,
+                seconds=self.ctx.throttle.auth_lockout,
+            )
+        return delay
 
     def connection_lost(self) -> None:
         self.log.info("disconnect", client=self.client)
@@ -581,7 +639,13 @@ class RelayHandler(ClientSession):
     ) -> str:
         txn = self.txn
         assert txn is not None and self.upstream is not None  # aiosmtpd checks MAIL first
-        verdict = self.check_recipient(address)
+        try:
+            verdict = self.check_recipient(address)
+        except Exception as error:  # reported, and answered 451
+            # Nothing went upstream yet: this recipient fails, the transaction
+            # goes on (an error once the upstream is asked ends it instead:
+            # handle_exception, as its state there is unknown).
+            return self._internal_error(error)
         if verdict.reply is not None:
             return str(verdict.reply)
         result = await self.upstream.rcpt(address)
@@ -683,16 +747,25 @@ class RelayHandler(ClientSession):
             await upstream.close()
         return "221 2.0.0 Au revoir"
 
-    async def handle_exception(self, error: Exception) -> str:
+    def _internal_error(self, error: Exception) -> str:
+        """Log an unexpected error; the 451 4.3.0 to answer, with an id."""
         ref = self.txn.txid if self.txn else self.session_id
         frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
         where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
         self.log.error("internal_error", txid=ref, error=type(error).__name__, where=where)
-        if self.txn is not None:
-            self.outcome("tempfailed", "internal error")
-            self.txn = None
-        if self.upstream is not None:
-            await self.upstream.reset()
         return str(
             INTERNAL_ERROR.with_text(f"Erreur interne temporaire, réessayez plus tard (id {ref})")
         )
+
+    async def handle_exception(self, error: Exception) -> str:
+        reply = self._internal_error(error)
+        if self.txn is not None:
+            self.outcome("tempfailed", "internal error")
+            self.txn = None
+        if self.server is not None:
+            # aiosmtpd's envelope must end with our transaction: left with its
+            # MAIL, it would pass the next RCPT or DATA to a hook that has none.
+            self.server._set_rset_state()  # type: ignore[no-untyped-call]
+        if self.upstream is not None:
+            await self.upstream.reset()
+        return reply

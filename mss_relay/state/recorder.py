@@ -111,14 +111,17 @@ class Recorder:
             return "write pending"
         return None
 
-    async def lookup(self, patient: str, references: Sequence[str]) -> ConversationFacts:
+    async def lookup(
+        self, patient: str, references: Sequence[str], *, sent_only: bool = False
+    ) -> ConversationFacts:
         """The conversation a patient's message replies to, within `timeout`,
-        or UNAVAILABLE (the policy tempfails it)."""
+        or UNAVAILABLE (the policy tempfails it). sent_only: as the store's
+        (a read receipt reports on a Message-ID sent to the patient)."""
         why = self.unavailable(patient)
         if why is None:
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self.store.lookup(patient, references)
+                    return await self.store.lookup(patient, references, sent_only=sent_only)
             except TimeoutError:
                 why = "look-up timed out"
             except sqlite3.Error as error:

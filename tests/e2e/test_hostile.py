@@ -71,6 +71,10 @@ class Session:
         """MAIL, RCPT, DATA, then these bytes as they are (end of data included)."""
         assert self.command(f"MAIL FROM:<{SENDER}>".encode())[0] == 250
         assert self.command(f"RCPT TO:<{DEST}>".encode())[0] == 250
+        return self.transaction_data(data)
+
+    def transaction_data(self, data: bytes) -> tuple[int, bytes]:
+        """DATA in the open transaction, then these bytes as they are."""
         assert self.command(b"DATA")[0] == 354
         self.sock.sendall(data)
         return self.reply()
@@ -255,6 +259,8 @@ COMMANDS: dict[str, list[bytes]] = {
     "source_route": [f"MAIL FROM:<@evil.example:{SENDER}>".encode()],
     "quoted_local_part": [f'MAIL FROM:<"jean dupont"@{SENDER.split("@")[1]}>'.encode()],
     "unknown_commands": [b"XYZZY", b"\x16\x03\x01\x02\x00", b"GET / HTTP/1.1"],
+    # The email package's tokenizer raised IndexError on these (451 4.3.0).
+    "truncated_path": [b"MAIL FROM:<", b'MAIL FROM:"', b"MAIL FROM: <", b'MAIL FROM:<"'],
 }
 
 
@@ -273,6 +279,51 @@ def test_hostile_commands_get_clean_replies(
         assert session.command(b"RSET")[0] == 250
     finally:
         session.close()
+
+
+# Issue 13, item 7: a control character (C0 but LF, which ends the line; DEL) in
+# a path or a parameter, wherever it is. {} marks where it goes.
+CONTROL_LAYOUTS = {
+    "local_part": ("<jean{}dupont@ch-exemple.mssante.fr>", b"5.1.3"),
+    "local_part_start": ("<{}jean.dupont@ch-exemple.mssante.fr>", b"5.1.3"),
+    "domain": ("<jean.dupont@ch-exemple{}.mssante.fr>", b"5.1.3"),
+    "domain_end": ("<jean.dupont@ch-exemple.mssante.fr{}>", b"5.1.3"),
+    "quoted_local_part": ('<"jean{}dupont"@ch-exemple.mssante.fr>', b"5.1.3"),
+    "parameter": ("<jean.dupont@ch-exemple.mssante.fr> SIZE=20{}48", b"5.5.4"),
+    # Not at the end of the line: aiosmtpd strips white space (CR, tab, VT, FF)
+    # there, so that it never reaches the relay.
+    "parameter_end": ("<jean.dupont@ch-exemple.mssante.fr> SIZE=2048{} BODY=7BIT", b"5.5.4"),
+}
+CONTROLS = [bytes([c]) for c in range(32) if c != 10] + [b"\x7f"]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=[repr(c) for c in CONTROLS])
+def test_control_characters_in_paths_are_syntax_errors(
+    hostile: tuple[Stack, dict[str, int]], control: bytes
+) -> None:
+    """Each layout in MAIL, then (the transaction open) in RCPT: a 501, and
+    the session goes on to deliver the message."""
+    stack, tally = hostile
+    before = len(stack.upstream.messages())
+    session = Session(stack)
+    try:
+        for command, good in ((b"MAIL FROM:", SENDER), (b"RCPT TO:", DEST)):
+            for layout, enhanced in CONTROL_LAYOUTS.values():
+                if control == b"\t" and enhanced == b"5.5.4":
+                    continue  # between parameters, white space (as aiosmtpd takes it)
+                line = command + layout.encode().replace(b"{}", control)
+                code, text = session.command(line)
+                _assert_clean(code, text)
+                assert (code, text[:5]) == (501, enhanced), (line, text)
+                tally["inputs"] += 1
+            assert session.command(command + f"<{good}>".encode())[0] == 250
+        code, text = session.transaction_data(wire_data(HEAD + b"\r\nbody\r\n"))
+        assert code == 250, text
+    finally:
+        session.close()
+    tally["accepted"] += 1
+    messages = stack.upstream.messages()
+    assert len(messages) == before + 1 and messages[-1][0]["rcpt_tos"] == [DEST]
 
 
 def test_garbage_right_after_the_end_of_data(hostile: tuple[Stack, dict[str, int]]) -> None:

@@ -101,3 +101,63 @@ def test_memory_stays_bounded_under_many_keys() -> None:
     for i in range(50_000):
         window.add(f"k{i}", float(i))
     assert len(window._events) <= 10_001
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_attempts_in_flight_count_against_the_limits_before_they_are_verified() -> None:
+    # Issue 13, item 8: 50 attempts at once, none settled yet (their scrypt
+    # verification is slow): only as many reserved as the user's limit allows.
+    guard, clock = AuthGuard(SETTINGS), FakeClock()
+    refusals = [guard.begin("10.0.0.1", "jd", clock()) for _ in range(50)]
+    reserved = refusals.count(None)
+    assert reserved == SETTINGS.auth_max_failures_per_user == 3
+    busy = refusals[-1]
+    assert busy is not None and busy.reply is not None and busy.rule == "auth_in_flight"
+    assert (busy.reply.code, busy.reply.enhanced) == (454, "4.7.0")
+    assert "3 attempts being verified" in busy.reason
+    clock.now = 1.0
+    outcomes = [guard.failed("10.0.0.1", "jd", clock())[1] for _ in range(reserved)]
+    assert outcomes == [[], [], ["user"]]  # verified: exactly the limit, then locked
+    locked = guard.begin("10.0.0.1", "jd", clock())
+    assert locked is not None and locked.rule == "auth_lockout"
+    assert guard._in_flight == {}  # settled: nothing kept
+
+
+def test_a_success_releases_its_reservation_and_forgives_nothing() -> None:
+    guard, clock = AuthGuard(SETTINGS), FakeClock()
+    assert guard.begin("10.0.0.1", "jd", clock()) is None
+    guard.failed("10.0.0.1", "jd", clock())
+    assert guard.begin("10.0.0.1", "jd", clock()) is None
+    assert guard.begin("10.0.0.1", "jd", clock()) is None
+    assert guard.begin("10.0.0.1", "jd", clock()) is not None  # 1 failure + 2 in flight
+    guard.succeeded("10.0.0.1", "jd")
+    assert guard.begin("10.0.0.1", "jd", clock()) is None  # room again
+    guard.succeeded("10.0.0.1", "jd")
+    guard.succeeded("10.0.0.1", "jd")
+    assert guard._in_flight == {}
+    clock.now = 2.0
+    assert guard.failed("10.0.0.1", "jd", clock())[1] == []
+    assert guard.failed("10.0.0.1", "jd", clock())[1] == ["user"]  # the first failure stays
+
+
+def test_attempts_in_flight_from_one_address_count_across_user_names() -> None:
+    guard, clock = AuthGuard(SETTINGS), FakeClock()
+    assert [guard.begin("10.0.0.9", f"user{i}", clock()) for i in range(5)] == [None] * 5
+    refused = guard.begin("10.0.0.9", "user5", clock())
+    assert refused is not None and "client: 5 attempts" in refused.reason
+    assert guard.begin("10.0.0.8", "user5", clock()) is None  # another address
+    for i in range(5):
+        guard.failed("10.0.0.9", f"user{i}", clock())
+    assert guard.locked("10.0.0.9", "user5", clock()) is not None
+    clock.now = SETTINGS.auth_lockout
+    guard.succeeded("10.0.0.8", "user5")
+    assert guard.begin("10.0.0.9", "user5", clock()) is None  # the lockout is over
