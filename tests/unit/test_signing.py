@@ -123,11 +123,16 @@ def test_relaxed_body_is_dkimpys(pieces: list[bytes]) -> None:
     assert relaxed_body(body) == _RELAXED.canonicalize_body(body)
 
 
+# A run of 40,000 empty lines stands for itself by a short token: hypothesis
+# warns (an error here) when it has to show an example of over 80 KB.
+_BLANK_RUN = b"\r\n" * 40000
+
+
 @settings(max_examples=800)
-@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"=", b"\r\n" * 40000])))
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"=", b"<blank run>"])))
 def test_body_hash_without_copy_is_dkimpys(pieces: list[bytes]) -> None:
     head = b"From: a@ch.mssante.fr\r\n\r\n"
-    body = b"".join(pieces)
+    body = b"".join(_BLANK_RUN if p == b"<blank run>" else p for p in pieces)
     expected = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
     assert relaxed_body_hash(head + body, len(head)) == expected
 
