@@ -84,7 +84,9 @@ def _info(*sizes: tuple[str | None, int]) -> MessageInfo:
         ([("a.pdf", 20 * 2**20 + 1)], "attachment_size"),
         ([("a.pdf", 19 * 2**20), ("b.pdf", 19 * 2**20), ("c.pdf", 19 * 2**20)], None),
         ([(f"{i}.pdf", 19 * 2**20) for i in range(4)], "message_size"),
-        ([(None, 61 * 2**20)], "message_size"),
+        # Issue 13: a part without a name is held to the per-attachment limit too.
+        ([(None, 61 * 2**20)], "attachment_size"),
+        ([(None, 19 * 2**20) for _ in range(4)], "message_size"),
     ],
 )
 def test_attachment_and_message_sizes(
@@ -94,7 +96,9 @@ def test_attachment_and_message_sizes(
     verdict = POLICY.evaluate_message(facts)
     assert (None if verdict.accepted else verdict.rule) == rule
     if rule == "attachment_size":
-        assert verdict.reply is not None and "a.pdf" in verdict.reply.text
+        # Named by its file name, else by its type.
+        shown = parts[0][0] or "application/pdf"
+        assert verdict.reply is not None and f"« {shown} »" in verdict.reply.text
 
 
 def test_verdict_and_reply_invariants() -> None:

@@ -3,6 +3,8 @@ the address parser, the INS check and the MIME inspector."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 
@@ -17,7 +19,12 @@ from mss_relay.core.addresses import (
     normalize_domain,
     split_address,
 )
+from mss_relay.core.facts import MailFacts, MessageFacts, SessionFacts
+from mss_relay.core.filetypes import HEAD_SIZE
+from mss_relay.core.mailbox import Bal, BalDirectory, BalType
 from mss_relay.core.message import MAX_MIME_DEPTH, crlf_lines, inspect_message
+from mss_relay.core.policy import Limits, Policy
+from tests.support import files
 from tests.support.mail import nested_mime
 
 # --- addresses ----------------------------------------------------------------
@@ -167,3 +174,114 @@ def test_nesting_is_followed_to_the_limit_and_refused_beyond(depth: int) -> None
         assert info.structure_error is None and len(info.parts) == 1
     else:
         assert info.structure_error is not None
+
+
+# --- issue 13: layouts of the encodings, parts without a name ---------------------
+
+# What may come before or between base64 lines, and the decoder skips.
+FILLER = st.lists(st.sampled_from([b"", b" " * 300, b"\t", b"  \t ", b" " * 77]), max_size=200).map(
+    b"\r\n".join
+)
+
+
+def _one_part(headers: bytes, body: bytes) -> bytes:
+    return (
+        b"From: a@b.mssante.fr\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\ntexte\r\n--B\r\n"
+        + headers
+        + b"\r\n"
+        + body
+        + b"\r\n--B--\r\n"
+    )
+
+
+_PDF_NAMED = b"Content-Type: application/pdf; name=scan.pdf\r\n"
+
+
+@st.composite
+def base64_layouts(draw: st.DrawFn, data: bytes) -> bytes:
+    """data in base64 behind filler lines, cut into lines of the drawn
+    lengths (taken in turn), with filler lines now and then among them."""
+    encoded = base64.b64encode(data)
+    widths = draw(st.lists(st.integers(1, 120), min_size=1, max_size=8))
+    fillers = draw(st.lists(FILLER, max_size=4))
+    lines, at, turn = [draw(FILLER)], 0, 0
+    while at < len(encoded):
+        width = widths[turn % len(widths)]
+        lines.append(encoded[at : at + width])
+        at, turn = at + width, turn + 1
+        if fillers and turn % 7 == 0:
+            lines.append(fillers[turn % len(fillers)])
+    return b"\r\n".join(lines)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.binary(max_size=600))
+def test_the_first_decoded_bytes_are_seen_whatever_the_base64_layout(
+    data: st.DataObject, tail: bytes
+) -> None:
+    content = files.exe() + tail
+    headers = _PDF_NAMED + b"Content-Transfer-Encoding: base64\r\n"
+    info = inspect_message(_one_part(headers, data.draw(base64_layouts(content))))
+    assert info.parts[1].head == content[:HEAD_SIZE]
+    assert info.parts[1].decoded_size == len(content)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 200), st.integers(2, 76), st.binary(max_size=600))
+def test_the_first_decoded_bytes_are_seen_whatever_the_qp_layout(
+    soft_breaks: int, width: int, tail: bytes
+) -> None:
+    content = files.exe() + tail
+    encoded = binascii.b2a_qp(content, istext=False).replace(b"=\n", b"")
+    # Soft line breaks before and every `width` characters (never inside an =XY).
+    lines, at = [], 0
+    while at < len(encoded):
+        cut = at + width
+        while b"=" in encoded[cut - 2 : cut]:
+            cut += 1
+        lines.append(encoded[at:cut])
+        at = cut
+    body = b"=\r\n" * soft_breaks + b"=\r\n".join(lines)
+    headers = _PDF_NAMED + b"Content-Transfer-Encoding: quoted-printable\r\n"
+    info = inspect_message(_one_part(headers, body))
+    assert info.parts[1].head == content[:HEAD_SIZE]
+    assert info.parts[1].decoded_size == len(content)
+
+
+_LIMIT = 1000
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["application/dicom", "application/octet-stream", "image/png", "text/plain"]),
+    st.sampled_from([None, "irm.dcm", "=?utf-8?q?compte_rendu?="]),
+    st.sampled_from([None, "inline", "attachment"]),
+    st.integers(_LIMIT + 1, 3 * _LIMIT),
+    st.data(),
+)
+def test_every_part_over_the_limit_is_refused_named_or_not(
+    content_type: str, name: str | None, disposition: str | None, size: int, data: st.DataObject
+) -> None:
+    headers = f"Content-Type: {content_type}" + (f'; name="{name}"' if name else "") + "\r\n"
+    if disposition is not None:
+        headers += f"Content-Disposition: {disposition}\r\n"
+    headers += "Content-Transfer-Encoding: base64\r\n"
+    body = data.draw(base64_layouts(b"\x01" * size))
+    raw = _one_part(headers.encode(), body)
+    info = inspect_message(raw)
+    part = info.parts[1]
+    assert part.is_attachment is (
+        content_type != "text/plain" or name is not None or disposition == "attachment"
+    )
+    policy = Policy(
+        Limits(max_attachment_size=_LIMIT, max_message_size=60 * 2**20, max_recipients=5),
+        BalDirectory([Bal("a@b.mssante.fr", BalType.NOMINATIVE, frozenset({"jd"}))]),
+    )
+    session = SessionFacts("127.0.0.1", "h", True, "jd", "submission")
+    mail = MailFacts(session, "a@b.mssante.fr", None)
+    verdict = policy.evaluate_message(MessageFacts(mail, ("x@chu.mssante.fr",), len(raw), info))
+    assert verdict.rule == "attachment_size" and verdict.reply is not None
+    assert (verdict.reply.code, verdict.reply.enhanced) == (552, "5.3.4")
+    shown = "compte rendu" if name and name.startswith("=?") else name or content_type
+    assert f"« {shown} »" in verdict.reply.text

@@ -41,8 +41,10 @@ def attachment_sizes(
     facts: MessageFacts, max_attachment_size: int, max_message_size: int
 ) -> Verdict | None:
     """Seeds 000 §12 and 002: 20 Mo per attachment and 60 Mo per message,
-    measured on the decoded content."""
-    for part in facts.info.attachments:
+    measured on the decoded content. Every part over the limit counts, an
+    attachment or not: a 25 MB part is a file to its recipient whether it has
+    a name, a type other than text, or neither (named by its type if unnamed)."""
+    for part in facts.info.parts:
         if part.decoded_size > max_attachment_size:
             return Verdict.reject(
                 ATTACHMENT_TOO_BIG.with_text(
