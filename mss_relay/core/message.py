@@ -186,7 +186,14 @@ def _base64_head(payload: Payload) -> bytes:
         window *= 4
 
 
-def _content(cte: str, payload: Payload) -> tuple[bytes, tuple[ArchiveMember, ...] | None, bool]:
+class _Unbounded(Exception):
+    """A part whose reading has no small bound (an archive, whose inner
+    archives are inflated to list them; a TNEF): not for the event loop."""
+
+
+def _content(
+    cte: str, payload: Payload, *, bounded: bool = False
+) -> tuple[bytes, tuple[ArchiveMember, ...] | None, bool]:
     """The first bytes of a part; whether it is a zip archive, and its members.
     A zip may hide behind other bytes (a PDF with an archive appended, which
     archivers open all the same): its end record, near the end, says so. Only
@@ -205,6 +212,8 @@ def _content(cte: str, payload: Payload) -> tuple[bytes, tuple[ArchiveMember, ..
         head, tail = payload.head(HEAD_SIZE), payload.tail(_ZIP_END_WINDOW)
     if not (is_archive(head) or _ZIP_END in tail):
         return head, None, False
+    if bounded:
+        raise _Unbounded
     return head, archive_members(_decode(payload.whole(), cte)), True
 
 
@@ -219,7 +228,7 @@ def _after_padding(payload: Payload) -> bool:
 
 
 def _hidden(
-    part: Message, cte: str, payload: Payload, head: bytes
+    part: Message, cte: str, payload: Payload, head: bytes, *, bounded: bool = False
 ) -> tuple[tuple[ArchiveMember, ...], str | None]:
     """What a client finds in the part that its MIME structure does not show,
     and why its content cannot be checked, if it cannot. Decodes the part
@@ -228,6 +237,8 @@ def _hidden(
     if cte == "base64" and _after_padding(payload):
         return (), "base64 data after its padding"
     if is_tnef(head):
+        if bounded:
+            raise _Unbounded
         return tnef_files(_decode(payload.whole(), cte)), None
     if part.get_content_maintype() == "text" and (cte in _ENCODED or b"begin" in payload):
         # Text parts are small; an encoded one hides its « begin » until decoded.
@@ -253,13 +264,13 @@ def _names(part: Message) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _part_info(part: Message, payload: Payload) -> PartInfo:
+def _part_info(part: Message, payload: Payload, *, bounded: bool = False) -> PartInfo:
     names = _names(part)
     filename = names[0] if names else None
     disposition = (part.get_content_disposition() or "").lower()
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    head, members, archive = _content(cte, payload)
-    embedded, unreadable = _hidden(part, cte, payload, head)
+    head, members, archive = _content(cte, payload, bounded=bounded)
+    embedded, unreadable = _hidden(part, cte, payload, head, bounded=bounded)
     return PartInfo(
         content_type=part.get_content_type(),
         filename=filename,
@@ -447,16 +458,23 @@ def scanned(raw: bytes, *, crlf: bool = False) -> MessageInfo | None:
     library's parser must: the scan's work is bounded (a few passes of
     bytes.find per level, MAX_MIME_DEPTH levels at most), the parser's is not
     (it grows with depth times lines), so a caller on an event loop may run
-    this at once and the rest of inspect_message() in a worker thread."""
+    this at once and the rest of inspect_message() in a worker thread. None
+    too for a message with an archive or a TNEF part: listing a zip inflates
+    the archives inside it (up to 32 MiB), which is no work for the loop."""
     tree = scan(raw, crlf=crlf)
     if isinstance(tree, TooDeep):
         return _TOO_DEEP
-    return None if tree is None else _info(tree)
+    if tree is None:
+        return None
+    try:
+        return _info(tree, bounded=True)
+    except _Unbounded:
+        return None
 
 
-def _info(tree: Tree) -> MessageInfo:
+def _info(tree: Tree, *, bounded: bool = False) -> MessageInfo:
     msg = tree.root
-    parts = tuple(_part_info(p, payload) for p, payload in tree.leaves)
+    parts = tuple(_part_info(p, payload, bounded=bounded) for p, payload in tree.leaves)
     subject = _header(msg, "Subject")
     from_headers = [str(v) for v in msg.get_all("From", [])]
     sender_headers = [str(v) for v in msg.get_all("Sender", [])]

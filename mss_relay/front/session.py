@@ -74,15 +74,17 @@ def _inspect(content: bytes, wire: bytes) -> tuple[MessageInfo, Fingerprint]:
 async def inspect(content: bytes, wire: bytes) -> tuple[MessageInfo, Fingerprint]:
     """_inspect(), with no unbounded work on the event loop: a small message
     core.mime's scan reads (a bounded cost, MAX_MIME_DEPTH levels at most) is
-    inspected at once; one it cannot read goes to the standard library's
-    parser in a worker thread, whatever its size, since that parser's cost
+    inspected at once; one it cannot read, or one with an archive or a TNEF
+    part, goes to a worker thread, whatever its size, since the parser's cost
     grows with nesting depth times lines (a 118 KiB message nested 1,000
     deep held the loop about 1 s, every other session waiting)."""
     if len(content) > INLINE_LIMIT:
         return await asyncio.to_thread(_inspect, content, wire)
     info = scanned(wire, crlf=True)
     if info is None:
-        info = await asyncio.to_thread(inspect_message, wire, fast=False, crlf=True)
+        # The scan again (bounded, as above) where it reads the message but
+        # met an archive; the standard library's parser where it cannot.
+        info = await asyncio.to_thread(inspect_message, wire, crlf=True)
     return info, Fingerprint.of(content)
 
 
@@ -114,6 +116,9 @@ class RelayContext:
     rates: SendingRates | None = None
     # Messages being received at once, all listeners together (memory).
     data_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    # Notified whenever an AUTH attempt is settled: an attempt over the limit
+    # only because others are still being verified waits for them.
+    auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
     monotonic: Callable[[], float] = time.monotonic
     trusted_clients: Mapping[str, str] = field(default_factory=dict)
     # The open sessions of the whole process, for a graceful stop.
