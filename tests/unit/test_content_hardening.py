@@ -133,12 +133,20 @@ def test_only_the_stdlib_parse_leaves_the_loop(monkeypatch: pytest.MonkeyPatch) 
         info, _ = await session.inspect(raw, raw)
         return info, threading.get_ident()
 
-    for raw, parses in ((_deep(1000), False), (_part(b"", b"texte"), False), (odd, True)):
+    # A zip's listing inflates the archives inside it: in the thread too.
+    nested = files.zip_of({"in.zip": files.zip_of({"cr.pdf": files.pdf()})})
+    zipped = _part(
+        b'Content-Type: application/zip; name="d.zip"\r\nContent-Transfer-Encoding: base64\r\n',
+        base64.encodebytes(nested).replace(b"\n", b"\r\n"),
+    )
+    cases = ((_deep(1000), False), (_part(b"", b"texte"), False), (odd, True), (zipped, True))
+    for raw, parses in cases:
         parsed_in.clear()
         info, loop = asyncio.run(run(raw))
         assert bool(parsed_in) is parses
         assert loop not in parsed_in
     assert info.structure_error is None and len(info.parts) == 2
+    assert info.parts[1].members is not None  # the zip, listed (in the thread)
 
 
 # --- defect 5: the first decoded bytes, whatever the layout -----------------------
@@ -197,6 +205,20 @@ def test_every_part_over_the_limit_is_refused_naming_it(headers: bytes, shown: s
     assert verdict.rule == "attachment_size" and verdict.reply is not None
     assert (verdict.reply.code, verdict.reply.enhanced) == (552, "5.3.4")
     assert f"« {shown} »" in verdict.reply.text
+
+
+def test_a_line_break_in_the_name_of_a_part_over_the_limit_is_still_a_552() -> None:
+    """RFC 2231 lets a name carry %0A: the reply shows it as « ? » (a reply
+    text with a line break raised, and the client got 451 4.3.0 forever)."""
+    headers = b"Content-Type: application/dicom\r\nContent-Disposition: attachment;"
+    raw = _part(
+        headers + b" filename*=''irm%0D%0A.dcm\r\nContent-Transfer-Encoding: base64\r\n",
+        _DICOM,
+    )
+    verdict = _verdict(raw, max_attachment_size=100 * 1024)
+    assert verdict.reply is not None and verdict.rule == "attachment_size"
+    assert (verdict.reply.code, verdict.reply.enhanced) == (552, "5.3.4")
+    assert "« irm??.dcm »" in verdict.reply.text
 
 
 def test_every_non_text_part_is_an_attachment_and_text_stays_body() -> None:

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 
 from mss_relay.core.addresses import domain_of
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
+from mss_relay.core.filetypes import printable
 from mss_relay.core.reply import ATTACHMENT_TOO_BIG, MESSAGE_TOO_BIG
 from mss_relay.core.verdict import Verdict
 
@@ -48,7 +49,7 @@ def attachment_sizes(
         if part.decoded_size > max_attachment_size:
             return Verdict.reject(
                 ATTACHMENT_TOO_BIG.with_text(
-                    f"Pièce jointe « {part.display_name} » trop volumineuse :"
+                    f"Pièce jointe « {printable(part.display_name)} » trop volumineuse :"
                     f" {_mb(part.decoded_size)}, maximum {_mb(max_attachment_size)}"
                     " par pièce jointe"
                 ),
