@@ -253,9 +253,11 @@ class LineWriter:
 
     def _failed(self, error: Exception) -> None:
         name = _error_name(error)
+        # Failing again, whatever came between: a batch written since the
+        # outage began (its log_recovered line not yet) must not pass for health.
+        self._failing = True
         if self._outage is None:
             self._outage = _Outage(time.monotonic(), utc_now(), [name])
-            self._failing = True
             consequence = (
                 "new mail transactions get 451 4.3.0 until it works again (log.required)"
                 if self._required
