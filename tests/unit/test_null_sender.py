@@ -228,6 +228,9 @@ NONE = ConversationFacts(Status.NONE)
         # Incoming, a patient's read receipt: on a message sent to them, even closed since.
         ("inbound", P, MDN, DR, OPEN, None),
         ("inbound", P, MDN, DR, CLOSED, None),
+        # ... to the professional who asked for it, no other BAL.
+        ("inbound", P, MDN, OFFICINE, OPEN, "pas adressee a la boite aux lettres"),
+        ("inbound", P, MDN, OFFICINE, CLOSED, "pas adressee a la boite aux lettres"),
         ("inbound", P, MDN, DR, NONE, "Accuse de lecture refuse"),
         ("inbound", P, MDN, DR, None, "Accuse de lecture refuse"),
         ("inbound", P, MDN, OFFICINE, NONE, "Accuse de lecture refuse"),  # never a first message

@@ -61,6 +61,13 @@ def _officine_among(facts: MessageFacts, bals: BalDirectory) -> str | None:
     return None
 
 
+def _to_conversation(facts: MessageFacts, conv: ConversationFacts) -> bool:
+    """The message goes to the conversation's BAL, or to the Reply-To the
+    professional's message gave."""
+    targets = {normalize_address(a) for a in (conv.bal, conv.reply_to) if a}
+    return bool(targets & {normalize_address(r) for r in facts.recipients})
+
+
 def patient_conversation(
     facts: MessageFacts, conversation: ConversationFacts | None, bals: BalDirectory
 ) -> Verdict | None:
@@ -80,17 +87,24 @@ def patient_conversation(
         # Seed 004: the professional asked for it. A read receipt reports on a
         # message sent to this patient (the conversation was looked up by the
         # Message-ID it reports on, among those sent to the patient), even one
-        # closed since: reading comes after [FIN] too. It changes nothing.
+        # closed since: reading comes after [FIN] too. It changes nothing. It
+        # goes to the professional who asked for it, the conversation's BAL
+        # (or the Reply-To it gave): a receipt is no way to reach any other.
         if conv.status is not Status.NONE:
-            return None
+            if _to_conversation(facts, conv):
+                return None
+            return Verdict.reject(
+                WRONG_CONVERSATION_BAL,
+                rule="patient_conversation",
+                reason="read receipt to another BAL",
+            )
         return Verdict.reject(
             MDN_NOT_OURS,
             rule="patient_conversation",
             reason="read receipt on no message sent to this patient",
         )
     if conv.status is Status.OPEN:
-        targets = {normalize_address(a) for a in (conv.bal, conv.reply_to) if a}
-        if targets & {normalize_address(r) for r in facts.recipients}:
+        if _to_conversation(facts, conv):
             return None
         return Verdict.reject(
             WRONG_CONVERSATION_BAL, rule="patient_conversation", reason="reply to another BAL"
