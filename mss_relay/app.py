@@ -299,6 +299,7 @@ async def serve(config: Config, worker: int = 0) -> int:
     auth_guard = AuthGuard(config.throttle)
     rates = SendingRates(config.throttle)
     data_slots = asyncio.Semaphore(config.throttle.max_concurrent_messages)
+    auth_settled = asyncio.Condition()  # with the one AuthGuard
     maintenance: asyncio.Task[None] | None = None
     workers: Workers | None = None
     orphaned: asyncio.Task[None] | None = None
@@ -323,6 +324,7 @@ async def serve(config: Config, worker: int = 0) -> int:
                 auth_guard=auth_guard,
                 rates=rates,
                 data_slots=data_slots,
+                auth_settled=auth_settled,
                 trusted_clients=config.trusted_clients,
                 log_healthy=(lambda: writer.healthy) if config.log.required else None,
             )

@@ -33,7 +33,7 @@ from mss_relay.core.reply import (
     ascii_text,
 )
 from mss_relay.core.rules.syntax import path_syntax
-from mss_relay.core.throttle import connection_verdict
+from mss_relay.core.throttle import AuthGuard, connection_verdict
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import UpstreamSession
 from mss_relay.front.data import DataReceiver, DataState
@@ -55,6 +55,9 @@ _DATA_CHUNK = 1 << 18
 _DSN_MAIL_PARAMS = ("RET=", "ENVID=")
 # A hash to verify against when the user is unknown, so that timing does not
 # tell which user names exist.
+# How long an AUTH over the limit only by attempts still being verified
+# waits for them (scrypt: some 0.15 s each) before it is refused 454.
+_AUTH_WAIT = 10.0
 _DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
 
 
@@ -513,7 +516,7 @@ class RelayHandler(ClientSession):
         shown = printable(user, 64)
         guard = self.ctx.auth_guard
         if guard is not None:
-            refused = guard.begin(self.client, user, self.ctx.monotonic())
+            refused = await self._reserve_attempt(guard, user)
             if refused is not None and refused.reply is not None:
                 # Not even verified: a locked-out guesser learns nothing more.
                 self.log.warning(
@@ -529,6 +532,8 @@ class RelayHandler(ClientSession):
             # Settled whatever happens: an attempt whose outcome is not known
             # (an error, the client gone meanwhile) counts as a failure.
             delay = self._settle_attempt(user, ok)
+            if guard is not None:
+                self._notify_settled()
         self.log.info("auth", client=self.client, user=shown, result="success" if ok else "failure")
         if ok:
             self.user = user
@@ -536,6 +541,33 @@ class RelayHandler(ClientSession):
         if delay:
             await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
         return AuthResult(success=False, handled=False)
+
+    async def _reserve_attempt(self, guard: AuthGuard, user: str) -> Verdict | None:
+        """AuthGuard.begin(); where only attempts still being verified stand
+        in the way (no lockout), wait for them to settle, up to
+        _AUTH_WAIT seconds: the right password of a connector that opens
+        several sessions at once is then verified, not refused 454."""
+        deadline = self.ctx.monotonic() + _AUTH_WAIT
+        while True:
+            refused = guard.begin(self.client, user, self.ctx.monotonic())
+            left = deadline - self.ctx.monotonic()
+            if refused is None or refused.rule != "auth_in_flight" or left <= 0:
+                return refused
+            settled = self.ctx.auth_settled
+            async with settled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), left)
+
+    def _notify_settled(self) -> None:
+        settled = self.ctx.auth_settled
+
+        async def notify() -> None:
+            async with settled:
+                settled.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _settle_attempt(self, user: str, ok: bool) -> float:
         """The AuthGuard's reservation of an attempt, settled (a lockout it

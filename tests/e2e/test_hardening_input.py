@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pki, Stack, _stack
+from tests.conftest import PASSWORDS, Pki, Stack, _stack
 from tests.e2e.test_hostile import Session
 from tests.e2e.test_milter import Milter
 from tests.e2e.test_milter import milter as milter  # its relay, for this module too
@@ -134,9 +134,9 @@ def guarded(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterat
 PARALLEL = 50
 
 
-def _attempts(stack: Stack, count: int) -> list[int]:
-    """`count` connections, all past STARTTLS, then one wrong AUTH PLAIN each, at once."""
-    token = base64.b64encode(b"\0jdupont\0not-the-password").decode()
+def _attempts(stack: Stack, count: int, password: bytes = b"not-the-password") -> list[int]:
+    """`count` connections, all past STARTTLS, then one AUTH PLAIN each, at once."""
+    token = base64.b64encode(b"\0jdupont\0" + password).decode()
     ready = threading.Barrier(count, timeout=60)
 
     def attempt(_: int) -> int:
@@ -165,3 +165,13 @@ def test_parallel_wrong_passwords_verify_no_more_than_the_limits(guarded: Stack)
     assert codes.count(535) == len(verified)
     assert codes.count(454) == len(refused) == PARALLEL - len(verified)
     assert guarded.relay.wait_event("auth_lockout")[0]["locked"] == "user"
+
+
+def test_parallel_right_passwords_wait_their_turn_and_all_get_in(guarded: Stack) -> None:
+    """A connector opening more sessions at once than the limits: those over
+    them wait for the attempts being verified, and are verified in turn,
+    rather than refused 454 with the right password."""
+    codes = _attempts(guarded, 8, PASSWORDS["jdupont"].encode())
+    events = guarded.relay.wait_event("auth", 8)
+    assert codes == [235] * 8
+    assert [e["result"] for e in events] == ["success"] * 8
