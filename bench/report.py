@@ -264,9 +264,9 @@ def method(meta: dict[str, Any]) -> list[str]:
         " [smtp-sink] in brackets: no MX look-up; no milter, no header checks; queue under"
         " /tmp on the same disk, fsync as Postfix does) with bench/harness.py's"
         f" PEER_SETTINGS: {peer or '–'}. No log file: Postfix logs through syslog(3),"
-        " a syslog daemon's work, not Postfix's (with `maillog_file` its postlogd cost a"
-        " quarter of its CPU per 2 KB message: bench/postfix_variants.py); smtp-sink's count"
-        " is then the proof of delivery. Postfix is a store-and-forward MTA; mss-relay and"
+        " a syslog daemon's work, not Postfix's (bench/postfix_variants.py measures what"
+        " the log file through postlogd costs); smtp-sink's count is then the proof of"
+        " delivery. Postfix is a store-and-forward MTA; mss-relay and"
         " the pass-through hold the message and answer only once smtp-sink has.",
     ]
 
