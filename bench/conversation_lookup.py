@@ -16,15 +16,14 @@ import json
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mss_relay.state.conversations import ConversationStore
 
+# Not bench.harness's RESULTS: this module is imported by the harness
+# (make_state), and needs nothing else of the package.
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -20,6 +20,13 @@ Writes bench/results/memory.json. Loopback only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if not TYPE_CHECKING and not __package__:  # python bench/memory.py: see bench/_script.py
+    import _script
+
+    _script.rerun(__file__)
+
 import argparse
 import asyncio
 import base64
@@ -27,7 +34,6 @@ import hashlib
 import json
 import os
 import ssl
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +41,16 @@ from typing import Any
 
 import aiosmtplib
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from .harness import (
+    RESULTS,
+    RecordingUpstream,
+    RelayProcess,
+    free_port,
+    hash_password,
+    listener,
+    relay_config,
+)
 
-from mss_relay.passwords import hash_password  # noqa: E402
-from tests.support.processes import Process, Relay, free_port  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 SENDER = "bench@ch-bench.mssante.fr"
 DEST = "dest@chu-b.mssante.fr"
 
@@ -92,68 +101,33 @@ async def send_one(port: int, content: bytes) -> str:
 def run(name: str, clients: int, content: bytes, slots: int, big_limits: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mss-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        upstream_port = free_port()
-        upstream = Process(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.upstream_server",
-                "--port",
-                str(upstream_port),
-                "--dir",
-                str(tmp / "upstream"),
-                "--discard",
-            ],
-            tmp,
-            "upstream",
-        )
+        upstream = RecordingUpstream(tmp)
         limits = (
             {"max_attachment_size": "100MiB", "max_message_size": "100MiB"} if big_limits else {}
         )
-        config = {
-            "hostname": "relay.ch-bench.mssante.fr",
-            "listeners": [
-                {
-                    "name": "submission",
-                    "role": "submission",
-                    "host": "127.0.0.1",
-                    "port": free_port(),
-                    "tls": "starttls",
-                }
-            ],
-            "tls": {
-                "certificate": "tls/relay.pem",
-                "private_key": "tls/relay.key",
-                "self_signed": True,
-            },
-            "dkim": [
-                {
-                    "domain": "ch-bench.mssante.fr",
-                    "selector": "bench",
-                    "private_key": "dkim/bench.key",
-                    "generate": True,
-                }
-            ],
-            "upstream": {"host": "127.0.0.1", "port": upstream_port, "tls": "none", "timeout": 600},
-            "limits": {**limits, "max_recipients": 5},
-            "throttle": {
+        config = relay_config(
+            tmp,
+            [listener("submission", free_port(), tls="starttls")],
+            upstream.port,
+            tls=True,
+            limits={**limits, "max_recipients": 5},
+            throttle={
                 "max_concurrent_messages": slots,
                 "messages_per_minute": 0,
                 "recipients_per_hour": 0,
                 "max_connections_per_client": clients + 5,
             },
-            "timeouts": {"busy_wait": 900, "data": 1800},
-            "users": [{"name": "bench", "password_hash": hash_password("bench")}],
-            "bals": [{"address": SENDER, "type": "applicative", "users": ["bench"]}],
-            "state": {"database": "var/state.sqlite3"},
-            "log": {"file": "var/log/relay.jsonl"},
-        }
-        relay = Relay(tmp, config)
-        upstream.start(upstream_port)
+            timeouts={"busy_wait": 900, "data": 1800},
+            # AUTH as the applicative user, not a trusted client.
+            users=[{"name": "bench", "password_hash": hash_password("bench")}],
+            bals=[{"address": SENDER, "type": "applicative", "users": ["bench"]}],
+            trusted_clients=None,
+        )
+        relay = RelayProcess(tmp, config)
+        upstream.start()
         relay.start()
         try:
-            assert relay.process.proc is not None
-            pid = relay.process.proc.pid
+            pid = relay.server.pid
             rest = rss_kib(pid, "VmRSS")
 
             async def all_clients() -> list[str]:
@@ -165,7 +139,7 @@ def run(name: str, clients: int, content: bytes, slots: int, big_limits: bool) -
             replies = asyncio.run(all_clients())
             elapsed = time.monotonic() - started
             peak = rss_kib(pid, "VmHWM")
-            metas = [json.loads(p.read_text()) for p in (tmp / "upstream").glob("*.json")]
+            metas = upstream.received()
         finally:
             relay.stop()
             upstream.stop()

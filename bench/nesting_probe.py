@@ -5,7 +5,7 @@
 Issue 13, defect 1: one client's hostile messages must not freeze every other
 session. The real relay (1 worker, bench/compare.py's configuration, DKIM
 signing, smtp-sink upstream) with a milter listener too. A probe sends 2 KB
-messages (bench/compare_load.py's) one after the other, on the SMTP listener
+messages (bench/load.py's) one after the other, on the SMTP listener
 over one session, and on the milter one transaction per connection (as
 tests/support/milter_client.py drives it); its latency per message is taken
 from MAIL to the final reply. First quiet, then while an attacker process
@@ -20,12 +20,18 @@ Loopback only; a machine shared with other work gives noisy figures.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if not TYPE_CHECKING and not __package__:  # python bench/nesting_probe.py: see bench/_script.py
+    import _script
+
+    _script.rerun(__file__)
+
 import argparse
 import json
 import multiprocessing
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,20 +39,24 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tests.support.milter_client import MilterClient
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+from .harness import (
+    DPI_USER,
+    RESULTS,
+    RelayProcess,
+    Sink,
+    free_port,
+    make_dkim_key,
+    relay_config,
+)
+from .harness import (
+    listener as smtp_listener,
+)
+from .load import RECIPIENT, SENDER, build_message, parse_size, wire_bytes
+from .report import percentile
+from .targets import RELAY_SECTIONS
 
-from compare import percentile  # noqa: E402
-from compare_load import RECIPIENT, SENDER, Sink, build_message, parse_size, wire_bytes  # noqa: E402
-from compare_targets import DPI_USER, Server, make_dkim_key, relay_config  # noqa: E402
-
-from tests.support.milter_client import MilterClient  # noqa: E402
-from tests.support.processes import free_port, wait_port  # noqa: E402
-
-RESULTS = BENCH / "results"
 PROBE_SIZE = parse_size("2KB")
 ATTACKS = ("deep", "deep-odd")
 
@@ -202,36 +212,27 @@ def main() -> None:
     results: dict[str, Any] = {"probes": args.probes, "levels": args.levels}
     with tempfile.TemporaryDirectory(prefix="mss-bench-") as name:
         work = Path(name)
-        make_dkim_key(work / "dkim")
-        sink = Sink(free_port(), work)
-        sink.start()
-        (work / "relay").mkdir()
+        key = make_dkim_key(work / "dkim")
         port, milter_port = free_port(), free_port()
-        config = relay_config(port, sink.port, 1, work / "relay")
-        config["listeners"].append(
-            {"name": "milter", "role": "milter", "host": "127.0.0.1", "port": milter_port}
-        )
-        path = work / "relay" / "relay.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        relay = Server(
-            [sys.executable, "-m", "mss_relay", "serve", "--config", str(path)], work, "relay"
-        )
-        try:
-            relay.start(port)
-            assert relay.proc is not None
-            wait_port(milter_port, relay.proc)
-            for listener, listener_port in (("smtp", port), ("milter", milter_port)):
-                results[listener] = measure(listener, listener_port, args.probes, args.levels)
-        finally:
-            relay.stop()
-            sink.stop()
+        milter = {"name": "milter", "role": "milter", "host": "127.0.0.1", "port": milter_port}
+        with Sink(free_port(), work) as sink:
+            config = relay_config(
+                work / "relay",
+                [smtp_listener("dpi", port), milter],
+                sink.port,
+                dkim_key=key,
+                **RELAY_SECTIONS,
+            )
+            with RelayProcess(work / "relay", config):
+                for name, listener_port in (("smtp", port), ("milter", milter_port)):
+                    results[name] = measure(name, listener_port, args.probes, args.levels)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "nesting_probe.json").write_text(json.dumps(results, indent=2) + "\n")
-    for listener in ("smtp", "milter"):
-        quiet = results[listener]["quiet"]
-        print(f"{listener}: quiet median {quiet['median_ms']} ms, p95 {quiet['p95_ms']} ms")
+    for name in ("smtp", "milter"):
+        quiet = results[name]["quiet"]
+        print(f"{name}: quiet median {quiet['median_ms']} ms, p95 {quiet['p95_ms']} ms")
         for attack in ATTACKS:
-            c = results[listener][attack]
+            c = results[name][attack]
             print(
                 f"  under {attack} ({c['attack_kib']} KiB, {c['attack_messages']} sent,"
                 f" {c['attack_550_5_6_0']} x 550 5.6.0): median {c['median_ms']} ms"

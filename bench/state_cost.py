@@ -16,36 +16,37 @@ Writes bench/results/state_cost.json. Loopback only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if not TYPE_CHECKING and not __package__:  # python bench/state_cost.py: see bench/_script.py
+    import _script
+
+    _script.rerun(__file__)
+
 import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
-
-from compare_load import SENDER, Sink  # noqa: E402
-from compare_targets import (  # noqa: E402
-    Server,
-    cpu_seconds,
+from .harness import (
+    RESULTS,
+    RelayProcess,
+    Sink,
+    free_port,
+    listener,
     make_dkim_key,
     make_state,
-    process_tree,
     relay_config,
 )
+from .load import SENDER
+from .procfs import cpu_seconds
+from .targets import RELAY_SECTIONS
 
-from tests.support.processes import free_port  # noqa: E402
-
-RESULTS = BENCH / "results"
 SESSIONS = 10
 
 
@@ -115,7 +116,7 @@ class Subject:
 
     count: int
     directory: Path
-    relay: Server
+    relay: RelayProcess
     port: int
     fill_seconds: float
     runs: list[dict[str, float]] = field(default_factory=list)
@@ -126,14 +127,13 @@ def prepare(count: int, work: Path, sink: Sink) -> Subject:
     directory.mkdir()
     seconds = make_state(directory / "state.sqlite3", count)
     port = free_port()
-    config = relay_config(port, sink.port, 1, directory)
-    path = directory / "relay.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    relay = Server(
-        [sys.executable, "-m", "mss_relay", "serve", "--config", str(path)], directory, "relay"
+    key = work / "dkim" / "bench.key"
+    config = relay_config(
+        directory, [listener("dpi", port)], sink.port, dkim_key=key, **RELAY_SECTIONS
     )
-    relay.start(port)
-    one_run(port, process_tree(relay.pid), 100, 7_000_000)  # warm-up, not recorded
+    relay = RelayProcess(directory, config)
+    relay.start()
+    one_run(port, relay.pids(), 100, 7_000_000)  # warm-up, not recorded
     return Subject(count, directory, relay, port, seconds)
 
 
@@ -148,7 +148,7 @@ def measure_all(
             subjects.append(prepare(count, work, sink))
         for i in range(repeats):
             for s in subjects:
-                pids = process_tree(s.relay.pid)
+                pids = s.relay.pids()
                 s.runs.append(one_run(s.port, pids, messages, i * messages))
     finally:
         for s in subjects:
@@ -179,12 +179,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mss-bench-") as name:
         work = Path(name)
         make_dkim_key(work / "dkim")
-        sink = Sink(free_port(), work)
-        sink.start()
-        try:
+        with Sink(free_port(), work) as sink:
             results = measure_all(args.counts, args.messages, args.repeats, work, sink)
-        finally:
-            sink.stop()
     by_count = sorted(results, key=lambda r: r["conversations"])
     first, last = by_count[0], by_count[-1]
     summary = {

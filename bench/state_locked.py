@@ -13,23 +13,29 @@ Loopback only; prints the figures, writes nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if not TYPE_CHECKING and not __package__:  # python bench/state_locked.py: see bench/_script.py
+    import _script
+
+    _script.rerun(__file__)
+
 import argparse
 import concurrent.futures
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import trustme
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
+from mss_relay.passwords import hash_password
 
-from mss_relay.passwords import hash_password  # noqa: E402
-from tests.conftest import PASSWORDS, Pki, Stack, base_config  # noqa: E402
-from tests.support.mail import connect, make_message, wire_data  # noqa: E402
-from tests.support.processes import Relay, Upstream  # noqa: E402
+# The tests' own stack and configuration, on purpose: this reproduces the
+# end-to-end scenario of issue 13 (defect 3) outside pytest, with a timer.
+from tests.conftest import PASSWORDS, Pki, Stack, base_config
+from tests.support.mail import connect, make_message, wire_data
+from tests.support.processes import Relay, Upstream
 
 DR = "jean.dupont@ch-exemple.mssante.fr"
 PATIENTS = (

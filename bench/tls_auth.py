@@ -13,12 +13,18 @@ of STARTTLS + AUTH. Writes bench/results/tls_auth.json.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if not TYPE_CHECKING and not __package__:  # python bench/tls_auth.py: see bench/_script.py
+    import _script
+
+    _script.rerun(__file__)
+
 import argparse
 import asyncio
 import json
 import ssl
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,13 +32,16 @@ from typing import Any
 
 import aiosmtplib
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from .harness import (
+    RESULTS,
+    RecordingUpstream,
+    RelayProcess,
+    free_port,
+    hash_password,
+    listener,
+    relay_config,
+)
 
-from mss_relay.passwords import hash_password  # noqa: E402
-from tests.support.processes import Process, Relay, free_port  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 SENDER = "bench@ch-bench.mssante.fr"
 DEST = "dest@chu-b.mssante.fr"
 MESSAGE = (
@@ -57,34 +66,17 @@ async def one(port: int, secure: bool) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def config(upstream_port: int, ports: tuple[int, int]) -> dict[str, Any]:
-    return {
-        "hostname": "relay.ch-bench.mssante.fr",
-        "listeners": [
-            {"name": "tls", "role": "submission", "port": ports[0], "tls": "starttls"},
-            {"name": "plain", "role": "submission", "port": ports[1], "tls": "none"},
-        ],
-        "tls": {
-            "certificate": "tls/relay.pem",
-            "private_key": "tls/relay.key",
-            "self_signed": True,
-        },
-        "dkim": [
-            {
-                "domain": "ch-bench.mssante.fr",
-                "selector": "bench",
-                "private_key": "dkim/bench.key",
-                "generate": True,
-            }
-        ],
-        "upstream": {"host": "127.0.0.1", "port": upstream_port, "tls": "none"},
-        "throttle": {"messages_per_minute": 0, "recipients_per_hour": 0},
-        "users": [{"name": "bench", "password_hash": hash_password("bench-password")}],
-        "bals": [{"address": SENDER, "type": "applicative", "users": ["bench"]}],
-        "trusted_clients": {"127.0.0.1": "bench"},
-        "state": {"database": "var/state.sqlite3"},
-        "log": {"file": "var/log/relay.jsonl"},
-    }
+def config(work: Path, upstream_port: int, ports: tuple[int, int]) -> dict[str, Any]:
+    return relay_config(
+        work,
+        [listener("tls", ports[0], tls="starttls"), listener("plain", ports[1])],
+        upstream_port,
+        tls=True,
+        throttle={"messages_per_minute": 0, "recipients_per_hour": 0},
+        users=[{"name": "bench", "password_hash": hash_password("bench-password")}],
+        bals=[{"address": SENDER, "type": "applicative", "users": ["bench"]}],
+        trusted_clients={"127.0.0.1": "bench"},
+    )
 
 
 def main() -> None:
@@ -93,12 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mss-bench-") as name:
         tmp = Path(name)
-        upstream_port, ports = free_port(), (free_port(), free_port())
-        command = [sys.executable, "-m", "tests.support.upstream_server", "--discard"]
-        command += ["--port", str(upstream_port), "--dir", str(tmp / "upstream")]
-        upstream = Process(command, tmp, "upstream")
-        relay = Relay(tmp, config(upstream_port, ports))
-        upstream.start(upstream_port)
+        ports = (free_port(), free_port())
+        upstream = RecordingUpstream(tmp)
+        relay = RelayProcess(tmp, config(tmp, upstream.port, ports))
+        upstream.start()
         relay.start()
         try:
 

@@ -1,5 +1,10 @@
-"""The load side of bench/compare.py: the message, smtp-sink, smtp-source and
-the timed probe client.
+"""The load side of bench/compare.py: the message, smtp-source and the timed
+probe client, in either connection pattern:
+
+    persistent   one connection per session, message after message (smtp-source -d):
+                 a DPI connector
+    new          a new connection for each message (HELO, MAIL, RCPT, DATA, QUIT):
+                 Thunderbird, Outlook
 
 Everything here only drives C programs (smtp-source, smtp-sink) or plain
 sockets: the Python process that measures must not be what limits the rates.
@@ -8,11 +13,9 @@ sockets: the Python process that measures must not be what limits the rates.
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -20,13 +23,15 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import IO
+from typing import Literal
 
-SENDER = "secretariat.cardio@ch-bench.mssante.fr"
+from .harness import DPI_BAL, Counter, stop_process
+
+SENDER = DPI_BAL
 RECIPIENT = "dr.martin@chu-b.mssante.fr"
 BOUNDARY = "=_mss-bench-7f3a9c"
-# smtp-sink as root must drop privileges (-u); nobody exists everywhere.
-SINK_USER = "nobody"
+Pattern = Literal["persistent", "new"]
+PATTERNS: tuple[Pattern, ...] = ("persistent", "new")
 # A PDF starts with %PDF-: the relay's attachment rule looks at the first
 # bytes, and a random head could look like an executable (MZ...).
 PDF_HEAD = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
@@ -120,105 +125,6 @@ def wire_bytes(text: str) -> bytes:
     return b"\r\n".join(stuffed) + b"\r\n.\r\n"
 
 
-# -- counters read from smtp-sink / smtp-source ---------------------------------------
-
-
-class Counter:
-    """A number printed again and again on a pipe ("mesg=12\\r", "12\\r"),
-    read by a thread; each change is time-stamped."""
-
-    def __init__(self, pattern: bytes) -> None:
-        self.pattern = re.compile(pattern)
-        self.value = 0
-        self.changed_at = 0.0
-        self._cond = threading.Condition()
-
-    def feed(self, stream: IO[bytes]) -> None:
-        buffer = b""
-        # read1: whatever the pipe holds now, without waiting for a full buffer.
-        read = getattr(stream, "read1", stream.read)
-        while chunk := read(65536):
-            now = time.monotonic()
-            buffer += chunk
-            records = buffer.split(b"\r")
-            buffer = records.pop()
-            values = [int(m[1]) for r in records if (m := self.pattern.search(r))]
-            if values and values[-1] != self.value:
-                self._update(values[-1], now)
-
-    def _update(self, value: int, now: float) -> None:
-        with self._cond:
-            self.value = value
-            self.changed_at = now
-            self._cond.notify_all()
-
-    def wait_for(self, value: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.value >= value, timeout)
-
-    def wait_quiet(self, quiet: float, timeout: float) -> bool:
-        """Until nothing changed for `quiet` seconds (a previous run's tail)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if time.monotonic() - self.changed_at >= quiet:
-                return True
-            time.sleep(quiet / 4)
-        return False
-
-
-def _reader(stream: IO[bytes] | None, counter: Counter) -> threading.Thread:
-    assert stream is not None  # started with stdout=PIPE
-    thread = threading.Thread(target=counter.feed, args=(stream,), daemon=True)
-    thread.start()
-    return thread
-
-
-class Sink:
-    """smtp-sink on 127.0.0.1, counting every message it received (-c)."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.counter = Counter(rb"mesg=(\d+)")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # -m: room for every session (load + relay upstream connections);
-        # backlog 1024: no connection refused in a burst.
-        args = ["smtp-sink", "-c", "-m", "1000", f"inet:127.0.0.1:{self.port}", "1024"]
-        if os.geteuid() == 0:  # it refuses to run as root without -u
-            args[1:1] = ["-u", SINK_USER]
-        err = (self.workdir / "smtp-sink.stderr").open("ab")
-        with err:
-            self.proc = subprocess.Popen(
-                args, stdout=subprocess.PIPE, stderr=err, start_new_session=True
-            )
-        _reader(self.proc.stdout, self.counter)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL to the process group it leads (it was started
-    with start_new_session, so the group is ours only)."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):  # gone meanwhile
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 # -- smtp-source ---------------------------------------------------------------
 
 
@@ -232,12 +138,14 @@ class SourceRun:
 
 
 def run_source(
-    port: int, message_file: Path, sessions: int, count: int, deadline: float
+    port: int, message_file: Path, sessions: int, count: int, deadline: float, pattern: Pattern
 ) -> SourceRun:
     """smtp-source, persistent sessions (-d: a DPI connector keeps its
-    connection), aborting at the first refusal (no -A): a refused message
-    is an error of the run, not a figure."""
-    args = ["smtp-source", "-c", "-d", "-s", str(sessions), "-m", str(count)]
+    connection) or a new connection per message (no -d: each session sends
+    one message, QUIT, connects again), aborting at the first refusal (no
+    -A): a refused message is an error of the run, not a figure."""
+    args = ["smtp-source", "-c", *(["-d"] if pattern == "persistent" else [])]
+    args += ["-s", str(sessions), "-m", str(count)]
     args += ["-f", SENDER, "-t", RECIPIENT, "-M", "dpi.ch-bench.mssante.fr"]
     args += ["-F", str(message_file), f"inet:127.0.0.1:{port}"]
     # -c counts a message when its final dot is *sent*, before the reply:
@@ -246,7 +154,7 @@ def run_source(
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
-    reader = _reader(proc.stdout, counter)
+    reader = counter.follow(proc.stdout)
     timed_out = False
     try:
         proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -265,12 +173,16 @@ def run_source(
 
 @dataclass
 class Probe:
-    """One SMTP session, like an smtp-source session (HELO, then MAIL, RCPT,
-    DATA in turn over one connection), that times each message from MAIL to
-    the final reply. Plain sockets: its own cost is a few system calls."""
+    """One SMTP client, like an smtp-source session, that times each message.
+    persistent: HELO, then MAIL, RCPT, DATA in turn over one connection, each
+    message timed from MAIL to the final reply; new: a connection per message,
+    timed from connect to the final reply (what a mail client waits: greeting,
+    HELO and the transaction), then QUIT. Plain sockets: its own cost is a
+    few system calls."""
 
     port: int
     wire: bytes
+    pattern: Pattern = "persistent"
     limit: int | None = None  # messages to send; None: until stop is set
     deadline: float = math.inf  # time.monotonic() after which no message is begun
     timeout: float = 600.0  # of each socket operation
@@ -283,27 +195,37 @@ class Probe:
 
     def run(self) -> None:
         try:
-            address = ("127.0.0.1", self.port)
-            with socket.create_connection(address, timeout=self.timeout) as sock:
-                self._session(sock)
+            if self.pattern == "persistent":
+                with self._connect() as sock:
+                    while self._more():
+                        self._message(sock, time.monotonic())
+                    self._command(sock, b"QUIT", b"221")
+            else:
+                while self._more():
+                    started = time.monotonic()
+                    with self._connect() as sock:
+                        self._message(sock, started)
+                        self._command(sock, b"QUIT", b"221")
         except (OSError, RuntimeError) as error:
             self.error = f"probe: {error}"
 
-    def _session(self, sock: socket.socket) -> None:
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
         self._expect(sock, b"220")
         self._command(sock, b"HELO probe.ch-bench.mssante.fr", b"250")
-        while self._more():
-            started = time.monotonic()
-            self._command(sock, f"MAIL FROM:<{SENDER}>".encode(), b"250")
-            self._command(sock, f"RCPT TO:<{RECIPIENT}>".encode(), b"250")
-            self._command(sock, b"DATA", b"354")
-            sock.sendall(self.wire)
-            self._expect(sock, b"250")
-            self.last_done = time.monotonic()
-            self.latencies.append(self.last_done - started)
-            self.accepted += 1
-        self._command(sock, b"QUIT", b"221")
+        return sock
+
+    def _message(self, sock: socket.socket, started: float) -> None:
+        self._command(sock, f"MAIL FROM:<{SENDER}>".encode(), b"250")
+        self._command(sock, f"RCPT TO:<{RECIPIENT}>".encode(), b"250")
+        self._command(sock, b"DATA", b"354")
+        sock.sendall(self.wire)
+        self._expect(sock, b"250")
+        self.last_done = time.monotonic()
+        self.latencies.append(self.last_done - started)
+        self.accepted += 1
 
     def _more(self) -> bool:
         if self.stop.is_set() or time.monotonic() > self.deadline:
