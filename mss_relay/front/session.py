@@ -427,6 +427,8 @@ class ClientSession:
                 self.log.warning("dkim_sign_error", txid=txn.txid, error=signed.failure)
                 self.decision("sign", refused)
                 return Ending(examined, refused)
+            if signed.failure is not None:  # fail closed: never an empty or unsigned message
+                raise RuntimeError("a message that could not be signed was not refused")
         return Ending(
             examined,
             examined.verdict,
