@@ -107,7 +107,10 @@ def make_signer(config: Config, *, create: bool) -> Signer:
 def make_verifier(config: Config) -> Verifier:
     path = config.inbound.dkim_dns_file
     if path is None:
-        return Verifier(config.hostname, dns_lookup(config.inbound.dns_timeout))
+        # dkimpy passes its own timeout to each look-up, in place of the
+        # lookup's default: inbound.dns_timeout must be given to both.
+        timeout = config.inbound.dns_timeout
+        return Verifier(config.hostname, dns_lookup(timeout), timeout)
     try:
         answers = load_answers(path)
     except (OSError, UnicodeError, ValueError, yaml.YAMLError) as error:

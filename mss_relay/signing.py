@@ -233,6 +233,17 @@ def _header_lines(message: bytes) -> list[bytes]:
     return [line for line in block.split(b"\r\n") if line and line[:1] not in b" \t"]
 
 
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """Signer.attempt()'s outcome: the signatures (and the message signed, when
+    asked for), or the name of dkimpy's error on a message it cannot sign
+    (the policy refuses it: core.rules.signing.dkim_signable)."""
+
+    signatures: bytes = b""
+    message: bytes = b""  # signatures + message, for whole=True
+    failure: str | None = None
+
+
 class Signer:
     """The keys of the configuration, looked up by the sender's domain."""
 
@@ -257,6 +268,20 @@ class Signer:
     def sign(self, message: bytes, keys: tuple[DkimKey, ...], *, crlf: bool = False) -> bytes:
         """Every signature for the message, ready to put on top of it."""
         return b"".join(sign(message, key, crlf=crlf) for key in keys)
+
+    def attempt(
+        self, message: bytes, keys: tuple[DkimKey, ...], *, crlf: bool = False, whole: bool = False
+    ) -> Signed:
+        """sign(), with what dkimpy raises on a message it cannot sign (a
+        header block it cannot parse: dkim.DKIMException) as an outcome; any
+        other error is the relay's own (an internal error, 451 4.3.0).
+        whole: the message signed too, built here (in the worker thread that
+        signs a large one, not on the event loop)."""
+        try:
+            signatures = self.sign(message, keys, crlf=crlf)
+        except dkim.DKIMException as error:
+            return Signed(failure=type(error).__name__)
+        return Signed(signatures, signatures + message if whole else b"")
 
 
 def generate_key(algorithm: str, bits: int = DEFAULT_RSA_BITS) -> tuple[bytes, bytes]:

@@ -6,11 +6,18 @@ policy never sees a socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from mss_relay.core.authentication import DkimCheck
 from mss_relay.core.conversation import ConversationFacts
 from mss_relay.core.message import MessageInfo
+from mss_relay.core.verdict import Verdict
+
+# A sending rate (core.throttle.SendingRates), checked and counted by calling
+# it: the policy calls it last, once every other check passed, so that a
+# refused message or recipient uses none of the user's allowance.
+RateCheck = Callable[[], Verdict | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +34,10 @@ class MailFacts:
     session: SessionFacts
     sender: str
     declared_size: int | None  # the MAIL FROM SIZE= parameter, if any
+    # log.required: False while the audit log cannot be written.
+    log_writable: bool = True
+    # messages_per_minute of the user (None: no limit, or no user).
+    rate: RateCheck | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,10 @@ class RcptFacts:
     mail: MailFacts
     recipient: str
     accepted_so_far: int  # recipients already accepted in this transaction
+    # recipients_per_hour of the user (None: no limit, or no user).
+    rate: RateCheck | None = field(default=None, compare=False, repr=False)
+    # Why the conversation state cannot record a message now (None: it can).
+    state_unavailable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +61,5 @@ class MessageFacts:
     conversation: ConversationFacts | None = None
     # Incoming side: the DKIM signatures' outcomes (None when not checked).
     dkim: tuple[DkimCheck, ...] | None = None
+    # log.required, checked again at the end of DATA (it may fail since MAIL).
+    log_writable: bool = True

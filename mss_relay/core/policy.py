@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import BalDirectory
-from mss_relay.core.rules import content, inbound, null_sender, recipients, sender, size
+from mss_relay.core.rules import (
+    availability,
+    content,
+    inbound,
+    null_sender,
+    recipients,
+    sender,
+    signing,
+    size,
+)
 from mss_relay.core.verdict import Verdict
 
 INBOUND = "inbound"
@@ -58,7 +67,9 @@ class Policy:
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
-        checks: list[Check] = []
+        checks: list[Check] = [
+            ("log_required", lambda: availability.log_required(facts.log_writable))
+        ]
         incoming = facts.session.role == INBOUND
         if not facts.sender:  # <>: a notification, decided at the end of DATA
             checks.append(("null_sender", lambda: null_sender.null_sender_at_mail(facts, incoming)))
@@ -67,6 +78,8 @@ class Policy:
         else:
             checks.append(("sender_owned", lambda: sender.sender_owned(facts, self.bals)))
         checks.append(("declared_size", lambda: size.declared_size(facts, limits.max_message_size)))
+        if facts.rate is not None:
+            checks.append(("messages_per_minute", facts.rate))
         return _first("mail", checks)
 
     def evaluate_rcpt(self, facts: RcptFacts) -> Verdict:
@@ -88,6 +101,10 @@ class Policy:
         checks.append(
             ("max_recipients", lambda: recipients.max_recipients(facts, limits.max_recipients))
         )
+        if facts.rate is not None:
+            checks.append(("recipients_per_hour", facts.rate))
+        if facts.mail.session.role != INBOUND:
+            checks.append(("conversation_state", lambda: availability.conversation_state(facts)))
         return _first("rcpt", checks)
 
     def evaluate_message(self, facts: MessageFacts) -> Verdict:
@@ -126,4 +143,16 @@ class Policy:
             checks.append(
                 ("per_domain_size", lambda: size.per_domain_size(facts, limits.per_domain))
             )
+        # The log may have failed since MAIL: nothing is sent on without its trace.
+        checks.append(("log_required", lambda: availability.log_required(facts.log_writable)))
         return _first("data", checks)
+
+    def evaluate_wire_size(self, received: int) -> Verdict | None:
+        """The milter, as the message comes (None while within the limit):
+        the refusal is the message's, decided before its end."""
+        return size.wire_size(received, self.limits.wire_size_limit)
+
+    def evaluate_signature(self, failure: str | None) -> Verdict | None:
+        """After signing (outgoing side): a message dkimpy could not sign
+        (failure names its error) is refused; None when it was signed."""
+        return signing.dkim_signable(failure)

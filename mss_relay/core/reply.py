@@ -167,3 +167,16 @@ def ascii_text(text: str) -> str:
     text = text.replace("« ", "«").replace(" »", "»").replace("\u00a0»", "»")
     folded = unicodedata.normalize("NFKD", text.translate(_ASCII_PUNCTUATION))
     return "".join(c for c in folded if 32 <= ord(c) < 127)
+
+
+# The end of a message (issue 14): replies that quote the transaction's id,
+# written once for the SMTP listener and the milter.
+def internal_error(ref: str) -> Reply:
+    """RFC 3463 §3.4: an unexpected failure of the relay, 451 4.3.0; the id
+    finds its `internal_error` line in the log (the error's text is never sent)."""
+    return INTERNAL_ERROR.with_text(f"Erreur interne temporaire, réessayez plus tard (id {ref})")
+
+
+def message_accepted(txid: str) -> Reply:
+    """The upstream took the message: 250, with the id of its log lines."""
+    return MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txid})")

@@ -216,14 +216,14 @@ class SendingRates:
 
     def message(self, user: str | None, now: float) -> Verdict | None:
         """Check and count one more message for the user."""
-        return self._take(self._messages, user, now, RATE_MESSAGES, "messages_per_minute")
+        return self._take(self._messages, user, now, RATE_MESSAGES, rule="messages_per_minute")
 
     def recipient(self, user: str | None, now: float) -> Verdict | None:
-        return self._take(self._recipients, user, now, RATE_RECIPIENTS, "recipients_per_hour")
+        return self._take(self._recipients, user, now, RATE_RECIPIENTS, rule="recipients_per_hour")
 
     @staticmethod
     def _take(
-        window: SlidingWindow | None, user: str | None, now: float, reply: Reply, rule: str
+        window: SlidingWindow | None, user: str | None, now: float, reply: Reply, *, rule: str
     ) -> Verdict | None:
         if window is None or user is None:
             return None

@@ -20,14 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import traceback
 
 from mss_relay.config import ListenerConfig
 from mss_relay.core.message import crlf_lines
-from mss_relay.core.reply import BUSY, INTERNAL_ERROR, MESSAGE_TOO_BIG, UNSIGNABLE, ascii_text
-from mss_relay.core.verdict import Verdict
+from mss_relay.core.reply import BUSY, ascii_text
 from mss_relay.front import milter_protocol as mp
-from mss_relay.front.session import ClientSession, RelayContext, message_work
+from mss_relay.front.session import ClientSession, Ending, RelayContext
 
 # What mss-relay asks of Postfix: add headers (Message-ID, Date,
 # Authentication-Results, DKIM-Signature) and delete forged
@@ -126,15 +124,11 @@ class MilterSession(ClientSession):
         except mp.MilterProtocolError:
             raise
         except Exception as error:
-            ref = self.txn.txid if self.txn else self.session_id
-            frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
-            where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
-            self.log.error("internal_error", txid=ref, error=type(error).__name__, where=where)
+            reply = self.internal_error(error)
             self._end_transaction("tempfailed", "internal error")
             if packet.command in _SILENT:
                 return b""
-            text = f"Erreur interne temporaire, réessayez plus tard (id {ref})"
-            return _reply(str(INTERNAL_ERROR.with_text(text)))
+            return _reply(str(reply))
 
     async def _handle(self, packet: mp.Packet) -> bytes | None:
         command, data = packet.command, packet.data
@@ -217,15 +211,12 @@ class MilterSession(ClientSession):
         return mp.CONTINUE
 
     def _size_check(self) -> bytes:
-        if self.size <= self.ctx.policy.limits.wire_size_limit:
+        verdict = self.ctx.policy.evaluate_wire_size(self.size)
+        if verdict is None or verdict.reply is None:
             return mp.CONTINUE
-        limit = self.ctx.policy.limits.wire_size_limit
-        verdict = Verdict.reject(
-            MESSAGE_TOO_BIG, rule="wire_size", reason=f"more than {limit} bytes received"
-        )
         self.decision("data", verdict, size=self.size)
-        self._end_transaction("rejected", str(MESSAGE_TOO_BIG))
-        return _reply(str(MESSAGE_TOO_BIG))
+        self._end_transaction("rejected", str(verdict.reply))
+        return _reply(str(verdict.reply))
 
     async def _take_slot(self) -> bytes:
         """The body is held in memory until the end of the message: a cap on
@@ -256,63 +247,51 @@ class MilterSession(ClientSession):
         return " " + value if self.leading_space else value
 
     async def _end_of_message(self) -> bytes:
-        txn = self.txn
-        if txn is None:
+        """The pipeline's ending, rendered as milter replies: the refusal, or
+        the header changes for Postfix to make (it delivers the message)."""
+        if self.txn is None:
             return mp.CONTINUE
-        examined = await self.examine(self._message([]))
-        info, verdict = examined.info, examined.verdict
+        ending = await self.finish(self._message([]))
         queue_id = self.macros.get("i")
-        if verdict.reply is not None:
-            self.outcome(
-                "rejected",
-                str(verdict.reply),
-                content=examined.fingerprint,
-                info=info,
-                verdict=verdict,
-                queue_id=queue_id,
-            )
+        if ending.refusal is not None:
+            await self.settle(ending, "rejected", str(ending.refusal), queue_id=queue_id)
             self._end_transaction()
-            return _reply(str(verdict.reply))
-        actions: list[bytes] = []
-        fields, message_id = self.added_headers(txn.txid, info)
-        added = [(name, self._value(value)) for name, value in fields]
-        verifier = self.ctx.verifier if self.inbound else None
-        if verifier is not None and examined.dkim is not None:
-            actions += self._forged_results_removed()
-            name, _, value = verifier.header(examined.dkim).decode("ascii").partition(":")
-            actions.append(mp.insert_header(0, name, self._value(value.strip())))
-        actions += [mp.add_header(name, value) for name, value in added]
-        keys = self.signing_keys(txn.mail.sender, info)
-        if keys:
-            message = self._message(added)
-            try:
-                signatures = await message_work(len(message), self.ctx.signer.sign, message, keys)
-            except Exception as error:  # dkimpy's errors on a message it cannot sign
-                self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
-                self.outcome(
-                    "rejected", str(UNSIGNABLE), content=examined.fingerprint, queue_id=queue_id
-                )
-                self._end_transaction()
-                return _reply(str(UNSIGNABLE))
-            # Last, and on top: the signatures cover every other change. One
-            # line each (folding inside a milter header value is not portable;
-            # relaxed canonicalization makes both forms the same).
-            for signature in _fields(signatures):
-                name, _, value = signature.partition(":")
-                actions.append(mp.insert_header(0, name, self._value(value.strip())))
-        await self.record(examined.facts, message_id)
-        self.outcome(
+            return _reply(str(ending.refusal))
+        actions = self._actions(ending)
+        await self.settle(
+            ending,
             "accepted",
             "accepted by the milter (Postfix delivers)",
-            content=examined.fingerprint,
-            info=info,
-            verdict=verdict,
-            message_id=message_id,
+            delivered=True,
             queue_id=queue_id,
-            dkim=examined.dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
         )
         self._end_transaction()
         return b"".join(actions) + mp.CONTINUE
+
+    def _actions(self, ending: Ending) -> list[bytes]:
+        """SMFIR_CHGHEADER, SMFIR_INSHEADER and SMFIR_ADDHEADER for what the
+        ending applies: forged results removed, ours on top, our fields added
+        (at the end, as SMFIR_ADDHEADER does: layout() too), the signatures
+        on top of all."""
+        actions: list[bytes] = []
+        if ending.results is not None:
+            actions += self._forged_results_removed()
+            name, _, value = ending.results.decode("ascii").partition(":")
+            actions.append(mp.insert_header(0, name, self._value(value.strip())))
+        actions += [mp.add_header(name, self._value(value)) for name, value in ending.added]
+        # Last, and on top: the signatures cover every other change. One
+        # line each (folding inside a milter header value is not portable;
+        # relaxed canonicalization makes both forms the same).
+        for signature in _fields(ending.signatures):
+            name, _, value = signature.partition(":")
+            actions.append(mp.insert_header(0, name, self._value(value.strip())))
+        return actions
+
+    def layout(self, wire: bytes, results: bytes | None, added: list[tuple[str, str]]) -> bytes:
+        """The message as Postfix will pass it on, for its signatures (the
+        outgoing side, which has no results to add): its headers, ours
+        appended as SMFIR_ADDHEADER does, the body."""
+        return self._message([(name, self._value(value)) for name, value in added])
 
     def _forged_results_removed(self) -> list[bytes]:
         """Authentication-Results claiming to be ours, from before us: deleted

@@ -12,15 +12,15 @@ import asyncio
 import hashlib
 import secrets
 import time
+import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import format_datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.config import TimeoutsConfig
-from mss_relay.core.addresses import domain_of, is_patient_address
 from mss_relay.core.authentication import DkimCheck
 from mss_relay.core.changes import inbound_change, outgoing_changes
 from mss_relay.core.conversation import (
@@ -33,14 +33,15 @@ from mss_relay.core.conversation import (
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, crlf_lines, inspect_message, scanned
 from mss_relay.core.policy import INBOUND, Policy
-from mss_relay.core.reply import LOG_UNAVAILABLE, STATE_UNAVAILABLE
+from mss_relay.core.reply import Reply, internal_error
 from mss_relay.core.reports import is_null_sender_mdn, reported_ids
+from mss_relay.core.rules.signing import signing_domain
 from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
 from mss_relay.log import Clock
-from mss_relay.signing import DkimKey, Signer
+from mss_relay.signing import Signer
 from mss_relay.state.recorder import Recorder
 from mss_relay.verification import Verifier
 
@@ -173,9 +174,38 @@ class Examined:
         return [str(c) for c in self.dkim] if self.dkim is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """The end of a message, decided (ClientSession.finish): the refusal to
+    answer, or what the front applies to the message in its protocol."""
+
+    examined: Examined  # its facts and fingerprint (no longer its wire form)
+    verdict: Verdict  # a refusal (its reply set), or the acceptance
+    # Header fields to add (Message-ID, Date: a submission server's, RFC 6409 §8).
+    added: tuple[tuple[str, str], ...] = ()
+    # Our Authentication-Results (incoming side), on top; those claiming to
+    # be ours from before us are removed.
+    results: bytes | None = None
+    # The DKIM-Signature fields, on top of every other field (they cover them).
+    signatures: bytes = b""
+    message_id: str | None = None
+    # The message to send as it is, signatures on top (SENDS_MESSAGE fronts).
+    message: bytes = b""
+    # The log's dkim= field: the checks (incoming), the keys, or "unsigned".
+    dkim: list[str] | str | None = None
+
+    @property
+    def refusal(self) -> Reply | None:
+        return self.verdict.reply
+
+
 class ClientSession:
     """One client session (an SMTP connection, or a connection Postfix
     filters through the milter) and its current transaction."""
+
+    # The front sends the message itself (SMTP: upstream), rather than
+    # editing one its MTA holds (the milter): finish() returns it built.
+    SENDS_MESSAGE: ClassVar[bool] = False
 
     def __init__(self, context: RelayContext) -> None:
         self.ctx = context
@@ -235,15 +265,16 @@ class ClientSession:
             self.decision("mail", refused, sender=printable(sender), **fields)
             return refused
         size = next((o[5:] for o in options if o.upper().startswith("SIZE=")), None)
+        rates, user = self.ctx.rates, self.user
         mail = MailFacts(
             session=self.session_facts(),
             sender=sender,
             declared_size=int(size) if size and size.isdigit() else None,
+            log_writable=self._log_writable(),
+            rate=(lambda: rates.message(user, self.ctx.monotonic())) if rates else None,
         )
         self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
-        verdict = self.log_refusal() or self.ctx.policy.evaluate_mail(mail)
-        if verdict.accepted and self.ctx.rates is not None:
-            verdict = self.ctx.rates.message(self.user, self.ctx.monotonic()) or verdict
+        verdict = self.ctx.policy.evaluate_mail(mail)
         self.decision("mail", verdict, sender=sender, **fields)
         if verdict.reply is not None:
             self.txn = None
@@ -257,39 +288,33 @@ class ClientSession:
         if refused is not None:
             self.decision("rcpt", refused, recipient=printable(recipient))
             return refused
-        facts = RcptFacts(mail=txn.mail, recipient=recipient, accepted_so_far=len(txn.recipients))
+        rates, user, state = self.ctx.rates, self.user, self.ctx.state
+        facts = RcptFacts(
+            mail=txn.mail,
+            recipient=recipient,
+            accepted_so_far=len(txn.recipients),
+            rate=(lambda: rates.recipient(user, self.ctx.monotonic())) if rates else None,
+            state_unavailable=state.unavailable() if state is not None else None,
+        )
         verdict = self.ctx.policy.evaluate_rcpt(facts)
-        if verdict.accepted and self.ctx.rates is not None:
-            verdict = self.ctx.rates.recipient(self.user, self.ctx.monotonic()) or verdict
-        if verdict.accepted:
-            verdict = self._state_refusal(recipient) or verdict
         self.decision("rcpt", verdict, recipient=recipient)
         return verdict
 
-    def _state_refusal(self, recipient: str) -> Verdict | None:
-        """A professional's message to a patient opens or continues a
-        conversation: not while the state cannot record it (deleted under
-        the relay, writes piling up), rather than deliver it unrecorded."""
-        state = self.ctx.state
-        if self.inbound or state is None or not is_patient_address(recipient):
-            return None
-        why = state.unavailable()
-        if why is None:
-            return None
-        return Verdict.tempfail(
-            STATE_UNAVAILABLE, rule="conversation_state", reason=f"state unavailable ({why})"
-        )
-
     # Audit trail -------------------------------------------------------------
-    def log_refusal(self) -> Verdict | None:
-        """log.required: no new transaction, and no message sent on, while
-        the audit log cannot be written (the relay resumes by itself)."""
+    def _log_writable(self) -> bool:
+        """log.required: whether the audit log is being written (True when
+        mail may go on without it)."""
         healthy = self.ctx.log_healthy
-        if healthy is None or healthy():
-            return None
-        return Verdict.tempfail(
-            LOG_UNAVAILABLE, rule="log_required", reason="the log cannot be written"
-        )
+        return healthy is None or healthy()
+
+    def internal_error(self, error: Exception) -> Reply:
+        """An unexpected error, logged (its type and where, never its text):
+        the 451 4.3.0 to answer, with the id of the log line."""
+        ref = self.txn.txid if self.txn else self.session_id
+        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+        self.log.error("internal_error", txid=ref, error=type(error).__name__, where=where)
+        return internal_error(ref)
 
     def decision(self, stage: str, verdict: Verdict, **fields: Any) -> None:
         self.log.info(
@@ -356,22 +381,91 @@ class ClientSession:
             info=info,
             conversation=await self._conversation(txn.mail.sender, info),
             dkim=checks,
+            log_writable=self._log_writable(),
         )
         verdict = self.ctx.policy.evaluate_message(facts)
-        if verdict.accepted:
-            # The log failed since MAIL: nothing is sent on without its trace.
-            verdict = self.log_refusal() or verdict
         examined = Examined(facts, verdict, checks, wire, fingerprint)
         self.decision("data", verdict, message_id=info.message_id, dkim=examined.dkim_log)
         self._patient_event(facts, verdict)
         return examined
 
-    def signing_keys(self, sender: str, info: MessageInfo) -> tuple[DkimKey, ...]:
-        """Outgoing mail is signed for the domain of its (aligned) From: BAL."""
-        if self.inbound or not self.ctx.signer:
-            return ()
-        author = info.from_addresses[0] if info.from_addresses else sender
-        return self.ctx.signer.keys_for(domain_of(author or sender))
+    async def finish(self, content: bytes) -> Ending:
+        """The end of a message, from its final dot to what to do with it: the
+        one sequence both fronts run. Examined and decided (examine()); when
+        accepted, the fields to add, our Authentication-Results (incoming
+        side), and the DKIM signatures (outgoing side) of the message as the
+        front lays it out (layout()); one dkimpy cannot sign is refused
+        (dkim_signable). The front renders the ending, then calls settle().
+        Memory: content is dropped once examined, the CRLF form once laid
+        out; a sending front's message is built once, and again signed (about
+        twice the message at the peak, not five times)."""
+        txn = self.txn
+        assert txn is not None
+        examined = await self.examine(content)
+        del content  # from here on only the CRLF form (often the same object)
+        wire, examined = examined.wire, replace(examined, wire=b"")
+        if examined.verdict.reply is not None:
+            return Ending(examined, examined.verdict)
+        fields, message_id = self.added_headers(txn.txid, examined.info)
+        verifier = self.ctx.verifier if self.inbound else None
+        checks = examined.dkim
+        results = verifier.header(checks) if verifier is not None and checks is not None else None
+        signer = self.ctx.signer
+        domain = signing_domain(examined.facts, self.inbound) if signer else None
+        keys = signer.keys_for(domain) if domain else ()
+        message = self.layout(wire, results, fields) if keys or self.SENDS_MESSAGE else b""
+        del wire
+        signatures = b""
+        if keys:
+            whole = self.SENDS_MESSAGE
+            signed = await message_work(
+                len(message), signer.attempt, message, keys, crlf=True, whole=whole
+            )
+            message, signatures = signed.message, signed.signatures
+            refused = self.ctx.policy.evaluate_signature(signed.failure)
+            if refused is not None:
+                self.log.warning("dkim_sign_error", txid=txn.txid, error=signed.failure)
+                self.decision("sign", refused)
+                return Ending(examined, refused)
+            if signed.failure is not None:  # fail closed: never an empty or unsigned message
+                raise RuntimeError("a message that could not be signed was not refused")
+        return Ending(
+            examined,
+            examined.verdict,
+            added=tuple(fields),
+            results=results,
+            signatures=signatures,
+            message_id=message_id,
+            message=message,
+            dkim=examined.dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
+        )
+
+    def layout(self, wire: bytes, results: bytes | None, added: list[tuple[str, str]]) -> bytes:
+        """The message as the front delivers it, before its signatures (what
+        they cover): the CRLF message with our results and added fields."""
+        raise NotImplementedError
+
+    async def settle(
+        self, ending: Ending, outcome: str, reply: str, *, delivered: bool = False, **extra: Any
+    ) -> None:
+        """Once the front rendered the ending: the conversation state follows
+        a message delivered (or accepted by the milter), never precedes it;
+        then the transaction's line in the audit log."""
+        if delivered:
+            assert ending.refusal is None
+            await self.record(ending.examined.facts, ending.message_id)
+        if ending.dkim is not None:
+            extra["dkim"] = ending.dkim
+        examined = ending.examined
+        self.outcome(
+            outcome,
+            reply,
+            content=examined.fingerprint,
+            info=examined.info,
+            verdict=ending.verdict,
+            message_id=ending.message_id,
+            **extra,
+        )
 
     async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
         """For a patient's message coming in: the conversation it replies to."""

@@ -10,27 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import traceback
 import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from email.utils import format_datetime
-from typing import Any, AnyStr
+from typing import Any, AnyStr, ClassVar
 
-import dkim
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mss_relay.core.addresses import PLAIN_MAILBOX, has_control_character
 from mss_relay.core.reply import (
     BUSY,
-    INTERNAL_ERROR,
-    MESSAGE_ACCEPTED,
     RECIPIENT_OK,
     SENDER_OK,
     TIMEOUT,
-    UNSIGNABLE,
     Reply,
     ascii_text,
+    message_accepted,
 )
 from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.throttle import AuthGuard, connection_verdict
@@ -38,14 +33,8 @@ from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import UpstreamSession
 from mss_relay.front.data import DataReceiver, DataState
 from mss_relay.front.replies import localize
-from mss_relay.front.session import (
-    ClientSession,
-    RelayContext,
-    message_work,
-    printable,
-)
+from mss_relay.front.session import ClientSession, RelayContext, printable
 from mss_relay.passwords import verify_password
-from mss_relay.signing import DkimKey, Signer
 
 # DSN parameters (RFC 3461) that clients send although we do not offer DSN:
 # tolerated and dropped rather than refused.
@@ -59,12 +48,6 @@ _DSN_MAIL_PARAMS = ("RET=", "ENVID=")
 # waits for them (scrypt: some 0.15 s each) before it is refused 454.
 _AUTH_WAIT = 10.0
 _DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
-
-
-def _signed(signer: Signer, message: bytes, keys: tuple[DkimKey, ...]) -> bytes:
-    """The message as it will be sent (CRLF line ends already: what the
-    upstream receives, so what the signature covers), signatures on top."""
-    return signer.sign(message, keys, crlf=True) + message
 
 
 def _strip_params(arg: str | None, prefixes: tuple[str, ...]) -> str | None:
@@ -449,6 +432,8 @@ class RelaySMTP(SMTP):
 class RelayHandler(ClientSession):
     """One per connection: its upstream session and its current transaction."""
 
+    SENDS_MESSAGE: ClassVar[bool] = True  # to the upstream
+
     def __init__(self, context: RelayContext) -> None:
         super().__init__(context)
         self.server: RelaySMTP | None = None
@@ -700,7 +685,7 @@ class RelayHandler(ClientSession):
         # From the final dot on, the work runs to its end even if the client
         # goes away meanwhile: a message the operator took must be logged and
         # recorded as delivered, and the client answered if it still listens.
-        work = asyncio.get_running_loop().create_task(self._finish(_take_content(envelope)))
+        work = asyncio.get_running_loop().create_task(self._finish(envelope))
         self._delivering = work
         try:
             return await asyncio.shield(work)
@@ -712,61 +697,41 @@ class RelayHandler(ClientSession):
     def delivering(self) -> bool:
         return self._delivering is not None and not self._delivering.done()
 
-    async def _finish(self, content: bytes) -> str:
+    async def _finish(self, envelope: Envelope) -> str:
+        """The pipeline's ending, rendered in SMTP: the refusal, or the
+        message sent upstream; the client's reply follows the upstream's."""
         txn = self.txn
         assert txn is not None and self.upstream is not None
-        examined = await self.examine(content)
-        # From here on only the CRLF form (often the same object), itself
-        # dropped once the message to send is built: memory holds about twice
-        # the message at the peak (the message and the message signed).
-        del content
-        fingerprint = examined.fingerprint
-        wire, examined = examined.wire, replace(examined, wire=b"")
-        info, verdict, checks = examined.info, examined.verdict, examined.dkim
-        if verdict.reply is not None:
+        # No name here holds the message: the pipeline drops it as it goes.
+        ending = await self.finish(_take_content(envelope))
+        if ending.refusal is not None:
             await self.upstream.reset()
-            self.outcome(
-                "rejected", str(verdict.reply), content=fingerprint, info=info, verdict=verdict
-            )
+            await self.settle(ending, "rejected", str(ending.refusal))
             self.txn = None
-            return str(verdict.reply)
-        fields, message_id = self.added_headers(txn.txid, info)
-        added = "".join(f"{name}: {value}\r\n" for name, value in fields).encode("ascii")
-        verifier = self.ctx.verifier if self.inbound else None
-        if verifier is not None and checks is not None:
-            wire = verifier.without_forged_results(wire)
-            added = verifier.header(checks) + added
-        message = self._received(txn.txid) + added + wire
-        del wire
-        keys = self.signing_keys(txn.mail.sender, info)
-        if keys:
-            try:
-                message = await message_work(len(message), _signed, self.ctx.signer, message, keys)
-            except dkim.DKIMException as error:
-                refusal = UNSIGNABLE
-                self.log.warning("dkim_sign_error", txid=txn.txid, error=type(error).__name__)
-                await self.upstream.reset()
-                self.outcome("rejected", str(refusal), content=fingerprint, info=info)
-                self.txn = None
-                return str(refusal)
-        result = await self.upstream.data(message, txn.txid)
-        if result.accepted:
-            reply = MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txn.txid})")
-            await self.record(examined.facts, message_id)
-        else:
-            reply = result.reply
-        self.outcome(
+            return str(ending.refusal)
+        result = await self.upstream.data(ending.message, txn.txid)
+        reply = message_accepted(txn.txid) if result.accepted else result.reply
+        await self.settle(
+            ending,
             "delivered" if result.accepted else result.outcome.value,
             str(reply),
-            content=fingerprint,
-            info=info,
-            verdict=verdict,
+            delivered=result.accepted,
             upstream=result.upstream,
-            message_id=message_id,
-            dkim=examined.dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
         )
         self.txn = None
         return str(reply)
+
+    def layout(self, wire: bytes, results: bytes | None, added: list[tuple[str, str]]) -> bytes:
+        """What the upstream receives (CRLF line ends already, so what the
+        signatures cover): our Received:, our results (forged ones removed),
+        the fields we add, the message."""
+        assert self.txn is not None
+        head = "".join(f"{name}: {value}\r\n" for name, value in added).encode("ascii")
+        if results is not None:
+            assert self.ctx.verifier is not None  # results are its header
+            wire = self.ctx.verifier.without_forged_results(wire)
+            head = results + head
+        return self._received(self.txn.txid) + head + wire
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         await self.reset_transaction("rset")
@@ -781,13 +746,7 @@ class RelayHandler(ClientSession):
 
     def _internal_error(self, error: Exception) -> str:
         """Log an unexpected error; the 451 4.3.0 to answer, with an id."""
-        ref = self.txn.txid if self.txn else self.session_id
-        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
-        where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
-        self.log.error("internal_error", txid=ref, error=type(error).__name__, where=where)
-        return str(
-            INTERNAL_ERROR.with_text(f"Erreur interne temporaire, réessayez plus tard (id {ref})")
-        )
+        return str(self.internal_error(error))
 
     async def handle_exception(self, error: Exception) -> str:
         reply = self._internal_error(error)

@@ -19,6 +19,17 @@ def wire_size_limit(max_decoded: int) -> int:
     return math.ceil(max_decoded / 57) * 78 + HEADER_ALLOWANCE
 
 
+def wire_size(received: int, limit: int) -> Verdict | None:
+    """The milter: more octets of the message than the wire limit, refused as
+    they come, before the rest is held in memory (the SMTP listener has
+    aiosmtpd's data_size_limit, the same limit)."""
+    if received <= limit:
+        return None
+    return Verdict.reject(
+        MESSAGE_TOO_BIG, rule="wire_size", reason=f"more than {limit} bytes received"
+    )
+
+
 def _mb(size: int) -> str:
     return f"{size / 1_000_000:.1f} Mo"
 
