@@ -51,8 +51,6 @@ from mss_relay.schema import (
 )
 from mss_relay.sizes import parse_size
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
-
 
 class Role(StrEnum):
     SUBMISSION = "submission"  # the structure's own clients, AUTH required
