@@ -37,7 +37,6 @@ from mss_relay.core.throttle import ThrottleSettings, ip_address
 from mss_relay.passwords import is_password_hash
 from mss_relay.schema import (
     REQUIRED,
-    ConfigError,
     Convert,
     DefaultBy,
     Duration,
@@ -49,6 +48,7 @@ from mss_relay.schema import (
     Where,
     load,
 )
+from mss_relay.schema import ConfigError as ConfigError  # raised by the loader, caught by callers
 from mss_relay.sizes import parse_size
 
 
