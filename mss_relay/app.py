@@ -17,7 +17,14 @@ import yaml
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay import __version__
-from mss_relay.config import Config, ConfigError, ListenerConfig, UpstreamConfig
+from mss_relay.config import (
+    Config,
+    ConfigError,
+    ListenerConfig,
+    ListenerTls,
+    Role,
+    UpstreamConfig,
+)
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.policy import Policy
 from mss_relay.core.throttle import AuthGuard, SendingRates
@@ -172,8 +179,8 @@ async def _listen(
     config: Config,
     tls: ssl.SSLContext | None,
 ) -> asyncio.Server:
-    implicit = listener.tls == "implicit"
-    starttls = listener.tls == "starttls"
+    implicit = listener.tls == ListenerTls.IMPLICIT
+    starttls = listener.tls == ListenerTls.STARTTLS
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
@@ -184,7 +191,7 @@ async def _listen(
             ident="ESMTP mss-relay",
             tls_context=tls if starttls else None,
             require_starttls=starttls,
-            auth_required=listener.role != "inbound",
+            auth_required=listener.role != Role.INBOUND,
             auth_require_tls=not implicit,
             timeout=config.timeouts.idle,
             loop=loop,
@@ -311,7 +318,7 @@ async def serve(config: Config, worker: int = 0) -> int:
             context = RelayContext(
                 policy=policy,
                 upstream=inbound_delivery
-                if listener.role == "inbound" and inbound_delivery
+                if listener.role == Role.INBOUND and inbound_delivery
                 else upstream,
                 state=state,
                 users=config.users,
@@ -334,7 +341,7 @@ async def serve(config: Config, worker: int = 0) -> int:
             if worker and listener.path is not None:
                 continue  # a Unix socket cannot be shared: worker 0 serves it
             try:
-                if listener.role == "milter":
+                if listener.role == Role.MILTER:
                     servers.append(await listen_milter(listener, context, config.workers > 1))
                 else:
                     servers.append(await _listen(loop, listener, context, config, tls))
