@@ -17,9 +17,11 @@ from tests.support.processes import Relay, Upstream, free_port
 
 # In CI the examples are the same on every run: a submission is judged on its
 # own code, not on a new example found by chance (run locally to explore).
-settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# No deadline: a property is about what the code computes, not how fast, and
+# a shared 2-core box ran a 200 ms example at 360 ms (a flaky failure).
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 PASSWORDS = {"jdupont": "jdupont-Secret-1", "msecret": "msecret-Secret-2"}
 
