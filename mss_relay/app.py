@@ -26,6 +26,7 @@ from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.milter import listen_milter
 from mss_relay.front.session import ClientSession, RelayContext
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
+from mss_relay.front.smtp_setup import Introspection
 from mss_relay.log import LineWriter, make_logger, utc_now
 from mss_relay.signing import (
     Signer,
@@ -171,6 +172,8 @@ async def _listen(
 ) -> asyncio.Server:
     implicit = listener.tls == "implicit"
     starttls = listener.tls == "starttls"
+    # What aiosmtpd would look up again at every connection.
+    introspection = Introspection.of(RelaySMTP, RelayHandler)
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
@@ -185,6 +188,7 @@ async def _listen(
             auth_require_tls=not implicit,
             timeout=config.timeouts.idle,
             loop=loop,
+            introspection=introspection,
         )
 
     return await loop.create_server(
