@@ -84,7 +84,7 @@ def aiosmtpd_init(
 ) -> None:
     """aiosmtpd 1.4's SMTP.__init__, for the arguments the relay passes (the
     others at aiosmtpd's defaults), with the introspection done once per
-    listener (Introspection). tests/unit/test_smtp_setup.py checks that it
+    listener (Introspection). tests/unit/test_smtp_connection.py checks that it
     leaves the same attributes, with the same values, as aiosmtpd's own."""
     protocol.__ident__ = ident or aiosmtpd_ident
     protocol.loop = loop

@@ -1,7 +1,10 @@
-"""RelaySMTP's set-up of a connection (front/smtp_setup.py: aiosmtpd's
+"""What a connection costs the SMTP listener, without a change on the wire.
+
+RelaySMTP's set-up of a connection (front/smtp_setup.py: aiosmtpd's
 SMTP.__init__ with the introspection done once per listener) leaves the
 protocol as aiosmtpd's own __init__ would: the same attributes, with the same
-values, for every combination of arguments the listeners pass."""
+values, for every combination of arguments the listeners pass. The EHLO
+answer goes out in one write."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from mss_relay.front.smtp_setup import Introspection
 
 # Set by RelaySMTP.__init__ for itself, not by aiosmtpd.
 OWN = {
-    "_raw",
+    "_held",
     "_data_started",
     "_implicit_tls",
     "_refusal",
@@ -127,3 +130,53 @@ def test_introspection_as_aiosmtpd_finds_it() -> None:
     assert {m for m, _, _ in found.mechanisms} == {"LOGIN", "PLAIN"}
     assert {hook for hook, _ in found.hooks} >= {"EHLO", "MAIL", "RCPT", "DATA", "QUIT"}
     assert found.ehlo_hook == "new"
+
+
+def test_ehlo_answer_in_one_write() -> None:
+    """The same lines as aiosmtpd sends, one write (a system call, a segment)
+    for all of them rather than one each."""
+    writes: list[bytes] = []
+
+    class Counted(RelaySMTP):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            write = transport.write  # type: ignore[attr-defined]
+
+            def counted(data: bytes) -> None:
+                writes.append(bytes(data))
+                write(data)
+
+            transport.write = counted  # type: ignore[attr-defined]
+            super().connection_made(transport)
+
+    async def dialog() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        context = _context()
+
+        def factory() -> RelaySMTP:
+            handler = RelayHandler(context)
+            return Counted(handler, implicit_tls=False, hostname="relay.test", loop=loop)
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.readline()  # 220
+            del writes[:]
+            writer.write(b"EHLO client.test\r\n")
+            lines = [await reader.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(await reader.readline())
+            writer.close()
+            return lines
+        finally:
+            server.close()
+
+    lines = asyncio.run(dialog())
+    assert lines == [
+        b"250-relay.test\r\n",
+        b"250-SIZE 33554432\r\n",
+        b"250-8BITMIME\r\n",
+        b"250-ENHANCEDSTATUSCODES\r\n",
+        b"250 HELP\r\n",
+    ]
+    assert writes == [b"".join(lines)]
