@@ -33,6 +33,7 @@ from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.milter import listen_milter
 from mss_relay.front.session import ClientSession, RelayContext
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
+from mss_relay.front.smtp_setup import Introspection
 from mss_relay.log import LineWriter, make_logger, utc_now
 from mss_relay.signing import (
     Signer,
@@ -181,6 +182,8 @@ async def _listen(
 ) -> asyncio.Server:
     implicit = listener.tls == ListenerTls.IMPLICIT
     starttls = listener.tls == ListenerTls.STARTTLS
+    # What aiosmtpd would look up again at every connection.
+    introspection = Introspection.of(RelaySMTP, RelayHandler)
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
@@ -195,6 +198,7 @@ async def _listen(
             auth_require_tls=not implicit,
             timeout=config.timeouts.idle,
             loop=loop,
+            introspection=introspection,
         )
 
     return await loop.create_server(

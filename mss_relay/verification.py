@@ -19,6 +19,10 @@ import yaml
 
 from mss_relay.core.authentication import FAIL, NONE, PASS, PERMERROR, TEMPERROR, DkimCheck
 
+# dkimpy 1.1's attributes of a DKIM object read here, which it does not
+# document: tests/unit/test_private_members.py checks that each is there.
+DKIMPY_INTERNALS = ("DKIM.headers", "DKIM.signature_fields")
+
 Lookup = Callable[..., bytes | None]
 # More signatures than this are not looked at (each costs a DNS query).
 MAX_SIGNATURES = 5

@@ -180,3 +180,14 @@ def internal_error(ref: str) -> Reply:
 def message_accepted(txid: str) -> Reply:
     """The upstream took the message: 250, with the id of its log lines."""
     return MESSAGE_ACCEPTED.with_text(f"Message accepté et transmis (id {txid})")
+
+
+# Replies of the SMTP listener's protocol (front/smtp_protocol.py, front/smtp.py).
+GOODBYE = Reply(221, "2.0.0", "Au revoir")
+# RFC 5321 §4.5.3.1.6: a line of the message longer than 998 characters.
+LINE_TOO_LONG = Reply(500, "5.6.0", "Ligne trop longue dans le message (998 caractères au plus)")
+# RFC 4954 §4: an answer to a 334 challenge longer than a command line.
+AUTH_RESPONSE_TOO_LONG = Reply(501, "5.5.2", "Réponse d'authentification trop longue")
+# RFC 5321 §4.5.3.2.5 (DATA termination), §4.5.3.2: a server that gives up says 421.
+DATA_TOO_SLOW = Reply(421, "4.4.2", "Transmission du message trop lente")
+DATA_TIMEOUT = Reply(421, "4.4.2", "Délai de transmission du message dépassé")

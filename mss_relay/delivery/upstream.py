@@ -114,6 +114,11 @@ def abort(smtp: aiosmtplib.SMTP) -> None:
     smtp.close()
 
 
+# aiosmtplib 5's private members of SMTPProtocol that send_data() and
+# _write_message() use (pyproject.toml pins aiosmtplib below 6):
+# tests/unit/test_private_members.py checks that each is there.
+AIOSMTPLIB_PRIVATE = ("_command_lock", "_drain_helper", "_response_pending")
+
 # Below this size, the final dot is joined to the message (one write, one copy).
 _JOIN_LIMIT = 1 << 16
 _WRITE_SLICE = 1 << 20

@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import re
 
+from mss_relay.core.reply import GOODBYE, LINE_TOO_LONG, MESSAGE_TOO_BIG, OK
+
+# aiosmtpd's go-ahead to DATA (RFC 5321 §4.2.2 354: no enhanced code), as the
+# relay sends it too when it receives the message itself.
+DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
+DATA_GO_AHEAD_CODE = "354"
+# RFC 5321 §3.8: the service closes the connection after this reply.
+CLOSING_CODE = "421"
+# EHLO keyword lines (RFC 4954 AUTH; RFC 2034 ENHANCEDSTATUSCODES), which
+# carry no enhanced code.
+EHLO_AUTH = "250-AUTH"
+EHLO_ENHANCED_STATUS_CODES = "250-ENHANCEDSTATUSCODES"
+
 # The greeting, the DATA go-ahead and AUTH challenges carry no enhanced code.
-_BARE = {"220", "354", "334"}
+_BARE = {"220", DATA_GO_AHEAD_CODE, "334"}
 _WITH_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 
 # (pattern on aiosmtpd's text, our reply); first match wins. \1 carries a detail along.
 _STOCK: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), reply)
     for pattern, reply in (
-        (r"^250 OK$", "250 2.0.0 OK"),
-        (r"^221 Bye$", "221 2.0.0 Au revoir"),
+        (r"^250 OK$", str(OK)),
+        (r"^221 Bye$", str(GOODBYE)),
         (r"^220 Ready to start TLS$", "220 2.0.0 Prêt pour TLS"),
         (r"^235 2\.7\.0 ", "235 2.7.0 Authentification réussie"),
         (r"^454 TLS not available$", "454 4.7.0 TLS indisponible"),
@@ -43,10 +56,7 @@ _STOCK: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^500 Command line too long", "500 5.5.2 Ligne de commande trop longue"),
         (r"^500 Error: strict ASCII", "500 5.6.7 Caractères non ASCII refusés"),
         (r"^500 Error: command .* not recognized", "500 5.5.1 Commande non reconnue"),
-        (
-            r"^500 Line too long",
-            "500 5.6.0 Ligne trop longue dans le message (998 caractères au plus)",
-        ),
+        (r"^500 Line too long", str(LINE_TOO_LONG)),
         (r"^502 5\.5\.1 Too many unrecognized", "502 5.5.1 Trop de commandes inconnues, au revoir"),
         (r"^502 ", "502 5.5.1 Commande non implémentée"),
         (r"^553 5\.1\.3 Error: malformed", "553 5.1.3 Adresse mal formée"),
@@ -56,7 +66,7 @@ _STOCK: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             r"^552 Error: message size exceeds",
             "552 5.3.4 Message trop volumineux (taille annoncée)",
         ),
-        (r"^552 Error: Too much mail data", "552 5.3.4 Message trop volumineux"),
+        (r"^552 Error: Too much mail data", str(MESSAGE_TOO_BIG)),
         (r"^555 MAIL FROM parameters", "555 5.5.4 Paramètre de MAIL FROM non reconnu"),
         (r"^555 RCPT TO parameters", "555 5.5.4 Paramètre de RCPT TO non reconnu"),
         (r"^501 Syntax: (.*)$", r"501 5.5.4 Syntaxe : \1"),

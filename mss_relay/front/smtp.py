@@ -1,111 +1,45 @@
-"""The SMTP front end: an aiosmtpd protocol and a per-connection handler.
+"""The SMTP front end's handler: one per connection, aiosmtpd's hooks.
 
 The handler turns each SMTP stage into facts, asks the policy core for a
 verdict, mirrors the accepted steps to the upstream, and renders the outcome
-as a reply. It holds no policy of its own.
+as a reply. It holds no policy of its own. aiosmtpd's protocol, as the relay
+adapts it, is in front/smtp_protocol.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import warnings
-from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
-from typing import Any, AnyStr, ClassVar
+from typing import Any, ClassVar
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session
 
-from mss_relay.core.addresses import PLAIN_MAILBOX, has_control_character
 from mss_relay.core.reply import (
-    BUSY,
+    GOODBYE,
+    OK,
     RECIPIENT_OK,
     SENDER_OK,
-    TIMEOUT,
-    Reply,
-    ascii_text,
     message_accepted,
 )
-from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.throttle import AuthGuard, connection_verdict
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import UpstreamSession
-from mss_relay.front.data import DataReceiver, DataState
-from mss_relay.front.replies import localize
+from mss_relay.front.replies import EHLO_AUTH, EHLO_ENHANCED_STATUS_CODES
 from mss_relay.front.session import ClientSession, RelayContext, printable
+from mss_relay.front.smtp_arguments import argument_syntax, null_path, plain_address
+from mss_relay.front.smtp_protocol import RelaySMTP
 from mss_relay.passwords import verify_password
 
-# DSN parameters (RFC 3461) that clients send although we do not offer DSN:
-# tolerated and dropped rather than refused.
-_DSN_RCPT_PARAMS = ("NOTIFY=", "ORCPT=")
-# DATA is read by chunks of up to this many octets.
-_DATA_CHUNK = 1 << 18
-_DSN_MAIL_PARAMS = ("RET=", "ENVID=")
+# Other modules and tests import these from here.
+__all__ = ["RelayHandler", "RelaySMTP", "argument_syntax", "null_path", "plain_address"]
+
 # A hash to verify against when the user is unknown, so that timing does not
 # tell which user names exist.
+_DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
 # How long an AUTH over the limit only by attempts still being verified
 # waits for them (scrypt: some 0.15 s each) before it is refused 454.
 _AUTH_WAIT = 10.0
-_DUMMY_HASH = "scrypt$15$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
-
-
-def _strip_params(arg: str | None, prefixes: tuple[str, ...]) -> str | None:
-    """Drop trailing ESMTP parameters we tolerate but do not implement."""
-    if not arg:
-        return arg
-    words = arg.split(" ")
-    while len(words) > 1 and words[-1].upper().startswith(prefixes):
-        words.pop()
-    return " ".join(words)
-
-
-_TRAILING_DOT = re.compile(r"^((?:TO|FROM):\s*<[^<>]*@[^<>]*?)\.+>", re.IGNORECASE)
-
-
-def _without_trailing_dot(arg: str | None) -> str | None:
-    """« x@ch.mssante.fr. » (the FQDN form) is « x@ch.mssante.fr »: aiosmtpd's
-    parser refuses the dot, and the upstream should not see it either."""
-    if not arg or ".>" not in arg:  # nearly always: no regex substitution to run
-        return arg
-    return _TRAILING_DOT.sub(r"\1>", arg)
-
-
-# What nearly every MAIL and RCPT carries: <dot-atom@host.name>.
-_PLAIN_ADDRESS = re.compile(rf"[ \t]*<({PLAIN_MAILBOX})>")
-
-
-def argument_syntax(arg: str) -> Verdict | None:
-    """path_syntax() on a MAIL or RCPT argument as sent (« FROM:<path> params »).
-    A tab is white space before the path and between parameters, as aiosmtpd
-    and plain_address() take it; inside the path it is refused like the rest."""
-    if not has_control_character(arg):
-        return None  # nearly always
-    keyword, colon, rest = arg.partition(":")
-    path, bracket, parameters = rest.lstrip(" \t").partition(">")
-    return path_syntax(keyword + colon + path + bracket, (parameters.replace("\t", " "),))
-
-
-def plain_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None] | None:
-    """aiosmtpd's _getaddr() for a plain address in angle brackets, without
-    the email package's RFC 5322 tokenizer (a tenth of the relay's CPU per
-    small message); None for anything else, which aiosmtpd parses."""
-    match = _PLAIN_ADDRESS.match(arg)
-    if match is None:
-        return None
-    rest = arg[match.end() :].lstrip(" \t")  # as the tokenizer drops folding white space
-    if rest.startswith("("):
-        return None  # a comment, which the tokenizer drops too
-    address = match[1]
-    if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
-        return None, None
-    return address, rest
-
-
-def null_path(address: str) -> str:
-    """RFC 5321 §4.1.1.2 « MAIL FROM:<> », which aiosmtpd's parser hands on
-    as the address « <> » (a sender the rules would quote as « <<>> »)."""
-    return "" if address.strip() == "<>" else address
 
 
 def _take_content(envelope: Envelope) -> bytes:
@@ -115,318 +49,6 @@ def _take_content(envelope: Envelope) -> bytes:
     content = envelope.original_content or b""
     envelope.content = envelope.original_content = None
     return content
-
-
-class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with our replies, our AUTH and our error handling."""
-
-    def __init__(self, handler: RelayHandler, *, implicit_tls: bool, **kwargs: Any) -> None:
-        self._raw = False
-        self._data_started = False
-        self._implicit_tls = implicit_tls
-        self._refusal: str | None = None  # a connection over the caps: 421, then close
-        self._in_data = False
-        self._data_deadline: asyncio.TimerHandle | None = None
-        self._rate_check: asyncio.TimerHandle | None = None
-        self._data_started_at = 0.0
-        self._data_bytes = 0
-        self._idle_deadline = 0.0
-        with warnings.catch_warnings():
-            # With implicit TLS the whole connection is encrypted, so aiosmtpd's
-            # « AUTH without TLS » warning does not apply.
-            warnings.simplefilter("ignore")
-            super().__init__(handler, **kwargs)
-        self.relay = handler
-
-    # Replies ---------------------------------------------------------------
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and not self._raw:
-            localized = ascii_text(localize(status))
-            if localized.startswith("354"):
-                self._data_started = True
-            await super().push(localized)
-            if localized.startswith("421") and self.transport is not None:
-                # RFC 5321 §3.8: a 421 (ours, or the upstream's passed on)
-                # closes the connection once it is sent.
-                self.transport.close()
-            return
-        await super().push(status)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        self._data_started = False
-        ctx = self.relay.ctx
-        ready = bool(self.envelope and self.envelope.rcpt_tos) and not arg
-        if not ready:  # aiosmtpd answers 503/501/530 itself
-            await super().smtp_DATA(arg)
-            return
-        # A message is held in memory while it is received and forwarded: cap
-        # how many at once, so that many large transfers cannot exhaust memory.
-        try:
-            async with asyncio.timeout(ctx.timeouts.busy_wait):
-                await ctx.data_slots.acquire()
-        except TimeoutError:
-            await self.relay.reset_transaction("busy")
-            self._set_rset_state()  # type: ignore[no-untyped-call]  # a new MAIL may come
-            await self.push(str(BUSY))
-            return
-        self._in_data = True
-        self._data_started_at = self.loop.time()
-        self._data_bytes = 0
-        self._data_deadline = self.loop.call_later(ctx.timeouts.data, self._data_overdue)
-        self._rate_check = self.loop.call_later(ctx.timeouts.data_rate_grace, self._check_rate)
-        try:
-            await self._receive_data()
-        finally:
-            self.data_complete()
-            ctx.data_slots.release()
-        if self.transport is not None:
-            self._reset_timeout()
-        if self._data_started:
-            # aiosmtpd refuses an over-long line or too much data itself, without
-            # calling handle_DATA: close our side of the transaction too.
-            await self.relay.data_refused()
-
-    async def _receive_data(self) -> None:
-        """aiosmtpd's DATA (its checks were made by smtp_DATA), received by
-        chunks rather than line by line (mss_relay/front/data.py)."""
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        receiver = DataReceiver(self.data_size_limit, self.line_length_limit)
-        rest = None
-        while rest is None:
-            try:
-                chunk = await self._reader.read(_DATA_CHUNK)
-            except asyncio.CancelledError:
-                self._writer.close()  # the connection went away during DATA
-                raise
-            if not chunk:  # end of stream: eof_received ends the session
-                self._writer.close()
-                return
-            rest = receiver.feed(chunk)
-        if rest:
-            # Pipelined commands after the final dot: back in front of the
-            # reader, for the command loop.
-            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        if receiver.state is DataState.TOO_LONG:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        if receiver.state is DataState.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        assert self.envelope is not None
-        self.envelope.content = self.envelope.original_content = receiver.content
-        del receiver  # the handler takes the message from the envelope, and keeps it alone
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
-
-    def data_complete(self) -> None:
-        """The final dot is in: from now on only the relay's own work remains,
-        which no client timer may interrupt (it could duplicate the message)."""
-        self._in_data = False
-        for handle in (self._data_deadline, self._rate_check):
-            if handle is not None:
-                handle.cancel()
-        self._data_deadline = self._rate_check = None
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()  # re-armed once the reply is sent
-
-    def data_received(self, data: bytes) -> None:
-        if self._in_data:
-            self._data_bytes += len(data)
-            # aiosmtpd restarts its timer on each command only; during DATA,
-            # the idle timeout counts from the last byte instead.
-            self._reset_timeout()
-        super().data_received(data)
-
-    def _check_rate(self) -> None:
-        self._rate_check = None
-        if not self._in_data:
-            return
-        timeouts = self.relay.ctx.timeouts
-        elapsed = self.loop.time() - self._data_started_at
-        if self._data_bytes < timeouts.min_data_rate * elapsed:
-            self._close_with(TIMEOUT.with_text("Transmission du message trop lente"), "data_rate")
-            return
-        self._rate_check = self.loop.call_later(max(1.0, elapsed / 4), self._check_rate)
-
-    def _data_overdue(self) -> None:
-        self._data_deadline = None
-        self._close_with(TIMEOUT.with_text("Délai de transmission du message dépassé"), "data")
-
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        # aiosmtpd calls this for every command, and data_received() for every
-        # chunk of DATA: a new timer each time was some 4 % of the event loop
-        # per small message. The deadline moves instead, and the one timer,
-        # when it fires before it, sets itself again for it.
-        deadline = self.loop.time() + (duration or self._timeout_duration)
-        self._idle_deadline = deadline
-        handle = self._timeout_handle
-        if handle is not None and not handle.cancelled() and handle.when() <= deadline:
-            return
-        if handle is not None:
-            handle.cancel()
-        self._timeout_handle = self.loop.call_at(deadline, self._idle_check)
-
-    def _idle_check(self) -> None:
-        if self.loop.time() < self._idle_deadline:
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
-            return
-        self._timeout_cb()
-
-    def _timeout_cb(self) -> None:
-        self._close_with(TIMEOUT, "idle")
-
-    def _close_with(self, reply: Reply, why: str) -> None:
-        """RFC 5321 §4.5.3.2: a server that gives up says so (421) first."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.relay.timed_out(why)
-        self._writer.write(ascii_text(str(reply)).encode("ascii") + b"\r\n")
-        self.transport.close()
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        await self._greeting(super().smtp_EHLO, hostname, "ehlo")
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        await self._greeting(super().smtp_HELO, hostname, "helo")
-
-    async def _greeting(
-        self, command: Callable[[str], Awaitable[None]], hostname: str, why: str
-    ) -> None:
-        # RFC 2034 §3: no enhanced codes in the EHLO/HELO answer (keywords);
-        # and a new greeting ends any transaction (RFC 5321 §4.1.4).
-        self._raw = True
-        try:
-            await command(hostname)
-        finally:
-            self._raw = False
-        await self.relay.reset_transaction(why)
-
-    # Parameters ------------------------------------------------------------
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        found = plain_address(arg, self.local_part_limit) if arg else None
-        if found is not None:
-            return found
-        try:
-            return super()._getaddr(arg)
-        except Exception:  # the email package's tokenizer on hostile input
-            # « MAIL FROM:< » made it raise IndexError (a 451 4.3.0, retried
-            # forever): an address it cannot read is malformed, 553 5.1.3.
-            return None, None
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        if self.relay.trusted and self.session is not None:
-            # A trusted client needs no AUTH (it may still AUTH, as another user).
-            self.session.authenticated = True
-        if await self._control_characters(arg, "MAIL"):
-            return
-        await super().smtp_MAIL(_without_trailing_dot(_strip_params(arg, _DSN_MAIL_PARAMS)))
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self._control_characters(arg, "RCPT"):
-            return
-        await super().smtp_RCPT(_without_trailing_dot(_strip_params(arg, _DSN_RCPT_PARAMS)))
-
-    async def _control_characters(self, arg: str | None, command: str) -> bool:
-        """A MAIL or RCPT argument with a control character, refused (True)
-        before aiosmtpd parses it: its parser passes some on in the address and
-        takes others for white space between parameters. Its own checks of the
-        session's state come first, as they would."""
-        verdict = argument_syntax(arg) if arg else None
-        if verdict is None or verdict.reply is None or arg is None:
-            return False
-        if await self.check_helo_needed() or await self.check_auth_needed(command):
-            return True
-        if command == "RCPT" and not (self.envelope and self.envelope.mail_from):
-            return False  # aiosmtpd's 503: no MAIL yet
-        what = "sender" if command == "MAIL" else "recipient"
-        path = printable(arg.partition(":")[2].strip())
-        self.relay.decision(command.lower(), verdict, **{what: path})
-        await self.push(str(verdict.reply))
-        return True
-
-    # AUTH, verified off the event loop --------------------------------------
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        # aiosmtpd calls this synchronously; scrypt must not block the loop, so
-        # hand the credentials back and verify them in _settle().
-        return AuthResult(success=False, handled=False, auth_data=("pending", auth_data))
-
-    async def _discard_line(self) -> None:
-        while True:
-            try:
-                await self._reader.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as overrun:
-                await self._reader.read(overrun.consumed)
-            except asyncio.IncompleteReadError:
-                return
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._settle(lambda: super(RelaySMTP, self).auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._settle(lambda: super(RelaySMTP, self).auth_LOGIN(_, args))
-
-    async def _settle(self, exchange: Callable[[], Awaitable[AuthResult]]) -> AuthResult:
-        try:
-            result = await exchange()
-        except ValueError as error:
-            # aiosmtpd reads the client's answer to a 334 challenge with
-            # readline(): an over-long one raises instead of being refused.
-            # asyncio has dropped what it held of the line; unless it saw the
-            # line's end, the rest is still to come and must not pass for commands.
-            if "not found" in str(error):
-                await self._discard_line()
-            return AuthResult(
-                success=False,
-                handled=False,
-                message="501 5.5.2 Réponse d'authentification trop longue",
-            )
-        data = result.auth_data
-        if not (isinstance(data, tuple) and data[:1] == ("pending",)):
-            return result
-        credentials: LoginPassword = data[1]
-        return await self.relay.authenticate(credentials.login, credentials.password)
-
-    # Connection ------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None  # not the STARTTLS switch of a connection
-        super().connection_made(transport)
-        if self._implicit_tls and self.session is not None:
-            self.session.ssl = transport.get_extra_info("ssl_object")
-        if first and self.session is not None:
-            self._refusal = self.relay.connection_opened(self.session.peer)
-
-    async def _handle_client(self) -> None:
-        if self._refusal is not None:
-            await self.push(self._refusal)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        # The client may go away while it is answered (the 221 to a QUIT sent
-        # just before a close or a reset): nobody is left to tell. aiosmtpd
-        # re-raises that, which a task nobody awaits prints as a traceback;
-        # the disconnect is logged by connection_lost().
-        with contextlib.suppress(ConnectionError):
-            await super()._handle_client()
-
-    def eof_received(self) -> bool | None:
-        super().eof_received()  # cancels the session's coroutine
-        # Close now: aiosmtpd would keep a half-closed socket until the idle
-        # timeout, counted against the connection caps meanwhile.
-        return False
-
-    def delivered_late(self, work: asyncio.Task[str]) -> None:
-        """A DATA whose client went away while it was forwarded: nobody is
-        left to answer; an error of that work is still logged."""
-        if not work.cancelled() and work.exception() is not None:
-            self.relay.log.error("internal_error", error=type(work.exception()).__name__)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self.relay.connection_lost()
 
 
 class RelayHandler(ClientSession):
@@ -609,8 +231,8 @@ class RelayHandler(ClientSession):
         session.host_name = hostname
         self._observe(server, session)
         if self.ctx.inbound:  # the operator delivers here: no AUTH to offer
-            responses = [r for r in responses if not r.startswith("250-AUTH")]
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+            responses = [r for r in responses if not r.startswith(EHLO_AUTH)]
+        return [*responses[:-1], EHLO_ENHANCED_STATUS_CODES, responses[-1]]
 
     async def handle_MAIL(
         self,
@@ -735,14 +357,14 @@ class RelayHandler(ClientSession):
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         await self.reset_transaction("rset")
-        return "250 2.0.0 OK"
+        return str(OK)
 
     async def handle_QUIT(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         await self.reset_transaction("quit")
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             await upstream.close()
-        return "221 2.0.0 Au revoir"
+        return str(GOODBYE)
 
     def _internal_error(self, error: Exception) -> str:
         """Log an unexpected error; the 451 4.3.0 to answer, with an id."""
