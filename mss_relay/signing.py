@@ -139,7 +139,7 @@ _NAME = b"DKIM-Signature"
 def sign(message: bytes, key: DkimKey, now: float | None = None, *, crlf: bool = False) -> bytes:
     """The DKIM-Signature header field (ending in CRLF) for a CRLF message.
     CPU work (the body hash of up to 60 MiB): callers go through
-    front.session.message_work(), which moves it to a worker thread above 256 KiB.
+    front.ending.message_work(), which moves it to a worker thread above 256 KiB.
     crlf: the caller knows there is no bare CR or LF (crlf_lines()).
 
     dkimpy parses, canonicalizes and selects the header fields; the signature

@@ -25,7 +25,8 @@ from mss_relay.config import ListenerConfig
 from mss_relay.core.message import crlf_lines
 from mss_relay.core.reply import BUSY, ascii_text
 from mss_relay.front import milter_protocol as mp
-from mss_relay.front.session import ClientSession, Ending, RelayContext
+from mss_relay.front.ending import Ending
+from mss_relay.front.session import ClientSession, RelayContext
 
 # What mss-relay asks of Postfix: add headers (Message-ID, Date,
 # Authentication-Results, DKIM-Signature) and delete forged

@@ -17,7 +17,7 @@ from mss_relay.core.mailbox import Bal, BalDirectory, BalType
 from mss_relay.core.message import MAX_MIME_DEPTH, inspect_message
 from mss_relay.core.policy import Limits, Policy
 from mss_relay.core.verdict import Verdict
-from mss_relay.front import session
+from mss_relay.front import ending
 from tests.support import files
 from tests.support.mail import nested_mime
 
@@ -126,11 +126,11 @@ def test_only_the_stdlib_parse_leaves_the_loop(monkeypatch: pytest.MonkeyPatch) 
         parsed_in.append(threading.get_ident())
         return inspect_message(raw, **options)
 
-    monkeypatch.setattr(session, "inspect_message", recorded)
+    monkeypatch.setattr(ending, "inspect_message", recorded)
     odd = _part(b"Content-Type: message/rfc822\r\n", b"From: c@d.mssante.fr\r\n\r\nx")
 
     async def run(raw: bytes) -> tuple[message.MessageInfo, int]:
-        info, _ = await session.inspect(raw, raw)
+        info, _ = await ending.inspect(raw, raw)
         return info, threading.get_ident()
 
     # A zip's listing inflates the archives inside it: in the thread too.

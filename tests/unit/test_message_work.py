@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from mss_relay.front.session import INLINE_LIMIT, message_work
+from mss_relay.front.ending import INLINE_LIMIT, message_work
 
 
 def _thread_of(label: str, *, suffix: str) -> tuple[str, int]:
