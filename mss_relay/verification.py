@@ -36,7 +36,13 @@ def dns_lookup(timeout: float) -> Lookup:
             )
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None
-        except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
+        except (
+            dns.exception.Timeout,
+            dns.resolver.NoNameservers,
+            # No resolver to ask (no /etc/resolv.conf): the key could not be
+            # looked up, which is not « no key »: fail closed, as on a time-out.
+            dns.resolver.NoResolverConfiguration,
+        ) as error:
             raise dkim.DnsTimeoutError(type(error).__name__) from None
         except dns.exception.DNSException:
             return None
