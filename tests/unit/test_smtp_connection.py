@@ -13,6 +13,7 @@ import ssl
 import types
 import warnings
 import weakref
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,7 +70,7 @@ def _same(ours: Any, theirs: Any, mine: object, reference: object) -> bool:
             ours.__self__ is theirs.__self__
             or (ours.__self__, theirs.__self__) == (mine, reference)
         )
-    if isinstance(ours, dict) and isinstance(theirs, dict):
+    if isinstance(ours, Mapping) and isinstance(theirs, dict):  # smtp_setup.Bound, too
         return list(ours) == list(theirs) and all(
             _same(ours[k], theirs[k], mine, reference) for k in ours
         )
