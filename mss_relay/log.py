@@ -361,9 +361,13 @@ def _encoder() -> Callable[[dict[str, Any]], str]:
     # As JSONEncoder.iterencode() calls it: no markers, default, the string
     # encoder of ensure_ascii=False, indent, separators, sort_keys,
     # skipkeys, allow_nan.
-    chunks = make(
-        None, _fallback, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
-    )
+    try:
+        chunks = make(
+            None, _fallback, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
+        )
+        "".join(chunks({"ts": "x", "n": 1}, 0))
+    except TypeError:  # a CPython whose private C encoder takes other arguments
+        return json.JSONEncoder(ensure_ascii=False, default=_fallback).encode
 
     def fast(line: dict[str, Any]) -> str:
         return "".join(chunks(line, 0))

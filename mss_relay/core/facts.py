@@ -15,8 +15,10 @@ from mss_relay.core.message import MessageInfo
 from mss_relay.core.verdict import Verdict
 
 # A sending rate (core.throttle.SendingRates), checked and counted by calling
-# it: the policy calls it last, once every other check passed, so that a
-# refused message or recipient uses none of the user's allowance.
+# it: the policy calls it once the rules passed, so that a message or
+# recipient refused by a rule uses none of the user's allowance. At RCPT the
+# conversation state's availability (a 451 the client retries) is checked
+# after it, as before issue 14: such a recipient has used its share.
 RateCheck = Callable[[], Verdict | None]
 
 
