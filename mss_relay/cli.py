@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from mss_relay import __version__
-from mss_relay.config import ConfigError, load_config
+from mss_relay.config import ConfigError, DkimAlgorithm, load_config
 from mss_relay.passwords import hash_password
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus can name it
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("domain", metavar="DOMAIN")
     keygen.add_argument("selector", metavar="SELECTOR")
     keygen.add_argument(
-        "--algorithm", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256"
+        "--algorithm", choices=tuple(DkimAlgorithm), default=DkimAlgorithm.RSA_SHA256
     )
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     keygen.add_argument(
@@ -137,7 +137,7 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     if "." not in domain or not args.selector.replace("-", "").replace("_", "").isalnum():
         print("mss-relay: dkim-keygen: give a domain name and a selector", file=sys.stderr)
         return 2
-    if args.algorithm == "rsa-sha256" and not MIN_RSA_BITS <= args.bits <= 8192:
+    if args.algorithm == DkimAlgorithm.RSA_SHA256 and not MIN_RSA_BITS <= args.bits <= 8192:
         print(f"mss-relay: dkim-keygen: --bits must be {MIN_RSA_BITS} to 8192", file=sys.stderr)
         return 2
     path = Path(args.output or f"{domain}.{args.selector}.key")

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from mss_relay.config import UpstreamConfig
+from mss_relay.config import UpstreamConfig, UpstreamTls
 from mss_relay.core.addresses import PLAIN_MAILBOX
 from mss_relay.core.reply import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE
 from mss_relay.delivery.outcome import StepResult, accepted, from_upstream_reply, unreachable
@@ -207,7 +207,7 @@ class SmtpUpstream:
         self.local_hostname = local_hostname
         self.password = password
         self.tls_context: ssl.SSLContext | None = None
-        if config.tls != "none":
+        if config.tls != UpstreamTls.NONE:
             from mss_relay.tls import upstream_context
 
             self.tls_context = upstream_context(config)
@@ -277,8 +277,8 @@ class SmtpUpstreamSession:
             port=config.port,
             local_hostname=self._up.local_hostname,
             timeout=config.timeout,
-            use_tls=config.tls == "implicit",
-            start_tls=config.tls == "starttls",
+            use_tls=config.tls == UpstreamTls.IMPLICIT,
+            start_tls=config.tls == UpstreamTls.STARTTLS,
             tls_context=self._up.tls_context,
             username=config.username,
             password=self._up.password,
