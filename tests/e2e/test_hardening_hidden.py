@@ -5,6 +5,7 @@ upstream gets (nothing, when refused) and the rule and reason in the log."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 
@@ -103,12 +104,19 @@ CASES: dict[str, tuple[bytes, int, str, bytes, str]] = {
 def test_hidden_content_is_refused(shared_stack: Stack, case: str) -> None:
     message, code, enhanced, named, reason = CASES[case]
     before = len(shared_stack.upstream.messages())
+    relay = shared_stack.relay
+
+    def at_data(event: dict[str, Any]) -> bool:
+        return event.get("stage") == "data"
+
+    decided = len([e for e in relay.events("decision") if at_data(e)])
     with connect(shared_stack) as client:
         _, (got, text) = send(client, SENDER, [DEST], message)
     assert (got, text[: len(enhanced)].decode()) == (code, enhanced), (case, text)
     assert named.decode().replace("« ", '"').replace(" »", '"').encode() in text, text
     assert len(shared_stack.upstream.messages()) == before
-    decision = shared_stack.relay.events("decision")[-1]
+    # The log is written by a thread: the line may come just after the reply.
+    decision = relay.wait_event("decision", decided + 1, where=at_data)[-1]
     assert decision["reason"].startswith(reason), decision
 
 
