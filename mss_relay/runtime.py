@@ -282,10 +282,6 @@ class Runtime:
             file_digests(config),
             asyncio.Semaphore(config.throttle.max_concurrent_messages),
         )
-        if prepared.tls is not None:
-            # Implicit TLS: the listening socket keeps the context it was made
-            # with; every handshake is handed the current one here (see tls_front).
-            prepared.tls.sni_callback = self._current_tls
 
     @property
     def config(self) -> Config:
@@ -319,6 +315,12 @@ class Runtime:
             require_patient_dkim=config.inbound.require_dkim_for_patients,
             attachments=config.attachments,
         )
+        if prepared.tls is not None:
+            # Implicit TLS: the listening socket keeps the context it was made
+            # with; a STARTTLS, the one of its connection's time. Every
+            # handshake is handed the current one (_current_tls): a renewed
+            # certificate is served at once, also to connections already open.
+            prepared.tls.sni_callback = self._current_tls
         writer = shared.writer
         contexts = tuple(
             RelayContext(

@@ -131,6 +131,9 @@ def test_a_reload_applies_to_new_sessions_and_spares_open_ones(
             starttls_client(pki, starttls, "jdupont", PASSWORDS["jdupont"]),
             implicit_client(pki, implicit, "jdupont", PASSWORDS["jdupont"]),
         ]
+        # And one not yet in TLS: its STARTTLS comes after the reload.
+        waiting = smtplib.SMTP("127.0.0.1", starttls, timeout=30)
+        waiting.ehlo("client.test")
         old_certificate = certificate(before[0])
         assert certificate(before[1]) == old_certificate
         for client in before:
@@ -161,6 +164,16 @@ def test_a_reload_applies_to_new_sessions_and_spares_open_ones(
             rcpts, (code, _) = send(client, SENDER, DESTS, make_message())
             assert [c for c, _ in rcpts] == [250, 250] and code == 250
 
+        # Its STARTTLS gets the new certificate (a renewed one is served at
+        # once), the rest of its session the old configuration.
+        waiting.starttls(context=pki.client_context())
+        assert certificate(waiting) == new_certificate
+        waiting.ehlo("client.test")
+        waiting.login("jdupont", PASSWORDS["jdupont"])
+        rcpts, (code, _) = send(waiting, SENDER, DESTS, make_message())
+        assert [c for c, _ in rcpts] == [250, 250] and code == 250
+        before.append(waiting)
+
         # New sessions, on both listeners (and on every worker: the kernel
         # spreads connections), get the new user, limit and certificate.
         for port, connect in [(starttls, starttls_client), (implicit, implicit_client)] * 4:
@@ -180,7 +193,7 @@ def test_a_reload_applies_to_new_sessions_and_spares_open_ones(
         for client in before:
             assert client.quit()[0] == 221
         assert relay.events("stopping") == []
-        assert len(upstream.messages()) == 4 + 8
+        assert len(upstream.messages()) == 5 + 8
     finally:
         assert relay.stop() == 0
         upstream.stop()
