@@ -8,46 +8,32 @@ import logging
 import os
 import signal
 import sqlite3
-import ssl
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
 
-import yaml
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay import __version__
 from mss_relay.config import (
     Config,
     ConfigError,
+    ConversationsConfig,
     ListenerConfig,
     ListenerTls,
     Role,
-    UpstreamConfig,
 )
-from mss_relay.core.mailbox import BalDirectory
-from mss_relay.core.policy import Policy
+from mss_relay.control import Control
 from mss_relay.core.throttle import AuthGuard, SendingRates
-from mss_relay.delivery.capture import CaptureUpstream
-from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.milter import listen_milter
-from mss_relay.front.session import ClientSession, RelayContext
+from mss_relay.front.session import ClientSession
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
 from mss_relay.front.smtp_setup import Introspection
-from mss_relay.log import LineWriter, make_logger, utc_now
-from mss_relay.signing import (
-    Signer,
-    UnusableKey,
-    dns_record,
-    generate_key,
-    load_key,
-    write_key,
-)
+from mss_relay.log import LineWriter, make_logger
+from mss_relay.runtime import Runtime, Shared, prepare
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
 from mss_relay.state.recorder import Recorder
-from mss_relay.tls import server_context
-from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
 
 # On SIGTERM, how long transactions under way may take to finish (systemd's
 # TimeoutStopSec is 30 s in the shipped unit).
@@ -76,86 +62,15 @@ async def drain(sessions: set[ClientSession], grace: float) -> int:
     return busy
 
 
-def read_upstream_password(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError("upstream.password_file", f"cannot read: {error}") from None
-
-
-def make_upstream(config: Config, delivery: UpstreamConfig) -> Upstream:
-    if delivery.capture is not None:
-        return CaptureUpstream(delivery.capture)
-    password = read_upstream_password(delivery.password_file)
-    return SmtpUpstream(delivery, config.hostname, password)
-
-
-def make_signer(config: Config, *, create: bool) -> Signer:
-    """Load every DKIM key; with create, make the demo keys that are missing
-    (and say what to publish), otherwise skip them."""
-    keys = []
-    for i, entry in enumerate(config.dkim):
-        path = entry.private_key
-        if entry.generate and not path.exists():
-            if not create:
-                continue
-            pem, public = generate_key(entry.algorithm)
-            write_key(path, pem)
-            record = dns_record(entry.domain, entry.selector, entry.algorithm, public)
-            print(f"mss-relay: created DKIM key {path}; publish: {record}", file=sys.stderr)
-        try:
-            keys.append(load_key(path, entry.domain, entry.selector, entry.algorithm))
-        except UnusableKey as error:
-            raise ConfigError(f"dkim[{i}].private_key", str(error)) from None
-    return Signer(keys)
-
-
-def make_verifier(config: Config) -> Verifier:
-    path = config.inbound.dkim_dns_file
-    if path is None:
-        # dkimpy passes its own timeout to each look-up, in place of the
-        # lookup's default: inbound.dns_timeout must be given to both.
-        timeout = config.inbound.dns_timeout
-        return Verifier(config.hostname, dns_lookup(timeout), timeout)
-    try:
-        answers = load_answers(path)
-    except (OSError, UnicodeError, ValueError, yaml.YAMLError) as error:
-        raise ConfigError("inbound.dkim_dns_file", f"{path}: {error}") from None
-    return Verifier(config.hostname, file_lookup(answers))
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What serve() needs, built from the configuration before anything listens."""
-
-    upstream: Upstream | None  # None with only milter listeners
-    inbound_delivery: Upstream | None
-    tls: ssl.SSLContext | None
-    signer: Signer
-    verifier: Verifier
-
-
-def prepare(config: Config, *, create_keys: bool = True) -> Prepared:
-    """Everything that can fail on the configuration, before anything listens.
-    create_keys: make the missing demo DKIM keys (the first worker only; the
-    others find them made)."""
-    tls = server_context(config.tls, config.hostname) if config.tls else None
-    inbound = make_upstream(config, config.inbound_delivery) if config.inbound_delivery else None
-    return Prepared(
-        make_upstream(config, config.upstream) if config.upstream else None,
-        inbound,
-        tls,
-        make_signer(config, create=create_keys),
-        make_verifier(config),
-    )
-
-
-async def maintain(store: ConversationStore, config: Config, log: FilteringBoundLogger) -> None:
-    """Close idle conversations and purge old ones, now and then, for ever."""
-    settings = config.conversations
+async def maintain(
+    store: ConversationStore,
+    current: Callable[[], ConversationsConfig],
+    log: FilteringBoundLogger,
+) -> None:
+    """Close idle conversations and purge old ones, now and then, for ever
+    (with the settings current at each round: a reload may change them)."""
     while True:
+        settings = current()
         try:
             closed = await store.close_idle()
             if closed:
@@ -174,11 +89,7 @@ async def maintain(store: ConversationStore, config: Config, log: FilteringBound
 
 
 async def _listen(
-    loop: asyncio.AbstractEventLoop,
-    listener: ListenerConfig,
-    context: RelayContext,
-    config: Config,
-    tls: ssl.SSLContext | None,
+    loop: asyncio.AbstractEventLoop, listener: ListenerConfig, index: int, runtime: Runtime
 ) -> asyncio.Server:
     implicit = listener.tls == ListenerTls.IMPLICIT
     starttls = listener.tls == ListenerTls.STARTTLS
@@ -186,13 +97,17 @@ async def _listen(
     introspection = Introspection.of(RelaySMTP, RelayHandler)
 
     def factory() -> RelaySMTP:
+        # Each connection takes the configuration current now and keeps it
+        # to its end (a reload swaps runtime.generation for the next ones).
+        generation = runtime.generation
+        config = generation.config
         return RelaySMTP(
-            RelayHandler(context),
+            RelayHandler(generation.contexts[index]),
             implicit_tls=implicit,
             data_size_limit=config.limits.wire_size_limit,
             hostname=config.hostname,
             ident="ESMTP mss-relay",
-            tls_context=tls if starttls else None,
+            tls_context=generation.prepared.tls if starttls else None,
             require_starttls=starttls,
             auth_required=listener.role != Role.INBOUND,
             auth_require_tls=not implicit,
@@ -201,12 +116,14 @@ async def _listen(
             introspection=introspection,
         )
 
+    # Implicit TLS: the socket keeps this context, whose SNI callback hands
+    # each handshake the current one (Runtime._current_tls).
     return await loop.create_server(
         factory,
         host=listener.host,
         port=listener.port,
-        ssl=tls if implicit else None,
-        reuse_port=config.workers > 1,
+        ssl=runtime.tls() if implicit else None,
+        reuse_port=runtime.config.workers > 1,
     )
 
 
@@ -267,7 +184,6 @@ class Workers:
 
 async def serve(config: Config, worker: int = 0) -> int:
     prepared = prepare(config, create_keys=worker == 0)
-    upstream, inbound_delivery, tls = prepared.upstream, prepared.inbound_delivery, prepared.tls
     try:
         writer = LineWriter(
             config.log.file,
@@ -300,60 +216,35 @@ async def serve(config: Config, worker: int = 0) -> int:
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     # dkimpy logs each failed verification as an error; our log has the result.
     logging.getLogger("dkimpy").setLevel(logging.CRITICAL)
-    policy = Policy(
-        config.limits,
-        BalDirectory(config.bals),
-        require_patient_dkim=config.inbound.require_dkim_for_patients,
-        attachments=config.attachments,
+    # Shared by every listener and every configuration: one process, one set
+    # of counters; a reload gives them new settings (runtime.py).
+    shared = Shared(
+        log, writer, store, state, AuthGuard(config.throttle), SendingRates(config.throttle)
     )
+    runtime = Runtime(config, prepared, shared, worker)
+    control = Control(runtime, worker)
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
-    sessions: set[ClientSession] = set()
-    # Shared by every listener: one process, one set of counters and slots.
-    auth_guard = AuthGuard(config.throttle)
-    rates = SendingRates(config.throttle)
-    data_slots = asyncio.Semaphore(config.throttle.max_concurrent_messages)
-    auth_settled = asyncio.Condition()  # with the one AuthGuard
+    sessions: set[ClientSession] = shared.sessions
     maintenance: asyncio.Task[None] | None = None
     workers: Workers | None = None
     orphaned: asyncio.Task[None] | None = None
     try:
         for i, listener in enumerate(config.listeners):
-            context = RelayContext(
-                policy=policy,
-                upstream=inbound_delivery
-                if listener.role == Role.INBOUND and inbound_delivery
-                else upstream,
-                state=state,
-                users=config.users,
-                hostname=config.hostname,
-                role=listener.role,
-                log=log.bind(listener=listener.name),
-                clock=utc_now,
-                sessions=sessions,
-                signer=prepared.signer,
-                verifier=prepared.verifier,
-                throttle=config.throttle,
-                timeouts=config.timeouts,
-                auth_guard=auth_guard,
-                rates=rates,
-                data_slots=data_slots,
-                auth_settled=auth_settled,
-                trusted_clients=config.trusted_clients,
-                log_healthy=(lambda: writer.healthy) if config.log.required else None,
-            )
             if worker and listener.path is not None:
                 continue  # a Unix socket cannot be shared: worker 0 serves it
             try:
                 if listener.role == Role.MILTER:
-                    servers.append(await listen_milter(listener, context, config.workers > 1))
+                    current = partial(runtime.context, i)
+                    servers.append(await listen_milter(listener, current, config.workers > 1))
                 else:
-                    servers.append(await _listen(loop, listener, context, config, tls))
+                    servers.append(await _listen(loop, listener, i, runtime))
             except OSError as error:
                 raise ConfigError(
                     f"listeners[{i}]",
                     f"cannot listen on {listener.endpoint}: {error.strerror or error}",
                 ) from None
+        servers.append(await control.listen())
         if worker == 0:
             for warning in config.warnings:
                 log.warning("config_warning", message=warning)
@@ -372,13 +263,18 @@ async def serve(config: Config, worker: int = 0) -> int:
                 flush=True,
             )
             # One process runs the periodic maintenance for all.
-            maintenance = loop.create_task(maintain(store, config, log))
+            maintenance = loop.create_task(
+                maintain(store, lambda: runtime.config.conversations, log)
+            )
             if config.workers > 1:
                 workers = Workers(config, log)
                 workers.start()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        # Worker 0 passes both on to the other workers (control.py).
+        loop.add_signal_handler(signal.SIGHUP, control.signalled, "reload")
+        loop.add_signal_handler(signal.SIGUSR1, control.signalled, "reopen")
         if worker:
             orphaned = loop.create_task(_orphaned(os.getppid(), stop))
         await stop.wait()
@@ -402,10 +298,10 @@ async def serve(config: Config, worker: int = 0) -> int:
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=10)
-        for delivery in (upstream, inbound_delivery):
-            if delivery is not None:
-                with contextlib.suppress(Exception):
-                    await delivery.close_idle()
+        control.close()
+        for delivery in runtime.upstreams():
+            with contextlib.suppress(Exception):
+                await delivery.close_idle()
         await state.close(FLUSH_TIMEOUT)
         await store.close()
         writer.close()

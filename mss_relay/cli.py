@@ -1,4 +1,5 @@
-"""The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations."""
+"""The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
+reload, unlock."""
 
 from __future__ import annotations
 
@@ -64,7 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(close)
     close.add_argument("bal", metavar="BAL")
     close.add_argument("patient", metavar="PATIENT_ADDRESS")
+    _control_commands(commands)
     return parser
+
+
+def _control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reload = commands.add_parser(
+        "reload", help="make the running relay read its configuration again (as SIGHUP)"
+    )
+    _config_option(reload)
+    unlock = commands.add_parser(
+        "unlock", help="lift the AUTH lockout of a user name or a client address"
+    )
+    _config_option(unlock)
+    unlock.add_argument("key", metavar="USER|ADDRESS")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +96,7 @@ def _config_error(error: ConfigError) -> int:
 
 
 def _check_config(path: str) -> int:
-    from mss_relay.app import make_signer, make_upstream, make_verifier
+    from mss_relay.runtime import make_signer, make_upstream, make_verifier
     from mss_relay.tls import server_context
 
     try:
@@ -178,8 +192,40 @@ def _conversations(args: argparse.Namespace) -> int:
         return 1
 
 
+def _control(args: argparse.Namespace) -> int:
+    """Ask the running relay, through its control socket: 0 when done."""
+    from mss_relay import control
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    line = "reload" if args.command == "reload" else f"unlock {args.key}"
+    try:
+        reply = control.ask(control.socket_path(path), line)
+    except ConfigError as error:
+        return _config_error(error)
+    except control.NotRunning as error:
+        print(f"mss-relay: {args.command}: {error}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"mss-relay: {args.command} failed: {reply.get('error')}", file=sys.stderr)
+        return 1
+    processes = reply.get("processes", 1)
+    if args.command == "reload":
+        changed = ", ".join(reply.get("changed", ())) or "nothing"
+        print(f"mss-relay: reloaded ({processes} process(es)); changed: {changed}")
+        restart = reply.get("restart_required")
+        if restart:
+            print(f"mss-relay: not applied until a restart: {', '.join(restart)}")
+        return 0
+    lifted = reply.get("lifted")
+    what = f"lockout lifted ({', '.join(lifted)})" if lifted else "was not locked out"
+    print(f"mss-relay: {args.key}: {what} ({processes} process(es))")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("reload", "unlock"):
+        return _control(args)
     if args.command == "conversations":
         return _conversations(args)
     if args.command == "serve":

@@ -295,6 +295,18 @@ class _State:
             )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Control:
+    # The local control socket (« mss-relay reload », « unlock »); default:
+    # beside the state database.
+    socket: Annotated[Path | None, File()] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: Path
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     file: Path | None  # None: standard output
@@ -402,6 +414,7 @@ class _File:
     listeners: tuple[Annotated[ListenerConfig, Convert(_listener)], ...]
     users: tuple[_User, ...] = ()
     state: _State
+    control: _Control
     upstream: UpstreamConfig | None = None
     inbound_delivery: UpstreamConfig | None = None
     log: _Log
@@ -539,6 +552,7 @@ class Config:
     users: Mapping[str, str]  # name -> password hash
     bals: tuple[Bal, ...]
     database: Path
+    control: ControlConfig
     log: LogConfig
     record_timeout: float  # state.record_timeout
     dkim: tuple[DkimKeyConfig, ...]
@@ -589,6 +603,7 @@ def _runtime(file: _File, path: Path) -> Config:
             for b in file.bals
         ),
         database=file.state.database,
+        control=ControlConfig(file.control.socket or file.state.database.parent / "control.socket"),
         log=LogConfig(
             file=None if file.log.file == "-" else (path.parent / file.log.file).resolve(),
             required=file.log.required,

@@ -119,6 +119,9 @@ class LineWriter:
         self._failing = False
         self._outage: _Outage | None = None
         self._next_check = time.monotonic() + PATH_CHECK
+        # Set by reopen() (the event loop), taken by the writer before its
+        # next write: one flag, no lock (a lost race only reopens once more).
+        self._reopen_asked = False
         self._last_report = 0.0
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mss-relay-log", daemon=True)
@@ -134,6 +137,15 @@ class LineWriter:
             self._dropped += 1
             return
         self._queue.put(line)
+
+    def reopen(self) -> bool:
+        """Close the file and open it again by its path before the next line
+        (logrotate: SIGUSR1, or a reload). False with standard output, where
+        there is nothing to reopen."""
+        if self.path is None:
+            return False
+        self._reopen_asked = True
+        return True
 
     @property
     def healthy(self) -> bool:
@@ -193,7 +205,10 @@ class LineWriter:
     def _deliver(self, data: bytes) -> bool:
         """Write the lines, however long it takes; then, after an outage or
         drops, the log_recovered line. False: given up (closing)."""
-        if self.path is not None and time.monotonic() >= self._next_check:
+        if self._reopen_asked:
+            self._reopen_asked = False
+            self._let_go()
+        elif self.path is not None and time.monotonic() >= self._next_check:
             self._follow_path()
         if not self._write_all(data):
             return False
@@ -270,13 +285,11 @@ class LineWriter:
         elif name not in self._outage.errors:
             self._outage.errors.append(name)
             self._say(f"the log to {self._where} now fails with: {error}")
-        if self.path is not None and self._fd is not None:
+        if self.path is not None:
             # Reopened by its path on the next attempt: the same file if it is
             # still there, a new one if it was removed; and no file is held open
             # meanwhile (a file system can be remounted read-only, or unmounted).
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+            self._let_go()
 
     def _open(self) -> None:
         assert self.path is not None
@@ -305,10 +318,15 @@ class LineWriter:
             moved = (info.st_dev, info.st_ino) != self._identity
         except OSError:
             moved = True
-        if moved and self._fd is not None:
+        if moved:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Close the file: _write_all opens it again by its path."""
+        if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-            self._fd = None  # _write_all reopens it
+            self._fd = None
 
     def _give_up(self, stopped: bool) -> None:
         """Closing while the log still fails: what is left is lost, and said."""

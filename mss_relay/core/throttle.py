@@ -79,6 +79,13 @@ class SlidingWindow:
     def clear(self, key: str) -> None:
         self._events.pop(key, None)
 
+    def resize(self, limit: int, period: float) -> None:
+        """New settings (a reload): the events counted so far are kept, the
+        newest `limit` of each key, and age out by the new period."""
+        if limit != self.limit:
+            self._events = {k: deque(e, maxlen=limit) for k, e in self._events.items()}
+        self.limit, self.period = limit, period
+
     def retry_after(self, key: str, now: float) -> float:
         events = self._recent(key, now)
         return max(0.0, events[0] + self.period - now) if events else 0.0
@@ -120,7 +127,9 @@ class AuthGuard:
         self.settings = settings
         self._by_client = SlidingWindow(settings.auth_max_failures_per_client, settings.auth_window)
         self._by_user = SlidingWindow(settings.auth_max_failures_per_user, settings.auth_window)
-        self._locked: dict[str, float] = {}  # "client:1.2.3.4" / "user:x" -> until
+        # "client:1.2.3.4" / "user:x" -> since when: the lockout's length is
+        # read from the settings, so that a reload applies to running ones.
+        self._locked: dict[str, float] = {}
         self._in_flight: dict[str, int] = {}  # the same keys -> attempts being verified
 
     def _keys(self, client: str, user: str) -> tuple[tuple[str, SlidingWindow, str], ...]:
@@ -131,9 +140,10 @@ class AuthGuard:
 
     def locked(self, client: str, user: str, now: float) -> Verdict | None:
         for key in (f"client:{client_key(client)}", f"user:{user}"):
-            until = self._locked.get(key)
-            if until is None:
+            since = self._locked.get(key)
+            if since is None:
                 continue
+            until = since + self.settings.auth_lockout
             if until > now:
                 return Verdict.tempfail(
                     AUTH_LOCKED,
@@ -193,26 +203,56 @@ class AuthGuard:
             window.add(key, now)
             failures = max(failures, window.count(key, now))
             if window.full(key, now):
-                self._locked[f"{kind}:{key}"] = now + settings.auth_lockout
+                self._locked[f"{kind}:{key}"] = now
                 window.clear(key)
                 locked.append(kind)
         return min(settings.auth_failure_delay * failures, settings.auth_max_delay), locked
+
+    def reconfigure(self, settings: ThrottleSettings) -> None:
+        """New settings (a reload): failures counted and lockouts under way are
+        kept, and judged by the new limits, window and lockout length."""
+        self.settings = settings
+        self._by_client.resize(settings.auth_max_failures_per_client, settings.auth_window)
+        self._by_user.resize(settings.auth_max_failures_per_user, settings.auth_window)
+
+    def unlock(self, what: str) -> list[str]:
+        """Lift the lockout of a user name or of a client address (its /64 for
+        IPv6), and forget its failures: what was lifted ("user", "client")."""
+        lifted = []
+        keys = [("user", self._by_user, what)]
+        try:
+            ipaddress.ip_address(what)
+            keys.append(("client", self._by_client, client_key(what)))
+        except ValueError:
+            pass  # not an address: a user name only
+        for kind, window, key in keys:
+            if self._locked.pop(f"{kind}:{key}", None) is not None:
+                lifted.append(kind)
+            window.clear(key)
+        return lifted
 
 
 class SendingRates:
     """Per-user rates: messages per minute (at MAIL), recipients per hour (at RCPT)."""
 
     def __init__(self, settings: ThrottleSettings) -> None:
-        self._messages = (
-            SlidingWindow(settings.messages_per_minute, 60.0)
-            if settings.messages_per_minute
-            else None
-        )
-        self._recipients = (
-            SlidingWindow(settings.recipients_per_hour, 3600.0)
-            if settings.recipients_per_hour
-            else None
-        )
+        self._messages: SlidingWindow | None = None
+        self._recipients: SlidingWindow | None = None
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: ThrottleSettings) -> None:
+        """New settings (a reload): what each user sent so far still counts."""
+        self._messages = self._window(self._messages, settings.messages_per_minute, 60.0)
+        self._recipients = self._window(self._recipients, settings.recipients_per_hour, 3600.0)
+
+    @staticmethod
+    def _window(window: SlidingWindow | None, limit: int, period: float) -> SlidingWindow | None:
+        if not limit:
+            return None  # 0: no limit (and nothing to count)
+        if window is None:
+            return SlidingWindow(limit, period)
+        window.resize(limit, period)
+        return window
 
     def message(self, user: str | None, now: float) -> Verdict | None:
         """Check and count one more message for the user."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable
 
 from mss_relay.config import ListenerConfig
 from mss_relay.core.message import crlf_lines
@@ -317,13 +318,14 @@ def _fields(signatures: bytes) -> list[str]:
 
 
 async def listen_milter(
-    listener: ListenerConfig, context: RelayContext, shared: bool = False
+    listener: ListenerConfig, context: Callable[[], RelayContext], shared: bool = False
 ) -> asyncio.Server:
     """A milter listener: TCP host and port (shared: SO_REUSEPORT, for the
-    workers), or a Unix socket (path)."""
+    workers), or a Unix socket (path). context: the current one, taken by
+    each connection when it is accepted (a reload swaps it)."""
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await MilterSession(context, reader, writer).run()
+        await MilterSession(context(), reader, writer).run()
 
     if listener.path is None:
         return await asyncio.start_server(

@@ -69,7 +69,7 @@ class ConversationStore:
         self.path = path
         self._identity = identity
         self._clock = clock
-        self._idle_days = idle_days
+        self.idle_days = idle_days  # a reload may change it
         self._lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
 
@@ -116,9 +116,9 @@ class ConversationStore:
         return iso_ms(self._clock())
 
     def _idle_cutoff(self) -> str | None:
-        if self._idle_days is None:
+        if self.idle_days is None:
             return None
-        return iso_ms(self._clock() - timedelta(days=self._idle_days))
+        return iso_ms(self._clock() - timedelta(days=self.idle_days))
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:

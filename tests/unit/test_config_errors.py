@@ -24,7 +24,7 @@ THROTTLE_KEYS = (
     " max_connections_per_client, messages_per_minute, recipients_per_hour"
 )
 ROOT_KEYS = (
-    "attachments, bals, conversations, dkim, hostname, inbound, inbound_delivery, limits,"
+    "attachments, bals, control, conversations, dkim, hostname, inbound, inbound_delivery, limits,"
     " listeners, log, state, throttle, timeouts, tls, trusted_clients, upstream, users, workers"
 )
 UPSTREAM_KEYS = (
@@ -431,6 +431,14 @@ CASES: list[tuple[str, Change, str]] = [
         "state-unknown",
         put("state", "path", value="x"),
         "state.path: unknown key (expected one of: database, record_timeout)",
+    ),
+    # control
+    ("control-type", put("control", value="x"), f"control: {MAPPING}"),
+    ("control-socket-type", put("control", "socket", value=1), "control.socket: must be a string"),
+    (
+        "control-unknown",
+        put("control", "path", value="x"),
+        "control.path: unknown key (expected one of: socket)",
     ),
     # log
     ("log-type", put("log", value=[]), f"log: {MAPPING}"),

@@ -67,6 +67,7 @@ def full() -> dict[str, Any]:
     }
     config["inbound_delivery"] = {"capture": "capture", "port": 2525, "tls": "starttls"}
     config["state"] = {"database": "db/s.sqlite3", "record_timeout": "1.5s"}
+    config["control"] = {"socket": "run/control.sock"}
     config["log"] = {"file": "log/relay.jsonl", "required": False}
     config["conversations"] = {"close_after_days": 30, "retention_days": 10, "purge_interval": 60}
     config["limits"] = {

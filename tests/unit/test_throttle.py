@@ -161,3 +161,69 @@ def test_attempts_in_flight_from_one_address_count_across_user_names() -> None:
     clock.now = SETTINGS.auth_lockout
     guard.succeeded("10.0.0.8", "user5")
     assert guard.begin("10.0.0.9", "user5", clock()) is None  # the lockout is over
+
+
+def _lock_out(guard: AuthGuard, client: str, user: str, now: float) -> list[str]:
+    locked: list[str] = []
+    while not locked:
+        locked = guard.failed(client, user, now)[1]
+    return locked
+
+
+def test_unlock_lifts_a_user_lockout_and_forgets_its_failures() -> None:
+    guard = AuthGuard(SETTINGS)
+    assert _lock_out(guard, "10.0.0.1", "jd", 0) == ["user"]
+    guard.failed("10.0.0.1", "jd", 1)  # (locked: a client would not get this far)
+    assert guard.unlock("someone-else") == []
+    assert guard.unlock("jd") == ["user"]
+    assert guard.locked("10.0.0.1", "jd", 2) is None
+    assert guard.unlock("jd") == []  # nothing left to lift
+    # Its failures are forgotten too: one more is not a new lockout.
+    assert guard.failed("10.0.0.9", "jd", 3)[1] == []
+
+
+def test_unlock_lifts_a_client_lockout_by_its_address() -> None:
+    guard = AuthGuard(SETTINGS)
+    for i in range(5):  # five users from one address: the client's limit
+        guard.failed("2001:db8:1:2::1", f"u{i}", 0)
+    assert guard.locked("2001:db8:1:2::7", "new", 1) is not None
+    # Any address of the /64 names it, as it was counted.
+    assert guard.unlock("2001:db8:1:2::9") == ["client"]
+    assert guard.locked("2001:db8:1:2::7", "new", 1) is None
+
+
+def test_new_settings_keep_the_counts_and_apply_to_running_lockouts() -> None:
+    guard = AuthGuard(SETTINGS)
+    guard.failed("10.0.0.1", "jd", 0)
+    guard.failed("10.0.0.1", "jd", 1)
+    stricter = ThrottleSettings(auth_max_failures_per_user=2, auth_lockout=60)
+    guard.reconfigure(stricter)
+    # The two failures still count: the limit is now reached by them.
+    assert guard.failed("10.0.0.1", "jd", 2)[1] == ["user"]
+    assert guard.locked("10.0.0.1", "jd", 2 + 59) is not None
+    assert guard.locked("10.0.0.1", "jd", 2 + 60) is None  # the new lockout length
+    # A lockout under way takes the new length too.
+    other = AuthGuard(SETTINGS)
+    _lock_out(other, "10.0.0.2", "mx", 0)
+    other.reconfigure(ThrottleSettings(auth_lockout=30))
+    assert other.locked("10.0.0.2", "mx", 31) is None
+
+
+def test_sending_rates_keep_their_counts_across_new_settings() -> None:
+    rates = SendingRates(SETTINGS)  # 2 messages a minute
+    assert rates.message("jd", 0) is None
+    rates.reconfigure(ThrottleSettings(messages_per_minute=1))
+    assert rates.message("jd", 1) is not None  # the one already sent counts
+    rates.reconfigure(ThrottleSettings(messages_per_minute=0))
+    assert rates.message("jd", 2) is None  # no limit any more
+    rates.reconfigure(ThrottleSettings(messages_per_minute=3))
+    assert [rates.message("jd", 3 + i) is None for i in range(4)] == [True] * 3 + [False]
+
+
+def test_a_smaller_window_keeps_the_newest_events() -> None:
+    window = SlidingWindow(5, 60)
+    for t in range(5):
+        window.add("k", t)
+    window.resize(2, 60)
+    assert window.count("k", 5) == 2 and window.full("k", 5)
+    assert window.retry_after("k", 5) == 3 + 60 - 5  # the newest two: at 3 and 4
