@@ -35,28 +35,41 @@ from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
 from mss_relay.state.recorder import Recorder
 
-# On SIGTERM, how long transactions under way may take to finish (systemd's
-# TimeoutStopSec is 30 s in the shipped unit).
-DRAIN_TIMEOUT = 25.0
-# Then how long the conversation writes still pending may take (within the
-# unit's 30 s).
+# On SIGTERM, messages past their final dot may take timeouts.shutdown (30 s)
+# to finish; then the conversation writes still pending this long (the unit's
+# TimeoutStopSec, 45 s, stays above both).
 FLUSH_TIMEOUT = 4.0
 
 
-async def drain(sessions: set[ClientSession], grace: float) -> int:
-    """Let the transactions under way finish, then close every connection.
-    Returns how many were still busy when the time ran out."""
+class ListenError(Exception):
+    """A listener could not be opened (its address in use, most often): not
+    a configuration error, so exit 1, which systemd restarts (EX_CONFIG, 78,
+    it does not)."""
+
+
+async def drain(
+    sessions: set[ClientSession], grace: float, log: FilteringBoundLogger | None = None
+) -> int:
+    """Tell every session (ClientSession.shut_down: 421 4.3.2 to a client
+    still sending DATA, and to the next command of the others), let the
+    messages past their final dot finish, then close every connection.
+    Returns how many were still being finished when the time ran out."""
+    for session in list(sessions):
+        session.shut_down()
+    if log is not None:
+        finishing = sum(1 for s in sessions if s.finishing)
+        log.info("draining", finishing=finishing, timeout=grace)
 
     async def quiet() -> None:
         # Polling a handful of sessions, once, at shutdown: an Event per
         # transaction would cost every message for this one moment.
-        while any(s.busy for s in sessions):  # noqa: ASYNC110
+        while any(s.finishing for s in sessions):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace):
             await quiet()
-    busy = sum(1 for s in sessions if s.busy)
+    busy = sum(1 for s in sessions if s.finishing)
     for session in list(sessions):
         session.disconnect()
     return busy
@@ -177,7 +190,7 @@ class Workers:
                     process.terminate()
         for process in self.processes.values():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(process.wait(), timeout=DRAIN_TIMEOUT + 5)
+                await asyncio.wait_for(process.wait(), timeout=self.config.timeouts.shutdown + 5)
         for task in self._tasks:
             task.cancel()
 
@@ -240,9 +253,10 @@ async def serve(config: Config, worker: int = 0) -> int:
                 else:
                     servers.append(await _listen(loop, listener, i, runtime))
             except OSError as error:
-                raise ConfigError(
-                    f"listeners[{i}]",
-                    f"cannot listen on {listener.endpoint}: {error.strerror or error}",
+                # asyncio's strerror repeats the address: the system's words only.
+                why = (os.strerror(error.errno) if error.errno else str(error)).lower()
+                raise ListenError(
+                    f"cannot listen on {listener.endpoint} (listeners[{i}]): {why}"
                 ) from None
         servers.append(await control.listen())
         if worker == 0:
@@ -285,7 +299,8 @@ async def serve(config: Config, worker: int = 0) -> int:
             server.close()  # no new connections
         # Each worker drains its own transactions, at the same time.
         cut, _ = await asyncio.gather(
-            drain(sessions, DRAIN_TIMEOUT), workers.stop() if workers else asyncio.sleep(0)
+            drain(sessions, config.timeouts.shutdown, log),
+            workers.stop() if workers else asyncio.sleep(0),
         )
         log.info("stopped", interrupted_transactions=cut)
     finally:

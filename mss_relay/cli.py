@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock."""
+reload, unlock, why."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     close.add_argument("bal", metavar="BAL")
     close.add_argument("patient", metavar="PATIENT_ADDRESS")
     _control_commands(commands)
+    _why_parser(commands)
     return parser
 
 
@@ -79,6 +80,45 @@ def _control_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     _config_option(unlock)
     unlock.add_argument("key", metavar="USER|ADDRESS")
+
+
+def _why_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mss_relay.why import LANGUAGES
+
+    why = commands.add_parser(
+        "why", help="the decisions and the outcome of a transaction, from the log"
+    )
+    why.add_argument(
+        "ref", metavar="TXID|MESSAGE-ID", help="the id a reply quotes, or a Message-ID"
+    )
+    _config_option(why)
+    why.add_argument("--log", help="read this log file instead of log.file ('-': standard input)")
+    why.add_argument("--lang", choices=LANGUAGES, default="fr", help="language (default fr)")
+
+
+def _why(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mss_relay.why import why
+
+    log: Path | None
+    if args.log is not None:
+        log = None if args.log == "-" else Path(args.log)
+    else:
+        path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+        try:
+            config = load_config(path)
+        except ConfigError as error:
+            return _config_error(error)
+        if config.log.file is None:
+            print(
+                "mss-relay: why: log.file is '-' (journald): give the log on standard input,"
+                " e.g. journalctl -u mss-relay -o cat | mss-relay why ID --log -",
+                file=sys.stderr,
+            )
+            return 1
+        log = config.log.file
+    return why(args.ref, log, args.lang)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -118,13 +158,16 @@ def _check_config(path: str) -> int:
 
 
 def _serve(path: str, worker: int = 0) -> int:
-    from mss_relay.app import serve
+    from mss_relay.app import ListenError, serve
 
     try:
         config = load_config(path)
         return asyncio.run(serve(config, worker))
     except ConfigError as error:
         return _config_error(error)
+    except ListenError as error:
+        print(f"mss-relay: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -232,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.config, args.worker)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "why":
+        return _why(args)
     if args.command == "dkim-keygen":
         return _dkim_keygen(args)
     return _hash_password()

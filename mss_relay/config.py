@@ -257,6 +257,9 @@ class TimeoutsConfig:
     # slower on average than min_data_rate (bytes/s) is cut (a trickle attack).
     min_data_rate: Bytes = 1024
     data_rate_grace: Seconds = 60.0
+    # On SIGTERM, how long messages already past their final dot may take to
+    # be delivered (the systemd unit's TimeoutStopSec must stay above it).
+    shutdown: Seconds = 30.0
 
 
 # The keys and defaults of throttle are ThrottleSettings' own (core/throttle.py).

@@ -81,6 +81,9 @@ RATE_RECIPIENTS = Reply(450, "4.7.1", "Trop de destinataires en une heure : rée
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Trop de connexions simultanées, réessayez plus tard")
 BUSY = Reply(451, "4.3.2", "Trop de messages en cours de réception, réessayez plus tard")
 TIMEOUT = Reply(421, "4.4.2", "Délai dépassé, connexion fermée")
+# RFC 5321 §3.8, RFC 3463 §3.4 (X.3.2, system not accepting messages): the
+# relay is stopping; the client keeps its message and tries again later.
+SHUTTING_DOWN = Reply(421, "4.3.2", "Arrêt du relais en cours, réessayez plus tard")
 
 # 5xx: permanent refusals.
 # RFC 3463 §3.2: X.1.3, bad syntax of a destination (or sender) mailbox address.
@@ -175,6 +178,33 @@ def internal_error(ref: str) -> Reply:
     """RFC 3463 §3.4: an unexpected failure of the relay, 451 4.3.0; the id
     finds its `internal_error` line in the log (the error's text is never sent)."""
     return INTERNAL_ERROR.with_text(f"Erreur interne temporaire, réessayez plus tard (id {ref})")
+
+
+_QUOTED = re.compile(r"\(id [0-9A-Za-z]+\)$")
+
+
+def quoted_id(line: str) -> bool:
+    """Whether a reply's (last) line already ends with a quoted id."""
+    return _QUOTED.search(line) is not None
+
+
+def with_id(reply: Reply, ref: str) -> Reply:
+    """A refusal that quotes the id of its log lines (issue 15): the
+    transaction's txid within a transaction, the session's id before one
+    (connection, EHLO, AUTH). A reply that quotes one already is unchanged."""
+    if quoted_id(reply.text):
+        return reply
+    return reply.with_text(f"{reply.text} (id {ref})")
+
+
+def with_id_line(line: str, ref: str) -> str:
+    """with_id() on a reply line as sent: only the last (or only) line of a
+    refusal (4xx, 5xx) gets the id; success and continuation lines do not."""
+    if len(line) < 4 or line[0] not in "45" or not line[:3].isdigit() or line[3] == "-":
+        return line
+    if quoted_id(line):
+        return line
+    return f"{line} (id {ref})"
 
 
 def message_accepted(txid: str) -> Reply:

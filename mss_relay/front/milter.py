@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from mss_relay.config import ListenerConfig
 from mss_relay.core.message import crlf_lines
-from mss_relay.core.reply import BUSY, ascii_text
+from mss_relay.core.reply import BUSY, ascii_text, with_id
 from mss_relay.front import milter_protocol as mp
 from mss_relay.front.ending import Ending
 from mss_relay.front.session import ClientSession, RelayContext
@@ -216,6 +216,7 @@ class MilterSession(ClientSession):
         verdict = self.ctx.policy.evaluate_wire_size(self.size)
         if verdict is None or verdict.reply is None:
             return mp.CONTINUE
+        verdict = self.quoted(verdict)
         self.decision("data", verdict, size=self.size)
         self._end_transaction("rejected", str(verdict.reply))
         return _reply(str(verdict.reply))
@@ -230,8 +231,9 @@ class MilterSession(ClientSession):
             async with asyncio.timeout(wait):
                 await self.ctx.data_slots.acquire()
         except TimeoutError:
+            busy = with_id(BUSY, self.ref)  # the transaction's id, before it ends
             self._end_transaction("tempfailed", "busy")
-            return _reply(str(BUSY))
+            return _reply(str(busy))
         self._slot = True
         return mp.CONTINUE
 

@@ -31,7 +31,7 @@ from mss_relay.core.conversation import (
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, crlf_lines
 from mss_relay.core.policy import INBOUND, Policy
-from mss_relay.core.reply import Reply, internal_error
+from mss_relay.core.reply import Reply, internal_error, with_id
 from mss_relay.core.reports import is_null_sender_mdn, reported_ids
 from mss_relay.core.rules.signing import signing_domain
 from mss_relay.core.rules.syntax import path_syntax
@@ -124,6 +124,31 @@ class ClientSession:
     def disconnect(self) -> None:
         """End the session now (a graceful stop whose time ran out)."""
 
+    def shut_down(self) -> None:
+        """The relay is stopping (SIGTERM): what the session does about it at
+        once (the SMTP listener: 421 4.3.2 to a client still sending DATA, and
+        to the next command of every other)."""
+
+    @property
+    def finishing(self) -> bool:
+        """What a graceful stop waits for: a message past its final dot being
+        finished (the milter: any transaction, Postfix holds the client)."""
+        return self.busy
+
+    @property
+    def ref(self) -> str:
+        """The id a refusal quotes, `(id REF)` (issue 15): the transaction's
+        txid within one (its decision and transaction lines carry it), the
+        session's id before one (connection, EHLO, AUTH: every line of the
+        session carries it as `session`)."""
+        return self.txn.txid if self.txn else self.session_id
+
+    def quoted(self, verdict: Verdict) -> Verdict:
+        """A refusal's reply, quoting ref: the reply logged is the one sent."""
+        if verdict.reply is None:
+            return verdict
+        return replace(verdict, reply=with_id(verdict.reply, self.ref))
+
     @property
     def inbound(self) -> bool:
         """The incoming side's rules apply (a patient or an operator writing in)."""
@@ -159,7 +184,8 @@ class ClientSession:
         """MAIL: a new transaction, the policy's and the sending rate's verdict,
         logged; the transaction is dropped again when refused."""
         refused = path_syntax(sender, options)
-        if refused is not None:  # before the policy: a control character is no fact
+        if refused is not None:
+            refused = self.quoted(refused)  # before the policy: a control character is no fact
             self.decision("mail", refused, sender=printable(sender), **fields)
             return refused
         size = next((o[5:] for o in options if o.upper().startswith("SIZE=")), None)
@@ -172,7 +198,7 @@ class ClientSession:
             rate=(lambda: rates.message(user, self.ctx.monotonic())) if rates else None,
         )
         self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
-        verdict = self.ctx.policy.evaluate_mail(mail)
+        verdict = self.quoted(self.ctx.policy.evaluate_mail(mail))
         self.decision("mail", verdict, sender=sender, **fields)
         if verdict.reply is not None:
             self.txn = None
@@ -184,6 +210,7 @@ class ClientSession:
         assert txn is not None
         refused = path_syntax(recipient)
         if refused is not None:
+            refused = self.quoted(refused)
             self.decision("rcpt", refused, recipient=printable(recipient))
             return refused
         rates, user, state = self.ctx.rates, self.user, self.ctx.state
@@ -194,7 +221,7 @@ class ClientSession:
             rate=(lambda: rates.recipient(user, self.ctx.monotonic())) if rates else None,
             state_unavailable=state.unavailable() if state is not None else None,
         )
-        verdict = self.ctx.policy.evaluate_rcpt(facts)
+        verdict = self.quoted(self.ctx.policy.evaluate_rcpt(facts))
         self.decision("rcpt", verdict, recipient=recipient)
         return verdict
 
@@ -281,7 +308,7 @@ class ClientSession:
             dkim=checks,
             log_writable=self._log_writable(),
         )
-        verdict = self.ctx.policy.evaluate_message(facts)
+        verdict = self.quoted(self.ctx.policy.evaluate_message(facts))
         examined = Examined(facts, verdict, checks, wire, fingerprint)
         self.decision("data", verdict, message_id=info.message_id, dkim=examined.dkim_log)
         self._patient_event(facts, verdict)
@@ -322,6 +349,7 @@ class ClientSession:
             message, signatures = signed.message, signed.signatures
             refused = self.ctx.policy.evaluate_signature(signed.failure)
             if refused is not None:
+                refused = self.quoted(refused)
                 self.log.warning("dkim_sign_error", txid=txn.txid, error=signed.failure)
                 self.decision("sign", refused)
                 return Ending(examined, refused)

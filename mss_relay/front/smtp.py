@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import secrets
 from email.utils import format_datetime
 from typing import Any, ClassVar
 
@@ -20,7 +23,9 @@ from mss_relay.core.reply import (
     OK,
     RECIPIENT_OK,
     SENDER_OK,
+    SHUTTING_DOWN,
     message_accepted,
+    with_id,
 )
 from mss_relay.core.throttle import AuthGuard, connection_verdict
 from mss_relay.core.verdict import Verdict
@@ -62,11 +67,36 @@ class RelayHandler(ClientSession):
         self.upstream: UpstreamSession | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._delivering: asyncio.Task[str] | None = None
+        # The AUTH failures of this connection, as (user, keyed digest of the
+        # password): smtplib's login() tries PLAIN, then LOGIN, with the same
+        # wrong password; that is one failure, not two (issue 15). A new
+        # password is a new guess and counts. The key is the connection's own,
+        # so that no digest outlives it usefully.
+        self._failed: set[tuple[str, bytes]] = set()
+        self._failed_key = secrets.token_bytes(16)
         context.sessions.add(self)
 
     def disconnect(self) -> None:
-        if self.server is not None and self.server.transport is not None:
-            self.server.transport.close()
+        # RFC 5321 §3.8: a server shut down says 421 before it closes.
+        if self.server is not None:
+            self.server.close_with(SHUTTING_DOWN)
+
+    def shut_down(self) -> None:
+        if self.server is None:
+            return
+        if self.server.receiving_data:
+            # Before its final dot the client still holds the message: it is
+            # told now (it retries later), not waited for.
+            if self.txn is not None:
+                self.outcome("abandoned", "relay stopping during DATA")
+                self.txn = None
+            self.server.close_with(SHUTTING_DOWN)
+            return
+        self.server.refuse_commands(SHUTTING_DOWN)
+
+    @property
+    def finishing(self) -> bool:
+        return self.delivering
 
     def _observe(self, server: RelaySMTP, session: Session) -> None:
         self.server = server
@@ -130,6 +160,8 @@ class RelayHandler(ClientSession):
                     "auth", client=self.client, user=shown, result="locked", reason=refused.reason
                 )
                 return AuthResult(success=False, handled=False, message=str(refused.reply))
+        tried = (user, hmac.new(self._failed_key, password, hashlib.sha256).digest())
+        repeated = tried in self._failed
         ok = False
         try:
             encoded = self.ctx.users.get(user)
@@ -138,10 +170,16 @@ class RelayHandler(ClientSession):
         finally:
             # Settled whatever happens: an attempt whose outcome is not known
             # (an error, the client gone meanwhile) counts as a failure.
-            delay = self._settle_attempt(user, ok)
+            delay = self._settle_attempt(user, ok, repeated)
             if guard is not None:
                 self._notify_settled()
-        self.log.info("auth", client=self.client, user=shown, result="success" if ok else "failure")
+            if not ok:
+                self._failed.add(tried)
+        result = "success" if ok else "failure"
+        if repeated:  # logged, and not counted again (metrics read this field too)
+            self.log.info("auth", client=self.client, user=shown, result=result, repeated=True)
+        else:
+            self.log.info("auth", client=self.client, user=shown, result=result)
         if ok:
             self.user = user
             return AuthResult(success=True, auth_data=user)
@@ -176,14 +214,16 @@ class RelayHandler(ClientSession):
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _settle_attempt(self, user: str, ok: bool) -> float:
+    def _settle_attempt(self, user: str, ok: bool, repeated: bool = False) -> float:
         """The AuthGuard's reservation of an attempt, settled (a lockout it
-        caused logged): the delay before answering a failure."""
+        caused logged): the delay before answering a failure. A failure this
+        connection already had (the same user and password) is not counted
+        again: its reservation is only released."""
         guard = self.ctx.auth_guard
         if guard is None:
             return 0.0
-        if ok:
-            guard.succeeded(self.client, user)
+        if ok or repeated:
+            guard.succeeded(self.client, user)  # releases the reservation, counts nothing
             return 0.0
         delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
         for what in locked_now:
@@ -263,7 +303,7 @@ class RelayHandler(ClientSession):
                 upstream=result.upstream,
             )
             self.txn = None
-            return str(result.reply)
+            return str(with_id(result.reply, txn.txid))
         envelope.mail_from = address or "<>"  # aiosmtpd takes "" for « no MAIL yet »
         envelope.mail_options.extend(options)
         return str(SENDER_OK)
@@ -332,7 +372,7 @@ class RelayHandler(ClientSession):
             self.txn = None
             return str(ending.refusal)
         result = await self.upstream.data(ending.message, txn.txid)
-        reply = message_accepted(txn.txid) if result.accepted else result.reply
+        reply = message_accepted(txn.txid) if result.accepted else with_id(result.reply, txn.txid)
         await self.settle(
             ending,
             "delivered" if result.accepted else result.outcome.value,

@@ -27,6 +27,8 @@ from mss_relay.core.reply import (
     TIMEOUT,
     Reply,
     ascii_text,
+    with_id,
+    with_id_line,
 )
 from mss_relay.front.data import DataReceiver, DataState
 from mss_relay.front.replies import CLOSING_CODE, DATA_GO_AHEAD, DATA_GO_AHEAD_CODE, localize
@@ -131,6 +133,7 @@ class RelaySMTP(SMTP):
             auth_require_tls=auth_require_tls,
         )
         self.relay = handler
+        handler.server = self  # so that a graceful stop reaches sessions not yet greeted
 
     # Replies ---------------------------------------------------------------
     async def push(self, status: AnyStr) -> None:
@@ -139,7 +142,10 @@ class RelaySMTP(SMTP):
             self._held.append(status.encode("ascii") + b"\r\n")
             return
         if isinstance(status, str):
-            localized = ascii_text(localize(status))
+            # Every refusal quotes an id (issue 15): those the relay built
+            # quote theirs already; aiosmtpd's own (503, 535...) get the
+            # transaction's or the session's here.
+            localized = with_id_line(ascii_text(localize(status)), self.relay.ref)
             if localized.startswith(DATA_GO_AHEAD_CODE):
                 self._data_started = True
             await super().push(localized)
@@ -163,9 +169,10 @@ class RelaySMTP(SMTP):
             async with asyncio.timeout(ctx.timeouts.busy_wait):
                 await ctx.data_slots.acquire()
         except TimeoutError:
+            busy = with_id(BUSY, self.relay.ref)  # the transaction's id, before it ends
             await self.relay.reset_transaction("busy")
             self._set_rset_state()  # type: ignore[no-untyped-call]  # a new MAIL may come
-            await self.push(str(BUSY))
+            await self.push(str(busy))
             return
         self._in_data = True
         self._data_started_at = self.loop.time()
@@ -281,8 +288,33 @@ class RelaySMTP(SMTP):
         if self.transport is None or self.transport.is_closing():
             return
         self.relay.timed_out(why)
-        self._writer.write(ascii_text(str(reply)).encode("ascii") + b"\r\n")
+        self.close_with(reply)
+
+    def close_with(self, reply: Reply) -> None:
+        """The reply (a 421), unasked, then the connection closed."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        line = ascii_text(str(with_id(reply, self.relay.ref)))
+        self._writer.write(line.encode("ascii") + b"\r\n")
         self.transport.close()
+
+    @property
+    def receiving_data(self) -> bool:
+        """Between DATA's 354 and the final dot."""
+        return self._in_data
+
+    def refuse_commands(self, reply: Reply) -> None:
+        """From now on every command but QUIT is answered `reply` (a 421),
+        and the connection closed (a graceful stop: the command being run
+        finishes first)."""
+
+        async def refuse(_: str | None) -> None:
+            await self.push(str(reply))  # a 421: push() closes the connection
+
+        methods = self._smtp_methods
+        self._smtp_methods = {
+            name: method if name == "QUIT" else refuse for name, method in methods.items()
+        }
 
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._greeting(super().smtp_EHLO, hostname, "ehlo")

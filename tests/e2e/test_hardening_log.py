@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Pki, Stack, base_config
 from tests.support.filesystems import fill, small_tmpfs
-from tests.support.mail import connect, make_message, send, wire_data
+from tests.support.mail import connect, make_message, send, wire_data, without_id
 from tests.support.milter_client import MilterClient
 from tests.support.processes import Relay, Upstream, free_port
 
@@ -61,10 +61,10 @@ def stop(stack: Stack) -> None:
 
 def mail_reply(client: smtplib.SMTP) -> tuple[int, bytes]:
     """MAIL, and RSET after it when it was accepted."""
-    reply = client.mail(SENDER)
-    if reply[0] == 250:
+    code, text = client.mail(SENDER)
+    if code == 250:
         client.rset()
-    return reply
+    return code, without_id(text)  # issue 15: refusals end with (id ...)
 
 
 def milter_mail(stack: Stack) -> tuple[str, str]:
@@ -73,7 +73,7 @@ def milter_mail(stack: Stack) -> tuple[str, str]:
         client.connect()
         client.helo()
         reply = client.mail(SENDER, **{"{auth_authen}": "jdupont"})
-        return reply.code, reply.text if reply.code == "y" else ""
+        return reply.code, without_id(reply.text) if reply.code == "y" else ""
 
 
 def test_required_log_refuses_mail_while_full_and_resumes(
@@ -175,7 +175,8 @@ def test_a_transaction_past_mail_is_not_sent_on_untraced(
             code, _ = client.docmd("DATA")
             assert code == 354
             client.send(wire_data(make_message()))
-            assert client.getreply() == (451, REFUSED)
+            code, text = client.getreply()
+            assert (code, without_id(text)) == (451, REFUSED)
         assert stack.upstream.messages() == []  # no 250 without its trace
         filler.unlink()
         (refused,) = relay.wait_event(

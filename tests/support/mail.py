@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
+from typing import AnyStr
 
 from tests.conftest import PASSWORDS, Stack
+
+_QUOTED_ID = re.compile(r" \(id [0-9A-F]+\)$")
+
+
+def without_id(text: AnyStr) -> AnyStr:
+    """A reply's text without the `(id ...)` every refusal ends with (issue
+    15), for the tests that compare a whole text."""
+    if isinstance(text, bytes):
+        return _QUOTED_ID.sub("", text.decode()).encode()
+    return _QUOTED_ID.sub("", text)
 
 
 def make_message(

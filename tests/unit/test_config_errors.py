@@ -850,7 +850,17 @@ CASES: list[tuple[str, Change, str]] = [
         "timeouts-unknown",
         put("timeouts", "dat", value=1),
         "timeouts.dat: unknown key (expected one of: busy_wait, data, data_rate_grace, idle,"
-        " min_data_rate)",
+        " min_data_rate, shutdown)",
+    ),
+    (
+        "timeouts-shutdown",
+        put("timeouts", "shutdown", value="soon"),
+        f"timeouts.shutdown: 'soon' {NOT_A_DURATION}",
+    ),
+    (
+        "timeouts-shutdown-zero",
+        put("timeouts", "shutdown", value=0),
+        "timeouts.shutdown: must be more than zero",
     ),
 ]
 

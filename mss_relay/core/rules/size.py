@@ -30,8 +30,42 @@ def wire_size(received: int, limit: int) -> Verdict | None:
     )
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} Mo"
+# French units, as the configuration's KiB, MiB, GiB (binary) and KB, MB, GB.
+_UNITS = (
+    (1024**3, "Gio"),
+    (1000**3, "Go"),
+    (1024**2, "Mio"),
+    (1000**2, "Mo"),
+    (1024, "Kio"),
+    (1000, "ko"),
+)
+
+
+def _unit(limit: int) -> tuple[int, str]:
+    """The unit a limit was written in: the largest it is a whole number of
+    (20MiB is 20 Mio, 60MB 60 Mo), bytes otherwise."""
+    for factor, name in _UNITS:
+        if limit >= factor and limit % factor == 0:
+            return factor, name
+    return 1, "octets"
+
+
+def _limit(limit: int) -> str:
+    """A limit as configured: `20 Mio`, never a rounding of it (issue 15)."""
+    factor, name = _unit(limit)
+    return f"{limit // factor} {name}"
+
+
+def _measured(size: int, limit: int) -> str:
+    """A measured size, in the limit's unit, with the decimals that keep it
+    on the right side of the limit (20.0 Mio over 20 Mio would contradict
+    the refusal: 20.00001 Mio, or the bytes, instead)."""
+    factor, name = _unit(limit)
+    for decimals in range(1, 7):
+        shown = round(size / factor, decimals)
+        if (shown > limit / factor) == (size > limit) and shown != limit / factor:
+            return f"{shown:.{decimals}f} {name}"
+    return f"{size} octets"
 
 
 def declared_size(facts: MailFacts, max_message_size: int) -> Verdict | None:
@@ -41,8 +75,9 @@ def declared_size(facts: MailFacts, max_message_size: int) -> Verdict | None:
         return None
     return Verdict.reject(
         MESSAGE_TOO_BIG.with_text(
-            f"Message trop volumineux : {_mb(facts.declared_size)} annoncés,"
-            f" maximum {_mb(max_message_size)} de contenu"
+            "Message trop volumineux :"
+            f" {_measured(facts.declared_size, max_message_size)} annoncés,"
+            f" maximum {_limit(max_message_size)} de contenu"
         ),
         rule="declared_size",
         reason=f"SIZE={facts.declared_size} > {limit}",
@@ -61,8 +96,8 @@ def attachment_sizes(
             return Verdict.reject(
                 ATTACHMENT_TOO_BIG.with_text(
                     f"Pièce jointe « {printable(part.display_name)} » trop volumineuse :"
-                    f" {_mb(part.decoded_size)}, maximum {_mb(max_attachment_size)}"
-                    " par pièce jointe"
+                    f" {_measured(part.decoded_size, max_attachment_size)},"
+                    f" maximum {_limit(max_attachment_size)} par pièce jointe"
                 ),
                 rule="attachment_size",
                 reason=f"{part.decoded_size} > {max_attachment_size}",
@@ -71,8 +106,8 @@ def attachment_sizes(
     if total > max_message_size:
         return Verdict.reject(
             MESSAGE_TOO_BIG.with_text(
-                f"Message trop volumineux : {_mb(total)} de contenu,"
-                f" maximum {_mb(max_message_size)} par message"
+                f"Message trop volumineux : {_measured(total, max_message_size)} de contenu,"
+                f" maximum {_limit(max_message_size)} par message"
             ),
             rule="message_size",
             reason=f"{total} > {max_message_size}",
@@ -97,7 +132,8 @@ def per_domain_declared_size(facts: RcptFacts, per_domain: Mapping[str, int]) ->
     return Verdict.reject(
         MESSAGE_TOO_BIG.with_text(
             f"<{facts.recipient}> : message trop volumineux pour ce destinataire"
-            f" ({_mb(declared)} annoncés, maximum {_mb(found[1])} pour {found[0]})"
+            f" ({_measured(declared, found[1])} annoncés,"
+            f" maximum {_limit(found[1])} pour {found[0]})"
         ),
         rule="per_domain_size",
         reason=f"SIZE={declared} > {found[1]} for {found[0]}",
@@ -111,7 +147,8 @@ def per_domain_size(facts: MessageFacts, per_domain: Mapping[str, int]) -> Verdi
             return Verdict.reject(
                 MESSAGE_TOO_BIG.with_text(
                     f"Message trop volumineux pour <{recipient}> :"
-                    f" {_mb(facts.size)}, maximum {_mb(found[1])} pour {found[0]}"
+                    f" {_measured(facts.size, found[1])},"
+                    f" maximum {_limit(found[1])} pour {found[0]}"
                 ),
                 rule="per_domain_size",
                 reason=f"{facts.size} > {found[1]} for {found[0]}",
