@@ -20,6 +20,7 @@ from mss_relay import __version__
 from mss_relay.config import (
     Config,
     ConfigError,
+    ConversationsConfig,
     ListenerConfig,
     ListenerTls,
     Role,
@@ -35,6 +36,7 @@ from mss_relay.front.session import ClientSession, RelayContext
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
 from mss_relay.front.smtp_setup import Introspection
 from mss_relay.log import LineWriter, make_logger, utc_now
+from mss_relay.notifier import Notifier
 from mss_relay.signing import (
     Signer,
     UnusableKey,
@@ -43,6 +45,7 @@ from mss_relay.signing import (
     load_key,
     write_key,
 )
+from mss_relay.state.activity import ActivityRecorder, ActivityStore
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
 from mss_relay.state.recorder import Recorder
@@ -152,9 +155,26 @@ def prepare(config: Config, *, create_keys: bool = True) -> Prepared:
     )
 
 
-async def maintain(store: ConversationStore, config: Config, log: FilteringBoundLogger) -> None:
-    """Close idle conversations and purge old ones, now and then, for ever."""
+async def maintain(
+    store: ConversationStore,
+    config: Config,
+    log: FilteringBoundLogger,
+    lifecycle: Notifier | None = None,
+) -> None:
+    """Close idle conversations and purge old ones, now and then, for ever;
+    the BAL lifecycle check beside, at its own interval (cancelled with it)."""
     settings = config.conversations
+    beside = asyncio.get_running_loop().create_task(lifecycle.run()) if lifecycle else None
+    try:
+        await _conversation_upkeep(store, settings, log)
+    finally:
+        if beside is not None:
+            beside.cancel()
+
+
+async def _conversation_upkeep(
+    store: ConversationStore, settings: ConversationsConfig, log: FilteringBoundLogger
+) -> None:
     while True:
         try:
             closed = await store.close_idle()
@@ -294,8 +314,15 @@ async def serve(config: Config, worker: int = 0) -> int:
     except (OSError, sqlite3.Error) as error:
         writer.close()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    try:
+        activity = ActivityRecorder(await ActivityStore.open(config.database), log)
+    except (OSError, sqlite3.Error) as error:
+        await store.close()
+        writer.close()
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     state = Recorder(store, log, timeout=config.record_timeout)
     state.start()
+    activity.start()
     # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     # dkimpy logs each failed verification as an error; our log has the result.
@@ -341,6 +368,7 @@ async def serve(config: Config, worker: int = 0) -> int:
                 auth_settled=auth_settled,
                 trusted_clients=config.trusted_clients,
                 log_healthy=(lambda: writer.healthy) if config.log.required else None,
+                activity=activity,
             )
             if worker and listener.path is not None:
                 continue  # a Unix socket cannot be shared: worker 0 serves it
@@ -372,7 +400,8 @@ async def serve(config: Config, worker: int = 0) -> int:
                 flush=True,
             )
             # One process runs the periodic maintenance for all.
-            maintenance = loop.create_task(maintain(store, config, log))
+            lifecycle = Notifier(config, activity.store, upstream, log, prepared.signer)
+            maintenance = loop.create_task(maintain(store, config, log, lifecycle))
             if config.workers > 1:
                 workers = Workers(config, log)
                 workers.start()
@@ -407,6 +436,8 @@ async def serve(config: Config, worker: int = 0) -> int:
                 with contextlib.suppress(Exception):
                     await delivery.close_idle()
         await state.close(FLUSH_TIMEOUT)
+        await activity.close(FLUSH_TIMEOUT)
         await store.close()
+        await activity.store.close()
         writer.close()
     return 0

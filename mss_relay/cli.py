@@ -64,7 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(close)
     close.add_argument("bal", metavar="BAL")
     close.add_argument("patient", metavar="PATIENT_ADDRESS")
+    _bals_parser(commands)
     return parser
+
+
+def _bals_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bals = commands.add_parser(
+        "bals", help="list the BALs, their last activity and their lifecycle flags"
+    )
+    _config_option(bals)
+    bals.add_argument(
+        "--inactive",
+        type=int,
+        metavar="DAYS",
+        help="only the BALs inactive for at least DAYS days",
+    )
+    bals.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -178,8 +193,23 @@ def _conversations(args: argparse.Namespace) -> int:
         return 1
 
 
+def _bals(args: argparse.Namespace) -> int:
+    from mss_relay import roster
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        return asyncio.run(roster.list_bals(load_config(path), args.inactive, args.json))
+    except ConfigError as error:
+        return _config_error(error)
+    except (OSError, sqlite3.Error) as error:
+        print(f"mss-relay: state database: {error}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bals":
+        return _bals(args)
     if args.command == "conversations":
         return _conversations(args)
     if args.command == "serve":
