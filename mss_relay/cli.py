@@ -1,4 +1,4 @@
-"""The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations."""
+"""The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations, bals."""
 
 from __future__ import annotations
 

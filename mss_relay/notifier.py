@@ -69,6 +69,7 @@ class Notifier:
             (normalize_address(b.address) for b in self.config.bals), self.clock()
         )
         marks = await self.store.marks()
+        flagged = sent = 0
         for current in await statuses(self.store, self.config, self.clock):
             reference = current.activity.reference
             if reference is None:
@@ -85,12 +86,18 @@ class Notifier:
                         last_activity=last.date().isoformat() if last else None,
                         days_inactive=current.days_inactive,
                     )
-            sent = [m.flag for m in period_marks(current, marks) if m.notice_sent_at]
-            due = notice_due(current, sent)
+            done = [m.flag for m in period_marks(current, marks) if m.notice_sent_at]
+            flagged += bool(current.flags)
+            due = notice_due(current, done)
             if due is not None and self.config.lifecycle.notify:
-                await self._send(current, due, since)
+                sent += await self._send(current, due, since)
+        # One line per check: what an operator (or a test) waits for.
+        self.log.info(
+            "lifecycle_checked", bals=len(self.config.bals), flagged=flagged, notices=sent
+        )
 
-    async def _send(self, current: BalStatus, flag: Flag, since: str) -> None:
+    async def _send(self, current: BalStatus, flag: Flag, since: str) -> bool:
+        """Whether the upstream took the notice (then recorded as sent)."""
         sender = self.config.lifecycle.notify_from
         assert sender is not None and self.upstream is not None  # validated with notify
         txid = new_txid()
@@ -119,7 +126,7 @@ class Notifier:
                 txid=txid,
                 upstream=result.upstream,
             )
-            return
+            return False
         await self.store.notice_sent(
             normalize_address(current.bal.address), flag, since, self.clock(), txid
         )
@@ -131,3 +138,4 @@ class Notifier:
             message_id=message_id,
             upstream=result.upstream,
         )
+        return True

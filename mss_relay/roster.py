@@ -49,7 +49,7 @@ def as_json(current: BalStatus, marks: list[Mark]) -> dict[str, Any]:
         "flags": [{"code": f.value, "text": FLAG_TEXT[f]} for f in current.flags],
         "notices_sent": [
             {"flag": m.flag.value, "sent_at": m.notice_sent_at, "txid": m.notice_txid}
-            for m in period_marks(current, marks)
+            for m in sorted(period_marks(current, marks), key=lambda m: m.notice_sent_at or "")
             if m.notice_sent_at
         ],
     }
