@@ -30,7 +30,9 @@ from mss_relay.front.session import ClientSession
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
 from mss_relay.front.smtp_setup import Introspection
 from mss_relay.log import LineWriter, make_logger
+from mss_relay.notifier import Notifier
 from mss_relay.runtime import Runtime, Shared, prepare
+from mss_relay.state.activity import ActivityRecorder, ActivityStore
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
 from mss_relay.state.recorder import Recorder
@@ -79,9 +81,24 @@ async def maintain(
     store: ConversationStore,
     current: Callable[[], ConversationsConfig],
     log: FilteringBoundLogger,
+    lifecycle: Notifier | None = None,
 ) -> None:
     """Close idle conversations and purge old ones, now and then, for ever
-    (with the settings current at each round: a reload may change them)."""
+    (with the settings current at each round: a reload may change them); the
+    BAL lifecycle check beside, at its own interval (cancelled with it)."""
+    beside = asyncio.get_running_loop().create_task(lifecycle.run()) if lifecycle else None
+    try:
+        await _conversation_upkeep(store, current, log)
+    finally:
+        if beside is not None:
+            beside.cancel()
+
+
+async def _conversation_upkeep(
+    store: ConversationStore,
+    current: Callable[[], ConversationsConfig],
+    log: FilteringBoundLogger,
+) -> None:
     while True:
         settings = current()
         try:
@@ -223,8 +240,15 @@ async def serve(config: Config, worker: int = 0) -> int:
     except (OSError, sqlite3.Error) as error:
         writer.close()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    try:
+        activity = ActivityRecorder(await ActivityStore.open(config.database), log)
+    except (OSError, sqlite3.Error) as error:
+        await store.close()
+        writer.close()
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     state = Recorder(store, log, timeout=config.record_timeout)
     state.start()
+    activity.start()
     # aiosmtpd logs peers and commands through the stdlib; only its errors matter.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     # dkimpy logs each failed verification as an error; our log has the result.
@@ -232,7 +256,13 @@ async def serve(config: Config, worker: int = 0) -> int:
     # Shared by every listener and every configuration: one process, one set
     # of counters; a reload gives them new settings (runtime.py).
     shared = Shared(
-        log, writer, store, state, AuthGuard(config.throttle), SendingRates(config.throttle)
+        log,
+        writer,
+        store,
+        state,
+        AuthGuard(config.throttle),
+        SendingRates(config.throttle),
+        activity=activity,
     )
     runtime = Runtime(config, prepared, shared, worker)
     control = Control(runtime, worker)
@@ -277,8 +307,9 @@ async def serve(config: Config, worker: int = 0) -> int:
                 flush=True,
             )
             # One process runs the periodic maintenance for all.
+            lifecycle = Notifier(runtime.lifecycle_inputs, activity.store, log)
             maintenance = loop.create_task(
-                maintain(store, lambda: runtime.config.conversations, log)
+                maintain(store, lambda: runtime.config.conversations, log, lifecycle)
             )
             if config.workers > 1:
                 workers = Workers(config, log)
@@ -318,6 +349,8 @@ async def serve(config: Config, worker: int = 0) -> int:
             with contextlib.suppress(Exception):
                 await delivery.close_idle()
         await state.close(FLUSH_TIMEOUT)
+        await activity.close(FLUSH_TIMEOUT)
         await store.close()
+        await activity.store.close()
         writer.close()
     return 0

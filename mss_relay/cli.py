@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why."""
+reload, unlock, why, bals."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     close.add_argument("patient", metavar="PATIENT_ADDRESS")
     _control_commands(commands)
     _why_parser(commands)
+    _bals_parser(commands)
     return parser
 
 
@@ -119,6 +120,20 @@ def _why(args: argparse.Namespace) -> int:
             return 1
         log = config.log.file
     return why(args.ref, log, args.lang)
+
+
+def _bals_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bals = commands.add_parser(
+        "bals", help="list the BALs, their last activity and their lifecycle flags"
+    )
+    _config_option(bals)
+    bals.add_argument(
+        "--inactive",
+        type=int,
+        metavar="DAYS",
+        help="only the BALs inactive for at least DAYS days",
+    )
+    bals.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -265,10 +280,25 @@ def _control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bals(args: argparse.Namespace) -> int:
+    from mss_relay import roster
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        return asyncio.run(roster.list_bals(load_config(path), args.inactive, args.json))
+    except ConfigError as error:
+        return _config_error(error)
+    except (OSError, sqlite3.Error) as error:
+        print(f"mss-relay: state database: {error}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("reload", "unlock"):
         return _control(args)
+    if args.command == "bals":
+        return _bals(args)
     if args.command == "conversations":
         return _conversations(args)
     if args.command == "serve":

@@ -232,6 +232,15 @@ class ConversationsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LifecycleConfig:
+    """The BAL lifecycle (mss_relay/lifecycle.py): notices of inactivity."""
+
+    notify: bool = False  # send each BAL its notices (worker 0, through the upstream)
+    notify_from: Annotated[str, Fold(str.strip)] | None = None  # a BAL of the configuration
+    check_interval: Seconds = 3600.0  # seconds between two checks (and one at start)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DkimKeyConfig:
     domain: Annotated[str, Fold(normalize_domain)]
     selector: Annotated[str, Fold(str.strip)]
@@ -436,6 +445,7 @@ class _File:
         default_factory=lambda: types.MappingProxyType({})
     )
     timeouts: TimeoutsConfig
+    lifecycle: LifecycleConfig
     # Processes sharing the listening sockets (SO_REUSEPORT) and the SQLite
     # file: one Python process uses one core.
     workers: Annotated[int, Range(1, 64)] = 1
@@ -465,6 +475,7 @@ class _File:
                     f"{listener.tls} needs a top-level tls section"
                 )
         self._check_bals()
+        self._check_lifecycle(where.key("lifecycle"))
         self._check_dkim()
         for address, name in self.trusted_clients.items():
             if not isinstance(name, str) or name not in users:
@@ -504,6 +515,18 @@ class _File:
             if normalized in seen:
                 raise ConfigError(path, f"duplicate BAL {address} (already {seen[normalized]})")
             seen[normalized] = f"bals[{i}]"
+
+    def _check_lifecycle(self, where: Where) -> None:
+        notify_from = self.lifecycle.notify_from
+        if notify_from is not None:
+            bals = {normalize_address(b.address) for b in self.bals}
+            if normalize_address(notify_from) not in bals:
+                where.key("notify_from").fail(f"{notify_from!r} is not one of the BALs (bals)")
+        if self.lifecycle.notify:
+            if notify_from is None:
+                where.key("notify_from").fail("is required when notify is true")
+            if self.upstream is None:
+                where.key("notify").fail("needs an upstream section (notices are sent through it)")
 
     def _check_dkim(self) -> None:
         seen: dict[tuple[str, str], str] = {}
@@ -566,6 +589,7 @@ class Config:
     timeouts: TimeoutsConfig
     workers: int
     warnings: tuple[str, ...]
+    lifecycle: LifecycleConfig
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -627,6 +651,7 @@ def _runtime(file: _File, path: Path) -> Config:
         timeouts=file.timeouts,
         workers=file.workers,
         warnings=file.warnings(),
+        lifecycle=file.lifecycle,
     )
 
 

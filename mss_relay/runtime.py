@@ -35,7 +35,9 @@ from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.session import ClientSession, RelayContext
 from mss_relay.log import LineWriter, utc_now
+from mss_relay.notifier import Inputs
 from mss_relay.signing import Signer, UnusableKey, dns_record, generate_key, load_key, write_key
+from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.recorder import Recorder
 from mss_relay.tls import server_context
@@ -240,6 +242,7 @@ class Shared:
     # The open sessions of the whole process, for a graceful stop.
     sessions: set[ClientSession] = field(default_factory=set)
     auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
+    activity: ActivityRecorder | None = None  # the BAL lifecycle's dates
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,11 @@ class Runtime:
 
     def context(self, index: int) -> RelayContext:
         return self.generation.contexts[index]
+
+    def lifecycle_inputs(self) -> Inputs:
+        """What the BAL lifecycle check reads, from the generation in force."""
+        prepared = self.generation.prepared
+        return Inputs(self.config, prepared.upstream, prepared.signer)
 
     def tls(self) -> ssl.SSLContext | None:
         return self.generation.prepared.tls
@@ -345,6 +353,7 @@ class Runtime:
                 auth_settled=shared.auth_settled,
                 trusted_clients=config.trusted_clients,
                 log_healthy=(lambda: writer.healthy) if config.log.required else None,
+                activity=shared.activity,
             )
             for listener in config.listeners
         )

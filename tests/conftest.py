@@ -102,6 +102,21 @@ def base_config(
     return config
 
 
+def with_inbound(config: dict[str, Any], mailbox_port: int) -> dict[str, Any]:
+    """The configuration with an inbound listener delivering to mailbox_port."""
+    config["listeners"].append(
+        {
+            "name": "inbound",
+            "role": "inbound",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "tls": "none",
+        }
+    )
+    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox_port, "tls": "none"}
+    return config
+
+
 @contextlib.contextmanager
 def two_sided(
     tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any
@@ -112,17 +127,7 @@ def two_sided(
     operator, mailbox = Upstream(tmp / "op"), Upstream(tmp / "mb")
     operator.start()
     mailbox.start()
-    config = base_config(pki, hashes, operator.port)
-    config["listeners"].append(
-        {
-            "name": "inbound",
-            "role": "inbound",
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "tls": "none",
-        }
-    )
-    config["inbound_delivery"] = {"host": "127.0.0.1", "port": mailbox.port, "tls": "none"}
+    config = with_inbound(base_config(pki, hashes, operator.port), mailbox.port)
     for key, value in overrides.items():
         config[key] = value(config[key]) if callable(value) else value
     relay = Relay(tmp, config)

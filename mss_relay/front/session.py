@@ -41,6 +41,7 @@ from mss_relay.delivery.upstream import Upstream
 from mss_relay.front.ending import Ending, Examined, Fingerprint, inspect, message_work
 from mss_relay.log import Clock
 from mss_relay.signing import Signer
+from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.recorder import Recorder
 from mss_relay.verification import Verifier
 
@@ -83,6 +84,8 @@ class RelayContext:
     # log.required: whether the audit log is being written (read at MAIL and
     # at the end of DATA); None when mail may go on without it.
     log_healthy: Callable[[], bool] | None = None
+    # The BAL lifecycle's notes (AUTH, messages sent and received); None: not kept.
+    activity: ActivityRecorder | None = None
 
     @property
     def inbound(self) -> bool:
@@ -380,6 +383,7 @@ class ClientSession:
         if delivered:
             assert ending.refusal is None
             await self.record(ending.examined.facts, ending.message_id)
+            self._note_activity(ending.examined.facts)
         if ending.dkim is not None:
             extra["dkim"] = ending.dkim
         examined = ending.examined
@@ -392,6 +396,23 @@ class ClientSession:
             message_id=ending.message_id,
             **extra,
         )
+
+    def _note_activity(self, facts: MessageFacts) -> None:
+        """The BAL lifecycle: a BAL that sends or receives is in use (a note,
+        never a wait). Behind the milter, Postfix did the AUTH: a message
+        of an authenticated user is the relay's only sign of it."""
+        activity, bals = self.ctx.activity, self.ctx.policy.bals
+        if activity is None:
+            return
+        if self.inbound:
+            for recipient in facts.recipients:
+                if bals.get(recipient) is not None:
+                    activity.received(recipient)
+            return
+        if self.user is not None and not self.trusted:
+            activity.auth(self.user)
+        if bals.get(facts.mail.sender) is not None:
+            activity.sent(facts.mail.sender)
 
     async def _conversation(self, sender: str, info: MessageInfo) -> ConversationFacts | None:
         """For a patient's message coming in: the conversation it replies to."""

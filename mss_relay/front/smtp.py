@@ -182,6 +182,8 @@ class RelayHandler(ClientSession):
             self.log.info("auth", client=self.client, user=shown, result=result)
         if ok:
             self.user = user
+            if self.ctx.activity is not None:  # the BAL lifecycle: a connection
+                self.ctx.activity.auth(user)
             return AuthResult(success=True, auth_data=user)
         if delay:
             await asyncio.sleep(delay)  # slows a guesser down, costs a typo little

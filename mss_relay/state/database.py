@@ -51,6 +51,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX messages_conversation ON messages (conversation_id)",
     ),
+    # 2: the BAL lifecycle (state/activity.py): last AUTH of each user, last
+    # message sent from and delivered to each BAL, the day the relay first saw
+    # it, and the thresholds crossed (and noticed) per period of inactivity.
+    (
+        """CREATE TABLE user_activity (
+            user TEXT PRIMARY KEY,
+            last_auth_at TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE bal_activity (
+            bal TEXT PRIMARY KEY,
+            first_seen_at TEXT NOT NULL,
+            last_sent_at TEXT,
+            last_received_at TEXT
+        ) WITHOUT ROWID""",
+        # since: where that period of inactivity counts from; a BAL active
+        # again starts a new period, whose thresholds are crossed anew.
+        """CREATE TABLE bal_lifecycle (
+            bal TEXT NOT NULL,
+            flag TEXT NOT NULL,
+            since TEXT NOT NULL,
+            crossed_at TEXT NOT NULL,
+            notice_sent_at TEXT,
+            notice_txid TEXT,
+            PRIMARY KEY (bal, flag, since)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 

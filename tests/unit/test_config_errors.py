@@ -24,8 +24,9 @@ THROTTLE_KEYS = (
     " max_connections_per_client, messages_per_minute, recipients_per_hour"
 )
 ROOT_KEYS = (
-    "attachments, bals, control, conversations, dkim, hostname, inbound, inbound_delivery, limits,"
-    " listeners, log, state, throttle, timeouts, tls, trusted_clients, upstream, users, workers"
+    "attachments, bals, control, conversations, dkim, hostname, inbound, inbound_delivery,"
+    " lifecycle, limits, listeners, log, state, throttle, timeouts, tls, trusted_clients, upstream,"
+    " users, workers"
 )
 UPSTREAM_KEYS = (
     "ca_file, capture, client_certificate, client_key, host, password_file, pool_idle,"
@@ -452,6 +453,41 @@ CASES: list[tuple[str, Change, str]] = [
         "log-unknown",
         put("log", "level", value="x"),
         "log.level: unknown key (expected one of: file, required)",
+    ),
+    # lifecycle
+    (
+        "lifecycle-notify-type",
+        put("lifecycle", "notify", value="yes"),
+        "lifecycle.notify: must be true or false",
+    ),
+    (
+        "lifecycle-notify-from-missing",
+        put("lifecycle", "notify", value=True),
+        "lifecycle.notify_from: is required when notify is true",
+    ),
+    (
+        "lifecycle-notify-from-not-a-bal",
+        put("lifecycle", "notify_from", value="no_reply@ch-exemple.mssante.fr"),
+        "lifecycle.notify_from: 'no_reply@ch-exemple.mssante.fr' is not one of the BALs (bals)",
+    ),
+    (
+        "lifecycle-notify-without-upstream",
+        both(
+            put("lifecycle", value={"notify": True, "notify_from": BAL}),
+            put("listeners", 0, value=milter(host="127.0.0.1", port=10025)),
+            drop("upstream"),
+        ),
+        "lifecycle.notify: needs an upstream section (notices are sent through it)",
+    ),
+    (
+        "lifecycle-check-interval",
+        put("lifecycle", "check_interval", value="soon"),
+        f"lifecycle.check_interval: 'soon' {NOT_A_DURATION}",
+    ),
+    (
+        "lifecycle-unknown",
+        put("lifecycle", "notice", value=True),
+        "lifecycle.notice: unknown key (expected one of: check_interval, notify, notify_from)",
     ),
     # conversations
     (
