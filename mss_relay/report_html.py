@@ -180,8 +180,11 @@ def day_bars(
     return "".join(parts) + _legend(series)
 
 
-def bars(chart: str, label: str, items: Sequence[tuple[str, int]], colour: str) -> str:
-    """Horizontal bars, one per item, its label on the left."""
+def bars(
+    chart: str, label: str, items: Sequence[tuple[str, int]], colour: str | Sequence[str]
+) -> str:
+    """Horizontal bars, one per item, its label on the left; one colour, or
+    one per item."""
     if not items:
         return _empty(chart, label)
     row, label_w = 28, 330
@@ -199,7 +202,8 @@ def bars(chart: str, label: str, items: Sequence[tuple[str, int]], colour: str) 
         parts.append(
             f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{escape(short)}</text>'
             f'<rect data-mark="1" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}"'
-            f' fill="{colour}"><title>{escape(name)} : {fr_number(value)}</title></rect>'
+            f' fill="{colour if isinstance(colour, str) else colour[i]}">'
+            f"<title>{escape(name)} : {fr_number(value)}</title></rect>"
             f'<text x="{label_w + w + 6:.1f}" y="{y + 17}">{fr_number(value)}</text>'
         )
     parts.append("</svg>")
@@ -244,6 +248,7 @@ def render_html(report: Report, generated: datetime, tz: tzinfo | None = None) -
     rules = report.refusals.most_common()
     senders = report.refused_senders.most_common(10)
     flags = Counter(row.flag for row in report.lifecycle)
+    shown = [f for f in LIFECYCLE_FLAGS if flags[f]]
     sections = [
         _section(
             "messages",
@@ -301,8 +306,8 @@ def render_html(report: Report, generated: datetime, tz: tzinfo | None = None) -
             bars(
                 "lifecycle",
                 "BAL par signalement",
-                [(LIFECYCLE_FLAGS[f], flags[f]) for f in LIFECYCLE_FLAGS if flags[f]],
-                COLOURS["deletion_warning"],
+                [(LIFECYCLE_FLAGS[f], flags[f]) for f in shown],
+                [COLOURS[f] for f in shown],
             )
             + _table(LIFECYCLE_HEAD, lifecycle_rows(report)),
         ),

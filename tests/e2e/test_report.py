@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mss_relay.log import iso_ms
 from mss_relay.report_html import COLOURS
@@ -173,3 +174,20 @@ def test_html_report_in_chromium(run: Run, tmp_path: Path) -> None:
     for key in ("delivered", "refused", "opened", "closed", "sender"):
         rgb = bytes.fromhex(COLOURS[key][1:])
         assert any(c[:3] == rgb for c in colours), f"no {key} bar drawn ({COLOURS[key]})"
+
+
+def test_report_errors_are_one_line(run: Run, tmp_path: Path) -> None:
+    bad = _report(run, "--since", "yesterday")
+    assert bad.returncode == 2 and "--since: 'yesterday' is neither" in bad.stderr
+    missing = _report(run, "--log", str(tmp_path / "absent.jsonl"))
+    assert missing.returncode == 1 and "no log file at" in missing.stderr
+    journald = tmp_path / "journald.yaml"
+    config = yaml.safe_load(run.config.read_text())
+    config["log"]["file"] = "-"
+    journald.write_text(yaml.safe_dump(config))
+    done = _report(Run(journald, run.log))
+    assert done.returncode == 2 and "--log FILE" in done.stderr
+    unwritable = _report(run, "--html", str(tmp_path / "no" / "such" / "dir.html"))
+    assert unwritable.returncode == 1 and "cannot write" in unwritable.stderr
+    for failed in (bad, missing, done, unwritable):
+        assert "Traceback" not in failed.stderr and failed.stdout == ""

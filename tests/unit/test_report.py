@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mss_relay.report import LogLines, aggregate, log_files, parse_since
 from mss_relay.report_html import _axis_top, render_html
@@ -277,3 +279,88 @@ def test_an_empty_period_says_so() -> None:
     page = render_html(empty, NOW, UTC)
     assert page.count('data-empty="1"') == 5
     assert "Aucun" in render_text(empty, NOW, UTC)
+
+
+_EVENTS = st.sampled_from(
+    [
+        "decision",
+        "transaction",
+        "conversation_opened",
+        "conversation_closed",
+        "conversations_auto_closed",
+        "auth",
+        "bal_lifecycle",
+        "lifecycle_notice_sent",
+        "other",
+    ]
+)
+_VALUES = st.one_of(
+    st.none(),
+    st.integers(-5, 10**12),
+    st.booleans(),
+    st.sampled_from(
+        [
+            PATIENT,
+            INS,
+            BAL,
+            f"{INS}@ch-exemple.mssante.fr",
+            "reject",
+            "mail",
+            "unpublished",
+            "to_delete",
+            "abandoned",
+            "2026-11-20",
+            "x" * 300,
+        ]
+    ),
+    st.text(max_size=20),
+    st.lists(st.text(max_size=5), max_size=3),
+)
+_FIELDS = st.sampled_from(
+    [
+        "txid",
+        "stage",
+        "verdict",
+        "rule",
+        "sender",
+        "outcome",
+        "count",
+        "how",
+        "result",
+        "bal",
+        "bal_type",
+        "flag",
+        "last_activity",
+        "days_inactive",
+        "patient",
+    ]
+)
+
+
+@st.composite
+def _log_line(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        return draw(st.text(max_size=40))
+    fields = draw(st.dictionaries(_FIELDS, _VALUES, max_size=8))
+    ts = draw(st.sampled_from(["2026-11-20T08:00:00.000Z", "2026-11-21T23:59:59Z", "bad", None]))
+    return json.dumps({"ts": ts, "event": draw(_EVENTS), **fields})
+
+
+@given(st.lists(_log_line(), max_size=30))
+def test_any_log_is_reported_without_health_data(lines: list[str]) -> None:
+    """Whatever the lines hold, the report is made, and names no patient:
+    neither a patient address nor an INS, even in a structure's domain."""
+    report = aggregate(lines, START, NOW, [*STRUCTURE, f"{INS}@ch-exemple.mssante.fr"], UTC)
+    for output in (render_html(report, NOW, UTC), render_text(report, NOW, UTC)):
+        assert INS not in output and "@patient.mssante.fr" not in output
+
+
+def test_an_ins_is_never_shown_even_as_a_structures_address() -> None:
+    odd = f"{INS}@ch-exemple.mssante.fr"
+    lines = [
+        decision("2026-11-20T08:00:00Z", None, "mail", "reject", "sender_owned", sender=odd),
+        line("2026-11-20T08:00:00Z", "bal_lifecycle", bal=odd, bal_type="x", flag="to_delete"),
+    ]
+    report = aggregate(lines, START, NOW, [*STRUCTURE, odd], UTC)
+    assert report.hidden_senders == 1 and report.lifecycle == ()
+    assert INS not in render_html(report, NOW, UTC) + render_text(report, NOW, UTC)
