@@ -259,6 +259,10 @@ class _Tally:
             self.pending.discard(txid or "")
             if outcome == "abandoned" and refused:
                 outcome = "refused"  # every recipient refused: the client gave up
+            elif outcome == "refused" and not refused:
+                # Refused with no decision line (the SMTP front's size and line
+                # length limits while DATA comes in): counted under its rule.
+                self.refusals[_identifier(line.get("rule")) or "autre"] += 1
             self.message(day, outcome, line.get("sender"))
         elif event == "conversation_opened":
             self.conversations.setdefault(day, Counter())["opened"] += 1
@@ -270,14 +274,14 @@ class _Tally:
         elif event == "auth" and line.get("result") in ("failure", "locked"):
             self.auth[str(line["result"])] += 1
         elif event == "bal_lifecycle":
-            # The relay's own BALs (maybe since removed from the configuration).
-            bal = _address(line.get("bal"))
+            # A BAL removed from the configuration since is gone: not shown.
+            bal = shown_address(line.get("bal"), self.structure)
             if bal and _identifier(line.get("flag")) in LIFECYCLE_FLAGS:
                 known = self.lifecycle.get(bal)
                 if known is None or known[0] <= moment:
                     self.lifecycle[bal] = (moment, line)
         elif event == "lifecycle_notice_sent":
-            bal = _address(line.get("bal"))
+            bal = shown_address(line.get("bal"), self.structure)
             if bal:
                 self.notices[bal] += 1
 

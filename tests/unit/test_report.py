@@ -22,7 +22,7 @@ BAL = "jean.dupont@ch-exemple.mssante.fr"
 OTHER_BAL = "accueil@ch-exemple.mssante.fr"
 PATIENT = "295109912611193@patient.mssante.fr"
 INS = "295109912611193"
-STRUCTURE = [BAL, OTHER_BAL]
+STRUCTURE = [BAL, OTHER_BAL, "secretariat@ch-exemple.mssante.fr"]
 
 
 def line(ts: str, event: str, **fields: Any) -> str:
@@ -66,6 +66,8 @@ LOG = [
     # A partial refusal: one recipient refused, the message delivered to the others.
     decision("2026-11-21T13:00:00.000Z", "TA", "rcpt", "reject", "patient_matricule"),
     transaction("2026-11-21T13:00:00.100Z", "TA", "delivered", BAL),
+    # Refused while DATA came in (size): no decision line, the transaction's own.
+    transaction("2026-11-21T13:30:00.000Z", "TC", "rejected", BAL, rule=None),
     # A tempfail at RCPT counts as a refusal too; a hostile rule is not shown.
     decision("2026-11-21T14:00:00.000Z", "TB", "rcpt", "tempfail", "<img src=x>"),
     transaction("2026-11-21T14:00:00.100Z", "TB", "abandoned", BAL),
@@ -187,12 +189,12 @@ def test_messages_per_day_by_outcome(report: Any) -> None:
     assert len(report.days) == 31
     assert dict(report.messages[date(2026, 11, 20)]) == {"delivered": 1, "refused": 3}
     assert dict(report.messages[date(2026, 11, 21)]) == {
-        "refused": 3,
+        "refused": 4,
         "tempfailed": 1,
         "upstream_refused": 1,
         "delivered": 2,
     }
-    assert report.total() == 11 and report.total("refused") == 6
+    assert report.total() == 12 and report.total("refused") == 7
     assert not report.messages[date(2026, 11, 19)]  # the line of 1 October: before the period
 
 
@@ -204,12 +206,12 @@ def test_refusals_per_rule(report: Any) -> None:
         "patient_conversation": 1,
         "sender_trust_space": 1,
         "patient_matricule": 1,
-        "autre": 1,
+        "autre": 2,  # the hostile rule, the size refusal without one
     }
 
 
 def test_refused_senders_are_the_structures_only(report: Any) -> None:
-    assert dict(report.refused_senders) == {BAL: 3, OTHER_BAL: 1}
+    assert dict(report.refused_senders) == {BAL: 4, OTHER_BAL: 1}
     assert report.hidden_senders == 2  # the patient, gmail.com
 
 
@@ -261,14 +263,14 @@ def test_html_has_every_chart_and_the_figures(report: Any) -> None:
         assert f'data-chart="{chart}"' in page
     assert page.count('data-mark="1"') >= 15
     assert "Période du 01/11/2026 12:00 au 01/12/2026 12:00 (heure UTC+00:00)" in page
-    assert "<b>11</b>" in page  # messages in all
+    assert "<b>12</b>" in page  # messages in all
     assert "Type de pièce jointe interdit" in page
     assert "Suppression dans moins de 2 mois" in page
 
 
 def test_text_has_the_same_figures(report: Any) -> None:
     text = render_text(report, NOW, UTC)
-    assert "Messages : 11 · Transmis : 3 · Refusés : 6" in text
+    assert "Messages : 12 · Transmis : 3 · Refusés : 7" in text
     assert "Conversations : 1 ouverte(s), 4 close(s)" in text
     assert "20/11/2026" in text and "Refusés par l'opérateur" in text
     assert "À supprimer (1 an sans activité) : 1" in text
@@ -355,11 +357,19 @@ def test_any_log_is_reported_without_health_data(lines: list[str]) -> None:
         assert INS not in output and "@patient.mssante.fr" not in output
 
 
-def test_an_ins_is_never_shown_even_as_a_structures_address() -> None:
+def test_an_ins_or_a_former_bal_is_never_shown() -> None:
     odd = f"{INS}@ch-exemple.mssante.fr"
     lines = [
         decision("2026-11-20T08:00:00Z", None, "mail", "reject", "sender_owned", sender=odd),
         line("2026-11-20T08:00:00Z", "bal_lifecycle", bal=odd, bal_type="x", flag="to_delete"),
+        # A BAL no longer in the configuration: gone, not shown.
+        line(
+            "2026-11-20T08:00:00Z",
+            "bal_lifecycle",
+            bal="ancienne@ch-exemple.mssante.fr",
+            bal_type="nominative",
+            flag="to_delete",
+        ),
     ]
     report = aggregate(lines, START, NOW, [*STRUCTURE, odd], UTC)
     assert report.hidden_senders == 1 and report.lifecycle == ()
