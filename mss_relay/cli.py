@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why, bals."""
+reload, unlock, why, bals, report."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _control_commands(commands)
     _why_parser(commands)
     _bals_parser(commands)
+    _report_parser(commands)
     return parser
 
 
@@ -134,6 +135,18 @@ def _bals_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="only the BALs inactive for at least DAYS days",
     )
     bals.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _report_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser(
+        "report", help="figures of the log for a period, as text or one HTML page"
+    )
+    _config_option(report)
+    report.add_argument(
+        "--since", default="30d", help="30d, 12h, 2w, or an ISO date (default: 30d)"
+    )
+    report.add_argument("--html", metavar="FILE", help="write the page there instead of text")
+    report.add_argument("--log", metavar="FILE", help="read this log instead of log.file")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -293,12 +306,67 @@ def _bals(args: argparse.Namespace) -> int:
         return 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    import dataclasses
+    from datetime import datetime
+    from pathlib import Path
+
+    from mss_relay.report import LogLines, aggregate, log_files, parse_since
+    from mss_relay.report_html import render_html
+    from mss_relay.report_text import render_text
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        return _config_error(error)
+    log = Path(args.log) if args.log else config.log.file
+    if log is None:
+        print(
+            "mss-relay: report: log.file is standard output (journald): give the lines with"
+            " --log FILE (journalctl -u mss-relay -o cat > FILE)",
+            file=sys.stderr,
+        )
+        return 2
+    now = datetime.now().astimezone()  # the system clock: faketime moves it
+    try:
+        since = parse_since(args.since, now)
+    except ValueError as error:
+        print(f"mss-relay: report: {error}", file=sys.stderr)
+        return 2
+    files = log_files(log)
+    if not files:
+        print(f"mss-relay: report: no log file at {log}", file=sys.stderr)
+        return 1
+    lines = LogLines(files)
+    report = aggregate(lines, since, now, (bal.address for bal in config.bals))
+    report = dataclasses.replace(
+        report, files=tuple(f.name for f in files), problems=tuple(lines.problems)
+    )
+    for problem in lines.problems:
+        print(f"mss-relay: report: {problem}", file=sys.stderr)
+    if report.skipped:
+        print(f"mss-relay: report: {report.skipped} unreadable line(s) skipped", file=sys.stderr)
+    if not args.html:
+        sys.stdout.write(render_text(report, now))
+        return 0
+    try:
+        Path(args.html).write_text(render_html(report, now), encoding="utf-8")
+    except OSError as error:
+        print(f"mss-relay: report: cannot write {args.html}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"mss-relay: report written to {args.html}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("reload", "unlock"):
         return _control(args)
     if args.command == "bals":
         return _bals(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "conversations":
         return _conversations(args)
     if args.command == "serve":

@@ -34,5 +34,22 @@ if ! command -v postfix >/dev/null 2>&1 && [ ! -x /usr/sbin/postfix ]; then
       "its end-to-end tests will be skipped, or fail when CI is set" >&2
   fi
 fi
+# The report's test opens its page in headless Chromium; the lifecycle and
+# report tests move the clock with libfaketime (never with sleeps). Debian's
+# packages, installed when missing, as Postfix above.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  else
+    echo "${missing[*]} missing and cannot be installed here (needs root and apt-get):" \
+      "the tests using them will be skipped, or fail when CI is set" >&2
+  fi
+fi
 echo "== pytest"
 .venv/bin/pytest "$@"
