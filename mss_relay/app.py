@@ -34,7 +34,9 @@ from mss_relay.front.milter import listen_milter
 from mss_relay.front.session import ClientSession, RelayContext
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
 from mss_relay.front.smtp_setup import Introspection
+from mss_relay.health import Monitoring
 from mss_relay.log import LineWriter, make_logger, utc_now
+from mss_relay.metrics import Slots
 from mss_relay.signing import (
     Signer,
     UnusableKey,
@@ -276,7 +278,8 @@ async def serve(config: Config, worker: int = 0) -> int:
         )
     except OSError as error:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
-    log = make_logger(writer)
+    monitoring = Monitoring.open(config, worker)  # before the logger: it counts its events
+    log = make_logger(writer, tap=monitoring.tap if monitoring else None)
     if config.workers > 1:
         log = log.bind(worker=worker)
     try:
@@ -312,7 +315,7 @@ async def serve(config: Config, worker: int = 0) -> int:
     # Shared by every listener: one process, one set of counters and slots.
     auth_guard = AuthGuard(config.throttle)
     rates = SendingRates(config.throttle)
-    data_slots = asyncio.Semaphore(config.throttle.max_concurrent_messages)
+    data_slots = Slots(config.throttle.max_concurrent_messages)
     auth_settled = asyncio.Condition()  # with the one AuthGuard
     maintenance: asyncio.Task[None] | None = None
     workers: Workers | None = None
@@ -354,6 +357,8 @@ async def serve(config: Config, worker: int = 0) -> int:
                     f"listeners[{i}]",
                     f"cannot listen on {listener.endpoint}: {error.strerror or error}",
                 ) from None
+        if monitoring is not None:
+            await monitoring.start(config, sessions, data_slots, store)
         if worker == 0:
             for warning in config.warnings:
                 log.warning("config_warning", message=warning)
@@ -406,6 +411,8 @@ async def serve(config: Config, worker: int = 0) -> int:
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     await delivery.close_idle()
+        if monitoring is not None:
+            await monitoring.close()
         await state.close(FLUSH_TIMEOUT)
         await store.close()
         writer.close()
