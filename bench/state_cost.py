@@ -29,6 +29,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def message(number: int, to: str) -> bytes:
     ).encode()
 
 
-async def session(port: int, numbers: list[int], first: int) -> None:
+async def session(
+    port: int, numbers: list[int], first: int, recipient: Callable[[int], str] = patient
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     async def expect(code: bytes) -> None:
@@ -86,7 +89,7 @@ async def session(port: int, numbers: list[int], first: int) -> None:
     await expect(b"250")
     for number in numbers:
         # Patients never written to before: each message opens a conversation.
-        to = patient(first + number)
+        to = recipient(first + number)
         writer.write(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{to}>\r\nDATA\r\n".encode())
         await expect(b"250")
         await expect(b"250")
@@ -97,12 +100,18 @@ async def session(port: int, numbers: list[int], first: int) -> None:
     writer.close()
 
 
-def one_run(port: int, pids: list[int], count: int, first: int) -> dict[str, float]:
+def one_run(
+    port: int,
+    pids: list[int],
+    count: int,
+    first: int,
+    recipient: Callable[[int], str] = patient,
+) -> dict[str, float]:
     numbers = list(range(count))
     chunks = [numbers[i::SESSIONS] for i in range(SESSIONS)]
 
     async def all_sessions() -> None:
-        await asyncio.gather(*(session(port, chunk, first) for chunk in chunks))
+        await asyncio.gather(*(session(port, chunk, first, recipient) for chunk in chunks))
 
     cpu, started = cpu_seconds(pids), time.monotonic()
     asyncio.run(all_sessions())

@@ -29,6 +29,7 @@ from mss_relay.front.milter import listen_milter
 from mss_relay.front.session import ClientSession
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
 from mss_relay.front.smtp_setup import Introspection
+from mss_relay.health import Monitoring
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.notifier import Notifier
 from mss_relay.runtime import Runtime, Shared, prepare
@@ -222,7 +223,8 @@ async def serve(config: Config, worker: int = 0) -> int:
         )
     except OSError as error:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
-    log = make_logger(writer)
+    monitoring = Monitoring.open(config, worker)  # before the logger: it counts its events
+    log = make_logger(writer, tap=monitoring.tap if monitoring else None)
     if config.workers > 1:
         log = log.bind(worker=worker)
     try:
@@ -289,6 +291,8 @@ async def serve(config: Config, worker: int = 0) -> int:
                     f"cannot listen on {listener.endpoint} (listeners[{i}]): {why}"
                 ) from None
         servers.append(await control.listen())
+        if monitoring is not None:
+            await monitoring.start(config, sessions, runtime.slots_busy, store)
         if worker == 0:
             for warning in config.warnings:
                 log.warning("config_warning", message=warning)
@@ -348,6 +352,8 @@ async def serve(config: Config, worker: int = 0) -> int:
         for delivery in runtime.upstreams():
             with contextlib.suppress(Exception):
                 await delivery.close_idle()
+        if monitoring is not None:
+            await monitoring.close()
         await state.close(FLUSH_TIMEOUT)
         await activity.close(FLUSH_TIMEOUT)
         await store.close()

@@ -289,6 +289,19 @@ _THROTTLE = Overlay(
 )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """Prometheus /metrics and /healthz (mss_relay/metrics.py), on one HTTP
+    address of worker 0; absent: no such server."""
+
+    host: str = "127.0.0.1"
+    port: Port = 9464
+
+    def validate(self, where: Where) -> None:
+        if not self.host:
+            where.key("host").fail("must not be empty")
+
+
 # --- sections whose runtime object differs (converted in _runtime below)
 
 
@@ -449,10 +462,15 @@ class _File:
     # Processes sharing the listening sockets (SO_REUSEPORT) and the SQLite
     # file: one Python process uses one core.
     workers: Annotated[int, Range(1, 64)] = 1
+    metrics: MetricsConfig | None = None
 
     def validate(self, where: Where) -> None:
         """What relates keys of different sections."""
         self._check_listeners()
+        metrics = self.metrics
+        for i, listener in enumerate(self.listeners):
+            if metrics is not None and listener.endpoint == f"{metrics.host}:{metrics.port}":
+                Where("metrics.port", where.base).fail(f"same endpoint as listeners[{i}]")
         users: dict[str, str] = {}
         for i, user in enumerate(self.users):
             if user.name in users:
@@ -590,6 +608,7 @@ class Config:
     workers: int
     warnings: tuple[str, ...]
     lifecycle: LifecycleConfig
+    metrics: MetricsConfig | None = None
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -652,6 +671,7 @@ def _runtime(file: _File, path: Path) -> Config:
         workers=file.workers,
         warnings=file.warnings(),
         lifecycle=file.lifecycle,
+        metrics=file.metrics,
     )
 
 

@@ -409,10 +409,17 @@ def _render(
     return processor
 
 
-def make_logger(writer: LineWriter, clock: Clock = utc_now) -> FilteringBoundLogger:
+Processor = Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]
+
+
+def make_logger(
+    writer: LineWriter, clock: Clock = utc_now, tap: Processor | None = None
+) -> FilteringBoundLogger:
+    """tap: a processor that sees each event before it is rendered (the
+    metrics count the log's events: mss_relay/metrics.py)."""
     logger: FilteringBoundLogger = structlog.wrap_logger(
         _QueueLogger(writer),
-        processors=[_render(clock)],
+        processors=[tap, _render(clock)] if tap is not None else [_render(clock)],
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=True,
     )

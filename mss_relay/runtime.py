@@ -35,6 +35,7 @@ from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.session import ClientSession, RelayContext
 from mss_relay.log import LineWriter, utc_now
+from mss_relay.metrics import Slots
 from mss_relay.notifier import Inputs
 from mss_relay.signing import Signer, UnusableKey, dns_record, generate_key, load_key, write_key
 from mss_relay.state.activity import ActivityRecorder
@@ -143,6 +144,7 @@ RESTART_ONLY: tuple[
     ("state.database", lambda c: c.database, _keep("database")),
     ("control.socket", lambda c: c.control, _keep("control")),
     ("log.file", lambda c: c.log.file, lambda new, old: replace(new, log=old.log)),
+    ("metrics", lambda c: c.metrics, _keep("metrics")),
 )
 _LISTENER_KEYS = ("name", "role", "host", "port", "tls", "path")
 
@@ -283,7 +285,7 @@ class Runtime:
             config,
             prepared,
             file_digests(config),
-            asyncio.Semaphore(config.throttle.max_concurrent_messages),
+            Slots(config.throttle.max_concurrent_messages),
         )
 
     @property
@@ -292,6 +294,14 @@ class Runtime:
 
     def context(self, index: int) -> RelayContext:
         return self.generation.contexts[index]
+
+    def slots_busy(self) -> int:
+        """The message slots taken, for the gauge: those of the current
+        generation (after a reload that resized them, the sessions still on
+        the old slots are not counted until they end: a moment)."""
+        contexts = self.generation.contexts
+        slots = contexts[0].data_slots if contexts else None
+        return slots.busy if isinstance(slots, Slots) else 0
 
     def lifecycle_inputs(self) -> Inputs:
         """What the BAL lifecycle check reads, from the generation in force."""
@@ -401,7 +411,7 @@ class Runtime:
                 != old.config.throttle.max_concurrent_messages
             ):
                 # Sessions in progress release their slots on the old one.
-                slots = asyncio.Semaphore(config.throttle.max_concurrent_messages)
+                slots = Slots(config.throttle.max_concurrent_messages)
             self.generation = self._generation(config, built.prepared, built.files, slots)
             shared = self.shared
             shared.auth_guard.reconfigure(config.throttle)

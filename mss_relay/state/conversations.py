@@ -112,6 +112,18 @@ class ConversationStore:
             return "deleted"
         return None if identity == self._identity else "replaced"
 
+    async def ping(self) -> None:
+        """A cheap read (the health check): raises when the database does not answer."""
+        await self._all("SELECT 1 FROM conversations LIMIT 1")
+
+    async def census(self) -> dict[str, int]:
+        """How many conversations are open and closed (the metrics' gauge)."""
+        rows = await self._all("SELECT closed_at IS NULL, count(*) FROM conversations GROUP BY 1")
+        counts = {"open": 0, "closed": 0}
+        for is_open, count in rows:
+            counts["open" if is_open else "closed"] = int(count)
+        return counts
+
     def _now(self) -> str:
         return iso_ms(self._clock())
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from tests.conftest import Pki, Stack, base_config
 from tests.support.mail import connect, make_message, send
-from tests.support.processes import Relay, Upstream
+from tests.support.processes import Relay, Upstream, wait_for
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
 DEST = "dr.martin@chu-b.mssante.fr"
@@ -29,15 +28,6 @@ def worker_pids(config: Path) -> list[int]:
         if str(config).encode() in command and b"--worker" in command:
             pids.append(int(entry.name))
     return pids
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_workers_share_the_port_and_stop_together(

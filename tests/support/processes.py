@@ -35,6 +35,16 @@ def free_port() -> int:
             return port
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll a condition until it holds (True) or the time is up (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
     """Readiness, not timing: poll until the port accepts or the process died."""
     deadline = time.monotonic() + timeout

@@ -25,8 +25,8 @@ THROTTLE_KEYS = (
 )
 ROOT_KEYS = (
     "attachments, bals, control, conversations, dkim, hostname, inbound, inbound_delivery,"
-    " lifecycle, limits, listeners, log, state, throttle, timeouts, tls, trusted_clients, upstream,"
-    " users, workers"
+    " lifecycle, limits, listeners, log, metrics, state, throttle, timeouts, tls, trusted_clients,"
+    " upstream, users, workers"
 )
 UPSTREAM_KEYS = (
     "ca_file, capture, client_certificate, client_key, host, password_file, pool_idle,"
@@ -123,6 +123,29 @@ CASES: list[tuple[str, Change, str]] = [
     ("workers-bool", put("workers", value=True), "workers: must be a whole number"),
     ("workers-low", put("workers", value=0), "workers: must be between 1 and 64"),
     ("workers-high", put("workers", value=65), "workers: must be between 1 and 64"),
+    # metrics
+    ("metrics-list", put("metrics", value=[]), f"metrics: {MAPPING}"),
+    (
+        "metrics-port",
+        put("metrics", value={"port": 0}),
+        "metrics.port: must be between 1 and 65535",
+    ),
+    (
+        "metrics-port-type",
+        put("metrics", value={"port": "9464"}),
+        "metrics.port: must be a whole number",
+    ),
+    ("metrics-host-empty", put("metrics", value={"host": ""}), "metrics.host: must not be empty"),
+    (
+        "metrics-unknown",
+        put("metrics", value={"path": "/metrics"}),
+        "metrics.path: unknown key (expected one of: host, port)",
+    ),
+    (
+        "metrics-same-endpoint",
+        put("metrics", value={"host": "127.0.0.1", "port": 10587}),
+        "metrics.port: same endpoint as listeners[0]",
+    ),
     # listeners
     ("listeners-missing", drop("listeners"), "listeners: is required"),
     ("listeners-null", put("listeners", value=None), "listeners: is required"),
