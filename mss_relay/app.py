@@ -25,6 +25,7 @@ from mss_relay.config import (
 )
 from mss_relay.control import Control
 from mss_relay.core.throttle import AuthGuard, SendingRates
+from mss_relay.errors import ListenError
 from mss_relay.front.milter import listen_milter
 from mss_relay.front.session import ClientSession
 from mss_relay.front.smtp import RelayHandler, RelaySMTP
@@ -42,12 +43,6 @@ from mss_relay.state.recorder import Recorder
 # to finish; then the conversation writes still pending this long (the unit's
 # TimeoutStopSec, 45 s, stays above both).
 FLUSH_TIMEOUT = 4.0
-
-
-class ListenError(Exception):
-    """A listener could not be opened (its address in use, most often): not
-    a configuration error, so exit 1, which systemd restarts (EX_CONFIG, 78,
-    it does not)."""
 
 
 async def drain(
@@ -199,8 +194,10 @@ class Workers:
             self.log.error("worker_exited", worker=worker, pid=process.pid, code=code)
             await asyncio.sleep(self.RESTART_DELAY)  # no tight loop on a persistent failure
 
-    async def stop(self) -> None:
-        """SIGTERM each (each drains its own transactions), then wait for all."""
+    async def stop(self, grace: float | None = None) -> None:
+        """SIGTERM each (each drains its own transactions, within grace:
+        timeouts.shutdown), then wait for all."""
+        grace = self.config.timeouts.shutdown if grace is None else grace
         self.stopping = True
         for process in self.processes.values():
             if process.returncode is None:
@@ -208,7 +205,7 @@ class Workers:
                     process.terminate()
         for process in self.processes.values():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(process.wait(), timeout=self.config.timeouts.shutdown + 5)
+                await asyncio.wait_for(process.wait(), timeout=grace + 5)
         for task in self._tasks:
             task.cancel()
 
@@ -285,11 +282,7 @@ async def serve(config: Config, worker: int = 0) -> int:
                 else:
                     servers.append(await _listen(loop, listener, i, runtime))
             except OSError as error:
-                # asyncio's strerror repeats the address: the system's words only.
-                why = (os.strerror(error.errno) if error.errno else str(error)).lower()
-                raise ListenError(
-                    f"cannot listen on {listener.endpoint} (listeners[{i}]): {why}"
-                ) from None
+                raise ListenError.of(listener.endpoint, f"listeners[{i}]", error) from None
         servers.append(await control.listen())
         if monitoring is not None:
             await monitoring.start(config, sessions, runtime.slots_busy, store)
@@ -334,8 +327,8 @@ async def serve(config: Config, worker: int = 0) -> int:
             server.close()  # no new connections
         # Each worker drains its own transactions, at the same time.
         cut, _ = await asyncio.gather(
-            drain(sessions, config.timeouts.shutdown, log),
-            workers.stop() if workers else asyncio.sleep(0),
+            drain(sessions, runtime.config.timeouts.shutdown, log),
+            workers.stop(runtime.config.timeouts.shutdown) if workers else asyncio.sleep(0),
         )
         log.info("stopped", interrupted_transactions=cut)
     finally:

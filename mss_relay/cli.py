@@ -186,7 +186,8 @@ def _check_config(path: str) -> int:
 
 
 def _serve(path: str, worker: int = 0) -> int:
-    from mss_relay.app import ListenError, serve
+    from mss_relay.app import serve
+    from mss_relay.errors import ListenError
 
     try:
         config = load_config(path)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mss_relay import __version__
 from mss_relay.config import Config, ConfigError, ListenerConfig, MetricsConfig
+from mss_relay.errors import ListenError
 from mss_relay.log import Processor
 from mss_relay.metrics import (
     EventTap,
@@ -99,8 +100,7 @@ class Endpoint:
         try:
             self.server = await asyncio.start_server(self._client, host, port, limit=MAX_REQUEST)
         except OSError as error:
-            why = error.strerror or str(error)
-            raise ConfigError("metrics", f"cannot listen on {host}:{port}: {why}") from None
+            raise ListenError.of(f"{host}:{port}", "metrics", error) from None
 
     async def close(self) -> None:
         if self.server is not None:

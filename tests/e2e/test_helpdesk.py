@@ -223,15 +223,19 @@ def test_sigterm_answers_421_and_lets_a_message_past_its_dot_finish(
     assert any(e["reply"] == "relay stopping during DATA" for e in abandoned)
 
 
+@pytest.mark.parametrize("where", ["listeners[0]", "metrics"])
 def test_a_port_in_use_exits_1_with_one_line(
-    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str], where: str
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         config = base_config(pki, password_hashes, free_port())
-        config["listeners"][0]["port"] = port
+        if where == "metrics":
+            config["metrics"] = {"host": "127.0.0.1", "port": port}
+        else:
+            config["listeners"][0]["port"] = port
         path = tmp_path / "relay.yaml"
         path.write_text(yaml.safe_dump(config))
         done = subprocess.run(
@@ -244,7 +248,7 @@ def test_a_port_in_use_exits_1_with_one_line(
         )
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
-        f"mss-relay: cannot listen on 127.0.0.1:{port} (listeners[0]): address already in use"
+        f"mss-relay: cannot listen on 127.0.0.1:{port} ({where}): address already in use"
     ]
 
 
