@@ -1,8 +1,12 @@
 # docker build -t mss-relay .
-# docker run -v /etc/mss-relay:/etc/mss-relay:ro -v mss-relay-var:/var/lib/mss-relay \
+# docker run --stop-timeout 45 -v /etc/mss-relay:/etc/mss-relay:ro -v mss-relay-var:/var/lib/mss-relay \
 #   -p 587:10587 mss-relay
 # In the configuration: listeners on 0.0.0.0 port 10587 (tls: starttls or implicit),
 # state.database and log.file under /var/lib/mss-relay (or log.file: "-" for docker logs).
+# Stopping: the relay lets messages past their final dot finish for up to
+# timeouts.shutdown (30 s) and Docker kills after 10 s by default: run with
+# --stop-timeout 45 (compose: stop_grace_period: 45s), or a message the operator
+# took may be cut before its 250 reaches the client, which then sends it again.
 # The HEALTHCHECK asks /healthz: it needs the metrics section in the configuration
 # (metrics: {host: 127.0.0.1, port: 9464}); another address or port: give it with
 # -e MSS_RELAY_HEALTH_URL=http://127.0.0.1:PORT/healthz (without a metrics section,

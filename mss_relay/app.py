@@ -37,6 +37,7 @@ from mss_relay.runtime import Runtime, Shared, prepare
 from mss_relay.state.activity import ActivityRecorder, ActivityStore
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
+from mss_relay.state.lock import StateLock
 from mss_relay.state.recorder import Recorder
 
 # On SIGTERM, messages past their final dot may take timeouts.shutdown (30 s)
@@ -149,7 +150,10 @@ async def _listen(
         host=listener.host,
         port=listener.port,
         ssl=runtime.tls() if implicit else None,
-        reuse_port=runtime.config.workers > 1,
+        # A worker started again by worker 0 reads the file on disk (as a
+        # new smtpd reads main.cf): it shares the ports even if « workers »
+        # was changed there since.
+        reuse_port=runtime.config.workers > 1 or runtime.worker > 0,
     )
 
 
@@ -168,6 +172,10 @@ class Workers:
     that dies is started again, as Postfix's master does."""
 
     RESTART_DELAY = 1.0
+    # A worker that keeps failing at start (its configuration file broken
+    # since, its port taken) is started again less and less often.
+    RESTART_DELAY_MAX = 30.0
+    QUICK_EXIT = 10.0  # seconds: an exit this soon after the start is a failure to start
 
     def __init__(self, config: Config, log: FilteringBoundLogger) -> None:
         self.config = config
@@ -183,7 +191,10 @@ class Workers:
 
     async def _keep(self, worker: int) -> None:
         command = [sys.executable, "-m", "mss_relay", "serve", "--config", str(self.config.path)]
+        delay = self.RESTART_DELAY
+        loop = asyncio.get_running_loop()
         while not self.stopping:
+            started = loop.time()
             process = await asyncio.create_subprocess_exec(
                 *command, "--worker", str(worker), stdin=asyncio.subprocess.DEVNULL
             )
@@ -191,8 +202,12 @@ class Workers:
             code = await process.wait()
             if self.stopping:
                 return
-            self.log.error("worker_exited", worker=worker, pid=process.pid, code=code)
-            await asyncio.sleep(self.RESTART_DELAY)  # no tight loop on a persistent failure
+            quick = loop.time() - started < self.QUICK_EXIT
+            delay = min(delay * 2, self.RESTART_DELAY_MAX) if quick else self.RESTART_DELAY
+            self.log.error(
+                "worker_exited", worker=worker, pid=process.pid, code=code, restart_in=delay
+            )
+            await asyncio.sleep(delay)  # no tight loop on a persistent failure
 
     async def stop(self, grace: float | None = None) -> None:
         """SIGTERM each (each drains its own transactions, within grace:
@@ -211,6 +226,35 @@ class Workers:
 
 
 async def serve(config: Config, worker: int = 0) -> int:
+    """Run the relay (one worker of it) until SIGTERM or SIGINT."""
+    # SIGHUP and SIGUSR1 kill a process by default: until the relay can act
+    # on them (a reload or logrotate during the start), they are kept and
+    # acted on once it listens.
+    early: list[str] = []
+
+    def keep(signum: int, _frame: object) -> None:
+        early.append("reload" if signum == signal.SIGHUP else "reopen")
+
+    signal.signal(signal.SIGHUP, keep)
+    signal.signal(signal.SIGUSR1, keep)
+    # The first worker holds the state database's lock before it touches
+    # anything a relay already running on it would be using.
+    lock = StateLock(config.database) if worker == 0 else None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except OSError as error:
+            raise ConfigError(
+                "state.database", f"cannot lock {config.database}: {error.strerror or error}"
+            ) from None
+    try:
+        return await _run(config, worker, early)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _run(config: Config, worker: int, early: list[str]) -> int:
     prepared = prepare(config, create_keys=worker == 0)
     try:
         writer = LineWriter(
@@ -278,7 +322,9 @@ async def serve(config: Config, worker: int = 0) -> int:
             try:
                 if listener.role == Role.MILTER:
                     current = partial(runtime.context, i)
-                    servers.append(await listen_milter(listener, current, config.workers > 1))
+                    servers.append(
+                        await listen_milter(listener, current, config.workers > 1 or worker > 0)
+                    )
                 else:
                     servers.append(await _listen(loop, listener, i, runtime))
             except OSError as error:
@@ -317,6 +363,8 @@ async def serve(config: Config, worker: int = 0) -> int:
         # Worker 0 passes both on to the other workers (control.py).
         loop.add_signal_handler(signal.SIGHUP, control.signalled, "reload")
         loop.add_signal_handler(signal.SIGUSR1, control.signalled, "reopen")
+        for line in dict.fromkeys(early):  # received during the start: once each
+            control.signalled(line)
         if worker:
             orphaned = loop.create_task(_orphaned(os.getppid(), stop))
         await stop.wait()

@@ -187,14 +187,14 @@ def _check_config(path: str) -> int:
 
 def _serve(path: str, worker: int = 0) -> int:
     from mss_relay.app import serve
-    from mss_relay.errors import ListenError
+    from mss_relay.errors import AlreadyRunning, ListenError
 
     try:
         config = load_config(path)
         return asyncio.run(serve(config, worker))
     except ConfigError as error:
         return _config_error(error)
-    except ListenError as error:
+    except (ListenError, AlreadyRunning) as error:
         print(f"mss-relay: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ a running relay can build a new one and swap it.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import types
 from collections.abc import Mapping
@@ -91,6 +92,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
+
+
+def _check_host(host: str, where: Where) -> None:
+    """An address to listen on: an IP address or a host name (refused here,
+    a configuration error, rather than when the relay starts)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            where.key("host").fail("must be an IP address or a host name")
+
+
 # --- listeners: the keys a listener takes depend on its role (and, for a
 # milter, on a Unix socket or a port); the runtime ListenerConfig is one shape.
 
@@ -120,12 +136,16 @@ class _OnPort(_Listener):
     host: str = "127.0.0.1"
     port: Port
 
+    def validate(self, where: Where) -> None:
+        _check_host(self.host, where)
+
 
 @dataclass(frozen=True, kw_only=True)
 class _SmtpListener(_OnPort):
     tls: ListenerTls = ListenerTls.STARTTLS
 
     def validate(self, where: Where) -> None:
+        super().validate(where)
         if self.tls == ListenerTls.NONE and not _is_loopback(self.host):
             where.key("tls").fail(
                 "none is refused on a non-loopback host (mail and passwords would"
@@ -159,6 +179,10 @@ class _MilterOnSocket(_Milter):
 
 @dataclass(frozen=True, kw_only=True)
 class _MilterOnPort(_OnPort, _Milter):
+    def validate(self, where: Where) -> None:
+        _OnPort.validate(self, where)
+        _Milter.validate(self, where)
+
     def runtime(self) -> ListenerConfig:
         return ListenerConfig(self.name, self.role, self.host, self.port, ListenerTls.NONE)
 
@@ -298,8 +322,7 @@ class MetricsConfig:
     port: Port = 9464
 
     def validate(self, where: Where) -> None:
-        if not self.host:
-            where.key("host").fail("must not be empty")
+        _check_host(self.host, where)
 
 
 # --- sections whose runtime object differs (converted in _runtime below)
@@ -680,6 +703,17 @@ def parse_config(data: object, path: Path) -> Config:
     return _runtime(load(_File, {} if data is None else data, Where("", path.parent)), path)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message in one line (its own spans several, with a caret
+    drawing): what is wrong, and where (line and column, from 1)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    text = str(problem) if problem else " ".join(str(error).split())
+    if mark is not None:
+        text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return text
+
+
 def load_config(path: str | Path) -> Config:
     config_path = Path(path).resolve()
     try:
@@ -691,5 +725,5 @@ def load_config(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError("", f"{config_path}: not valid YAML: {error}") from None
+        raise ConfigError("", f"{config_path}: not valid YAML: {yaml_problem(error)}") from None
     return parse_config(data, config_path)

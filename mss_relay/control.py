@@ -24,8 +24,12 @@ import yaml
 from mss_relay.config import ConfigError, load_config
 from mss_relay.runtime import ReloadFailed, Runtime
 
-# How long a command may take (a reload reads files and loads keys).
+# How long a command may take (a reload reads files and loads keys): the
+# command line waits longer than worker 0 waits for each other worker, so
+# that a worker that does not answer is reported in the reply, not taken for
+# the whole relay's silence.
 COMMAND_TIMEOUT = 60.0
+WORKER_TIMEOUT = 30.0
 # How long a client may take to send its one line.
 READ_TIMEOUT = 10.0
 MAX_LINE = 1024
@@ -49,6 +53,7 @@ class Control:
     def __init__(self, runtime: Runtime, worker: int) -> None:
         self.runtime = runtime
         self.worker = worker
+        self._bound: int | None = None  # the inode of the socket this process bound
         config = runtime.config
         self.path = (
             config.control.socket if worker == 0 else worker_socket(config.control.socket, worker)
@@ -141,11 +146,14 @@ class Control:
             path.unlink()  # left by a relay that was killed
         elif path.exists():
             raise ConfigError("control.socket", f"{path} exists and is not a socket")
+        if not path.parent.is_dir():
+            # Not made here: a wrong path should say so, not grow folders.
+            raise ConfigError("control.socket", f"{path.parent}: no such folder")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             sock.bind(str(path))
             os.chmod(path, 0o600)
+            self._bound = path.stat().st_ino
             return await asyncio.start_unix_server(self._serve, sock=sock)
         except OSError as error:
             sock.close()
@@ -154,9 +162,14 @@ class Control:
             ) from None
 
     def close(self) -> None:
+        """Remove the socket this process made, and only that one: not one
+        that another relay made at the same path."""
+        if self._bound is None:
+            return
         with contextlib.suppress(OSError):
-            if self.path.is_socket():
+            if self.path.is_socket() and self.path.stat().st_ino == self._bound:
                 self.path.unlink()
+        self._bound = None
 
 
 async def _answers(path: Path) -> bool:
@@ -171,7 +184,7 @@ async def _answers(path: Path) -> bool:
 async def _ask(path: Path, line: str) -> Reply:
     """Worker 0 asking another worker, on its private socket."""
     try:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
+        async with asyncio.timeout(WORKER_TIMEOUT):
             reader, writer = await asyncio.open_unix_connection(str(path))
             try:
                 writer.write(line.encode() + b"\n")

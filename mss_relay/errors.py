@@ -15,3 +15,8 @@ class ListenError(Exception):
         # asyncio's strerror repeats the address: the system's words only.
         why = (os.strerror(error.errno) if error.errno else str(error)).lower()
         return cls(f"cannot listen on {endpoint} ({key}): {why}")
+
+
+class AlreadyRunning(Exception):
+    """Another relay runs on the same state database: exit 1, touching
+    nothing of it (its control socket, its metrics, its database)."""

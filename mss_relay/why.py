@@ -11,16 +11,13 @@ The log is JSON lines (mss_relay/log.py); rotated files beside it
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-# logrotate's numbered names beside the log: FILE.1, FILE.2.gz...
-_ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
+from mss_relay.logfiles import log_files, raw_lines
 
 # The words of the story, in the two languages a helpdesk may want.
 _WORDS: dict[str, dict[str, str]] = {
@@ -52,6 +49,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "listener": "écoute",
         "auth": "authentification",
         "unknown": "aucune ligne du journal pour {id} (dans {files})",
+        "no_log": "pas de fichier journal {file}",
         "upstream_step": "opérateur",
         "timeout": "délai dépassé",
         "internal_error": "erreur interne",
@@ -88,6 +86,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "listener": "listener",
         "auth": "authentication",
         "unknown": "no log line for {id} (in {files})",
+        "no_log": "no log file {file}",
         "upstream_step": "operator",
         "timeout": "timed out",
         "internal_error": "internal error",
@@ -100,25 +99,7 @@ _WORDS: dict[str, dict[str, str]] = {
 LANGUAGES = tuple(_WORDS)
 
 
-def log_files(path: Path) -> list[Path]:
-    """The log and its rotated files beside it, oldest first."""
-    rotated = []
-    if path.parent.is_dir():
-        for candidate in path.parent.iterdir():
-            rest = candidate.name[len(path.name) :]
-            match = _ROTATED.fullmatch(rest) if candidate.name.startswith(path.name) else None
-            if match:
-                rotated.append((int(match.group(1)), candidate))
-    return [p for _, p in sorted(rotated, reverse=True)] + ([path] if path.exists() else [])
-
-
-def _open(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads as IO[bytes]
-    return path.open("rb")
-
-
-def records(streams: Iterable[IO[bytes]], needles: Iterable[str]) -> Iterator[dict[str, Any]]:
+def records(streams: Iterable[Iterable[bytes]], needles: Iterable[str]) -> Iterator[dict[str, Any]]:
     """The JSON lines that contain one of the needles (a cheap filter before
     parsing); lines that are not JSON (a cut last line) are skipped."""
     wanted = [n.encode() for n in needles]
@@ -227,14 +208,17 @@ def why(
     log file (None: standard input, as from journalctl); 1 when nothing found."""
     words = _WORDS[language]
     files = log_files(log) if log is not None else []
+    if log is not None and not files:
+        print(f"mss-relay: why: {words['no_log'].format(file=log)}", file=err)
+        return 1
+    problems: list[str] = []
 
     def read(needles: list[str]) -> list[dict[str, Any]]:
         if log is None:
             return list(records([sys.stdin.buffer], needles))
         found: list[dict[str, Any]] = []
         for path in files:
-            with _open(path) as stream:
-                found.extend(records([stream], needles))
+            found.extend(records([raw_lines(path, problems)], needles))
         return found
 
     if is_message_id(ref):
@@ -251,6 +235,8 @@ def why(
         ref = ref.strip().upper().removeprefix("(ID ").removesuffix(")")
         groups = [(ref, matching(read([ref]), ref))]
     groups = [(r, g) for r, g in groups if g]
+    for problem in dict.fromkeys(problems):  # each file once, however many reads
+        print(f"mss-relay: why: {problem}", file=err)
     if not groups:
         shown = ", ".join(str(p) for p in files) if log is not None else "stdin"
         print("mss-relay: why: " + words["unknown"].format(id=ref, files=shown or log), file=err)

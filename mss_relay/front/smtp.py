@@ -87,10 +87,11 @@ class RelayHandler(ClientSession):
         if self.server.receiving_data:
             # Before its final dot the client still holds the message: it is
             # told now (it retries later), not waited for.
+            # The reply quotes the transaction's id, then the transaction ends.
+            self.server.close_with(SHUTTING_DOWN)
             if self.txn is not None:
                 self.outcome("abandoned", "relay stopping during DATA")
                 self.txn = None
-            self.server.close_with(SHUTTING_DOWN)
             return
         self.server.refuse_commands(SHUTTING_DOWN)
 

@@ -206,6 +206,7 @@ def test_sigterm_answers_421_and_lets_a_message_past_its_dot_finish(
         code, text = middle.getreply()
         assert (code, text[:5]) == (421, b"4.3.2"), text
         assert b"Arret du relais en cours" in text
+        cut = text
         # Idle: its next command.
         code, text = idle.docmd("NOOP")
         assert (code, text[:5]) == (421, b"4.3.2"), text
@@ -220,7 +221,10 @@ def test_sigterm_answers_421_and_lets_a_message_past_its_dot_finish(
     stopped = relay.events("stopped")
     assert stopped and stopped[0]["interrupted_transactions"] == 0
     abandoned = [e for e in relay.events("transaction") if e["outcome"] == "abandoned"]
-    assert any(e["reply"] == "relay stopping during DATA" for e in abandoned)
+    stopping = [e for e in abandoned if e["reply"] == "relay stopping during DATA"]
+    assert len(stopping) == 1, abandoned
+    # The 421 quotes the transaction it cut, as every refusal in a transaction.
+    assert cut.endswith(f"(id {stopping[0]['txid']})".encode()), cut
 
 
 @pytest.mark.parametrize("where", ["listeners[0]", "metrics"])

@@ -135,7 +135,21 @@ CASES: list[tuple[str, Change, str]] = [
         put("metrics", value={"port": "9464"}),
         "metrics.port: must be a whole number",
     ),
-    ("metrics-host-empty", put("metrics", value={"host": ""}), "metrics.host: must not be empty"),
+    (
+        "metrics-host-empty",
+        put("metrics", value={"host": ""}),
+        "metrics.host: must be an IP address or a host name",
+    ),
+    (
+        "metrics-host-words",
+        put("metrics", value={"host": "not an ip"}),
+        "metrics.host: must be an IP address or a host name",
+    ),
+    (
+        "listener-host-words",
+        put("listeners", 0, "host", value="not an ip"),
+        "listeners[0].host: must be an IP address or a host name",
+    ),
     (
         "metrics-unknown",
         put("metrics", value={"path": "/metrics"}),
@@ -959,6 +973,14 @@ def test_file_level_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "broken.yaml")
     assert str(caught.value).startswith(f"{tmp_path}/broken.yaml: not valid YAML: ")
+    # One line, as every configuration error (PyYAML's own text spans several).
+    (tmp_path / "unclosed.yaml").write_text("hostname: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "unclosed.yaml")
+    assert str(caught.value) == (
+        f"{tmp_path}/unclosed.yaml: not valid YAML: expected ',' or ']', but got"
+        " '<stream end>' (line 2, column 1)"
+    )
 
 
 def test_warnings_are_exact(base: Path) -> None:

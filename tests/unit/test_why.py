@@ -40,3 +40,27 @@ def test_rotated_files_are_read_oldest_first(tmp_path: Path) -> None:
     assert out.getvalue() == "" and err.getvalue().startswith(
         "mss-relay: why: no log line for FFFF"
     )
+
+
+def test_dateext_files_are_read_and_a_broken_archive_is_one_line(tmp_path: Path) -> None:
+    # contrib/logrotate names the rotated files FILE-YYYYMMDD.gz (dateext).
+    log = tmp_path / "relay.jsonl"
+    with gzip.open(tmp_path / "relay.jsonl-20261101.gz", "wb") as old:
+        old.write(_line(event="decision", stage="mail", txid="CD34", verdict="accept") + b"\n")
+    whole = gzip.compress(_line(event="decision", stage="rcpt", txid="CD34", verdict="accept"))
+    (tmp_path / "relay.jsonl-20261115.gz").write_bytes(whole[: len(whole) // 2])  # cut
+    log.write_bytes(_line(event="transaction", txid="CD34", outcome="delivered") + b"\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert why("CD34", log, "en", out, err) == 0
+    lines = out.getvalue().splitlines()
+    assert "[MAIL FROM]" in lines[1] and "Outcome: " in lines[-1]
+    problems = err.getvalue().splitlines()
+    assert len(problems) == 1 and problems[0].startswith(
+        "mss-relay: why: relay.jsonl-20261115.gz: "
+    ), problems
+
+
+def test_a_missing_log_file_is_named(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert why("AB12", tmp_path / "nothing.jsonl", "en", out, err) == 1
+    assert err.getvalue() == f"mss-relay: why: no log file {tmp_path / 'nothing.jsonl'}\n"
