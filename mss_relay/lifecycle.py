@@ -3,10 +3,14 @@ and the French notice that tells it so.
 
 Seeds 000 §14, 001 and 002 §4: a BAL without a connection for 60 days is
 unpublished from the Annuaire Santé; after one year it is deleted, and its
-user is warned two months before. A BAL's activity is the latest of its
-users' successful AUTH, the last message sent from it and the last message
-delivered to it; a BAL never used counts from the day the relay first saw it
-in its configuration. No I/O here: the dates come in, flags and bytes go out.
+user is warned two months before. « Sans connexion »: inactivity counts from
+a BAL's last connection, the latest of its users' successful AUTH and the
+last message sent from it (sent by an authenticated user; behind the milter,
+where Postfix does the AUTH, the message stands in for it). Mail received
+is no connection: a dormant BAL keeps receiving (the relay's own notices
+among it), so its last message received is kept for information only. A
+BAL never connected counts from the day the relay first saw it in its
+configuration. No I/O here: the dates come in, flags and bytes go out.
 """
 
 from __future__ import annotations
@@ -59,17 +63,20 @@ class Activity:
     first_seen: datetime | None = None
     last_auth: datetime | None = None  # the latest AUTH of any of its users
     last_sent: datetime | None = None
-    last_received: datetime | None = None
+    last_received: datetime | None = None  # information only: not a connection
 
     @property
     def last_activity(self) -> datetime | None:
-        dates = [d for d in (self.last_auth, self.last_sent, self.last_received) if d is not None]
+        """The last connection: the latest AUTH or message sent (the name
+        is the one `mss-relay bals --json` and `bal_lifecycle` have always
+        used for the date the flags count from)."""
+        dates = [d for d in (self.last_auth, self.last_sent) if d is not None]
         return max(dates) if dates else None
 
     @property
     def reference(self) -> datetime | None:
-        """Where inactivity counts from: the last activity, or else the day
-        the BAL was first seen (None: the relay has not seen it yet)."""
+        """Where inactivity counts from: the last connection, or else the
+        day the BAL was first seen (None: the relay has not seen it yet)."""
         return self.last_activity or self.first_seen
 
 
@@ -134,11 +141,11 @@ def notice_text(current: BalStatus, flag: Flag) -> tuple[str, str]:
     assert reference is not None and deletion is not None and current.days_inactive is not None
     if current.activity.last_activity is None:
         since = (
-            "Aucune activité n'a été constatée sur cette BAL depuis sa mise en service"
+            "Aucune connexion n'a été constatée sur cette BAL depuis sa mise en service"
             f" (le {_day(reference)})."
         )
     else:
-        since = f"La dernière activité constatée sur cette BAL date du {_day(reference)}."
+        since = f"La dernière connexion constatée sur cette BAL date du {_day(reference)}."
     if flag is Flag.UNPUBLISHED:
         subject = f"BAL MSSanté {address} : inactive depuis 60 jours, dépubliée de l'Annuaire"
         news = (

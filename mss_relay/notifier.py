@@ -1,12 +1,17 @@
 """The lifecycle check the relay runs (worker 0, at start and every
 lifecycle.check_interval seconds): thresholds crossed are logged once
 (`bal_lifecycle`), and with lifecycle.notify each BAL gets its notice
-through the upstream once (`lifecycle_notice_sent`).
+through the upstream at least once (`lifecycle_notice_sent`).
 
-Once means once per BAL, threshold and period of inactivity, recorded in
-the state database: a restart, or another relay on the same file, does not
-log or send it again. A notice is marked sent only after the upstream's 250;
-one that fails is tried again at the next check.
+Per BAL, threshold and period of inactivity, recorded in the state
+database. The log line is once: the crossing is recorded in one atomic
+insert, so a restart or another relay on the same file does not log it
+again. The notice is at least once: it is marked sent only after the
+upstream's 250 (one that fails is tried again at the next check), so it is
+sent twice only if the relay stops between the upstream's acceptance and
+the record -- or if two relays on one database check the same BAL at the
+same moment (nothing locks a notice while it is being sent). A notice
+recorded as sent is not sent again, by a restart or another relay.
 """
 
 from __future__ import annotations

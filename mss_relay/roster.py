@@ -1,6 +1,8 @@
 """« mss-relay bals »: every BAL of the configuration, its type, its users,
-its last activity and the lifecycle flags it has reached (mss_relay/lifecycle.py),
-read from the state database (the relay may be running: SQLite in WAL)."""
+its last activity (its last connection: the flags count from it), its last
+message received (information only) and the lifecycle flags it has reached
+(mss_relay/lifecycle.py), read from the state database (the relay may be
+running: SQLite in WAL)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from mss_relay.notifier import period_marks, statuses
 from mss_relay.state.activity import ActivityStore, Mark
 from mss_relay.state.database import StateLost, refuse_lost
 
-_HEADER = ("BAL", "TYPE", "USERS", "LAST ACTIVITY", "DAYS", "FLAGS")
+_HEADER = ("BAL", "TYPE", "USERS", "LAST ACTIVITY", "LAST RECEIVED", "DAYS", "FLAGS")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -68,6 +70,7 @@ def _row(current: BalStatus) -> tuple[str, ...]:
         current.bal.type.value,
         ",".join(sorted(current.bal.users)) or "-",
         _last(current),
+        _iso(current.activity.last_received) or "-",
         "-" if days is None else str(days),
         "; ".join(FLAG_TEXT[f] for f in current.flags) or "-",
     )

@@ -383,7 +383,12 @@ class ClientSession:
         if delivered:
             assert ending.refusal is None
             await self.record(ending.examined.facts, ending.message_id)
-            self._note_activity(ending.examined.facts)
+            try:
+                self._note_activity(ending.examined.facts)
+            except Exception as error:
+                # The upstream said 250 already: a failure here answering
+                # 451 would have the client send the message again.
+                self.log.warning("activity_note_failed", error=type(error).__name__)
         if ending.dkim is not None:
             extra["dkim"] = ending.dkim
         examined = ending.examined
@@ -398,9 +403,10 @@ class ClientSession:
         )
 
     def _note_activity(self, facts: MessageFacts) -> None:
-        """The BAL lifecycle: a BAL that sends or receives is in use (a note,
-        never a wait). Behind the milter, Postfix did the AUTH: a message
-        of an authenticated user is the relay's only sign of it."""
+        """The BAL lifecycle: a BAL whose user sends is connected; one that
+        receives is only noted as such (a note, never a wait). Behind the
+        milter, Postfix did the AUTH: a message of an authenticated user is
+        the relay's only sign of it."""
         activity, bals = self.ctx.activity, self.ctx.policy.bals
         if activity is None:
             return

@@ -221,7 +221,9 @@ class ActivityRecorder:
         self._note(_SENT, normalize_address(bal), self._sent)
 
     def received(self, bal: str) -> None:
-        """A message to this BAL accepted on the incoming side."""
+        """A message to this BAL accepted on the incoming side (shown by
+        `mss-relay bals`; not a connection, so inactivity does not count
+        from it)."""
         self._note(_RECEIVED, normalize_address(bal), self._received)
 
     # The writer -------------------------------------------------------------------

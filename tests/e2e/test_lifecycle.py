@@ -1,7 +1,8 @@
 """The BAL lifecycle end to end (issue 15, part 6): the real relay records
 AUTH and messages, is restarted with its clock moved on by libfaketime (never
 a sleep), flags the inactive BALs, sends each its French notice through the
-real recording upstream once, and « mss-relay bals » reports it all.
+real recording upstream once, and « mss-relay bals » reports it all. Mail
+received is shown but is no connection: a BAL that only receives is flagged.
 
 libfaketime is preloaded straight into the relay's own process (LD_PRELOAD,
 FAKETIME): the faketime command forks and does not pass SIGTERM on, which a
@@ -108,6 +109,17 @@ class Lifecycle:
                 found.append((envelope, message))  # type: ignore[arg-type]
         return found
 
+    def deliver(self, bal: str) -> None:
+        """A message from outside to `bal`, through the inbound listener."""
+        inbound = smtplib.SMTP("127.0.0.1", self.relay.port_of("inbound"), timeout=30)
+        try:
+            inbound.ehlo("operator.test")
+            message = make_message(sender="dr.martin@chu-b.mssante.fr", to=bal)
+            _, (code, text) = send(inbound, "dr.martin@chu-b.mssante.fr", [bal], message)
+            assert code == 250, text
+        finally:
+            inbound.quit()
+
     def log_in_and_send(self, user: str, sender: str | None) -> None:
         stack = Stack(self.relay, self.operator, self.pki)
         client = smtplib.SMTP("127.0.0.1", stack.relay.port, timeout=30)
@@ -152,14 +164,7 @@ def test_inactive_bals_are_flagged_and_noticed_once(lifecycle: Lifecycle) -> Non
     # message to accueil. secretariat and no_reply are never used.
     lifecycle.checked(lifecycle.start())
     lifecycle.log_in_and_send("jdupont", JEAN)
-    inbound = smtplib.SMTP("127.0.0.1", relay.port_of("inbound"), timeout=30)
-    try:
-        inbound.ehlo("operator.test")
-        message = make_message(sender="dr.martin@chu-b.mssante.fr", to=ACCUEIL)
-        _, (code, text) = send(inbound, "dr.martin@chu-b.mssante.fr", [ACCUEIL], message)
-        assert code == 250, text
-    finally:
-        inbound.quit()
+    lifecycle.deliver(ACCUEIL)
     assert relay.stop() == 0  # the graceful stop flushes the activity noted
     now = lifecycle.report(0)
     assert now[JEAN]["last_auth"] and now[JEAN]["last_sent"]
@@ -172,7 +177,17 @@ def test_inactive_bals_are_flagged_and_noticed_once(lifecycle: Lifecycle) -> Non
         "no BAL inactive for 60 days or more"
     )
 
-    # Day 61: every BAL is unpublished and gets its notice, once.
+    # Day 30: secretariat, never connected, receives a message; receiving is
+    # no connection (seeds: « sans connexion »), it is shown only.
+    lifecycle.checked(lifecycle.start(30))
+    lifecycle.deliver(SECRETARIAT)
+    assert relay.stop() == 0
+    received = lifecycle.report(30)[SECRETARIAT]
+    assert received["last_received"] and received["last_activity"] is None
+    assert received["days_inactive"] == 30
+
+    # Day 61: every BAL is unpublished and gets its notice, once; secretariat
+    # too, though it received mail 31 days ago.
     check = lifecycle.checked(lifecycle.start(61))
     assert check == {**check, "bals": 4, "flagged": 4, "notices": 4}
     crossed = relay.events("bal_lifecycle")
@@ -184,6 +199,9 @@ def test_inactive_bals_are_flagged_and_noticed_once(lifecycle: Lifecycle) -> Non
     assert jean["last_activity"] == now[JEAN]["last_activity"][:10]  # an ISO date
     never = next(e for e in crossed if e["bal"] == SECRETARIAT)
     assert never["last_activity"] is None and never["days_inactive"] == 61  # from first seen
+    secretariat = lifecycle.report(61)[SECRETARIAT]
+    assert secretariat["last_received"] == received["last_received"]
+    assert flags(secretariat) == ["unpublished"] and secretariat["days_inactive"] == 61
     sent = relay.events("lifecycle_notice_sent")
     assert sorted(e["bal"] for e in sent) == sorted((JEAN, ACCUEIL, SECRETARIAT, NO_REPLY))
     assert all(e["flag"] == "unpublished" and e["txid"] for e in sent)
@@ -200,6 +218,8 @@ def test_inactive_bals_are_flagged_and_noticed_once(lifecycle: Lifecycle) -> Non
     text = lifecycle.bals(61).stdout
     assert text.count(UNPUBLISHED) == 4 and WARNING not in text, text
     assert "never (first seen" in text
+    row = next(line for line in text.splitlines() if line.startswith(SECRETARIAT))
+    assert received["last_received"] in row  # shown, for information
     # msecret logs in: secretariat and accueil are in use again (a new period).
     lifecycle.log_in_and_send("msecret", None)
     assert relay.stop() == 0
@@ -244,7 +264,9 @@ def test_inactive_bals_are_flagged_and_noticed_once(lifecycle: Lifecycle) -> Non
     listing = lifecycle.bals(366, "--inactive", "366")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].split() == ["BAL", "TYPE", "USERS", "LAST", "ACTIVITY", "DAYS", "FLAGS"]
+    assert lines[0].split() == [
+        *("BAL", "TYPE", "USERS", "LAST", "ACTIVITY", "LAST", "RECEIVED", "DAYS", "FLAGS")
+    ]
     assert sorted(line.split()[0] for line in lines[1:]) == sorted((JEAN, NO_REPLY))
     assert all(f"{UNPUBLISHED}; {WARNING}; {TO_DELETE}" in line for line in lines[1:])
     report = lifecycle.report(366)

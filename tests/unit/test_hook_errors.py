@@ -71,7 +71,9 @@ async def _reply(reader: asyncio.StreamReader) -> str:
             return line
 
 
-async def _dialog(lines: list[bytes]) -> tuple[list[str], BrittleUpstream, CapturingLogger]:
+async def _dialog(
+    lines: list[bytes], activity: Any = None
+) -> tuple[list[str], BrittleUpstream, CapturingLogger]:
     upstream, logger = BrittleUpstream(), CapturingLogger()
     bals = BalDirectory([Bal(SENDER, BalType.NOMINATIVE, frozenset({"jdupont"}))])
     context = RelayContext(
@@ -85,6 +87,7 @@ async def _dialog(lines: list[bytes]) -> tuple[list[str], BrittleUpstream, Captu
         ),
         clock=lambda: datetime.now(UTC),
         trusted_clients={"127.0.0.1": "jdupont"},  # taken for jdupont, without AUTH
+        activity=activity,
     )
     loop = asyncio.get_running_loop()
 

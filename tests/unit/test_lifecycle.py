@@ -24,6 +24,7 @@ from mss_relay.lifecycle import (
     status,
 )
 from mss_relay.state.activity import ActivityRecorder, ActivityStore
+from tests.unit.test_hook_errors import DEST, MESSAGE, SENDER, _dialog
 from tests.unit.test_recorder import Log
 
 U, W, D = Flag.UNPUBLISHED, Flag.DELETION_WARNING, Flag.TO_DELETE
@@ -72,7 +73,19 @@ def test_the_last_activity_is_the_latest_date_and_first_seen_stands_in() -> None
     unseen = status(BAL, Activity(), NOW)
     assert (unseen.days_inactive, unseen.flags, unseen.flag) == (None, (), None)
     # A clock set back is no inactivity.
-    assert status(BAL, Activity(last_received=NOW + timedelta(days=3)), NOW).days_inactive == 0
+    assert status(BAL, Activity(last_auth=NOW + timedelta(days=3)), NOW).days_inactive == 0
+
+
+def test_mail_received_is_no_connection() -> None:
+    # « sans connexion »: a dormant BAL keeps receiving mail (the relay's own
+    # notices among it); what it receives is shown, not counted.
+    used = Activity(first_seen=ago(400), last_auth=ago(90), last_received=ago(1))
+    assert (used.last_activity, used.reference) == (ago(90), ago(90))
+    assert status(BAL, used, NOW).flags == (U,)
+    only_receives = status(BAL, Activity(first_seen=ago(61), last_received=ago(0)), NOW)
+    assert only_receives.activity.last_activity is None
+    assert (only_receives.days_inactive, only_receives.flags) == (61, (U,))
+    assert only_receives.deletion_date == ago(61) + timedelta(days=365)
 
 
 @pytest.mark.parametrize(
@@ -133,7 +146,7 @@ def test_a_never_used_bal_is_told_so() -> None:
     current = status(BAL, Activity(first_seen=ago(61)), NOW)
     raw = notice(current, U, sender="a@b.mssante.fr", now=NOW, message_id="<x@y>")
     body = email.message_from_bytes(raw, policy=default).get_content()
-    assert "Aucune activité n'a été constatée sur cette BAL depuis sa mise en service" in body
+    assert "Aucune connexion n'a été constatée sur cette BAL depuis sa mise en service" in body
 
 
 # The store and the background writer ----------------------------------------------
@@ -185,3 +198,40 @@ def test_a_failed_write_is_kept_and_written_later(tmp_path: Path) -> None:
         assert activity.last_sent is not None
 
     asyncio.run(scenario())
+
+
+class BrokenRecorder:
+    """An ActivityRecorder whose notes fail (a bug, memory)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _fail(self, what: str) -> None:
+        self.calls.append(what)
+        raise RuntimeError("a bug in a note")
+
+    def auth(self, user: str) -> None:
+        self._fail(f"auth {user}")
+
+    def sent(self, bal: str) -> None:
+        self._fail(f"sent {bal}")
+
+    def received(self, bal: str) -> None:
+        self._fail(f"received {bal}")
+
+
+def test_a_note_that_fails_leaves_the_250_alone() -> None:
+    # The note comes after the upstream's 250: a 451 to the client then would
+    # have it send the message again, a duplicate.
+    recorder = BrokenRecorder()
+    lines = [b"EHLO client.test", f"MAIL FROM:<{SENDER}>".encode(), f"RCPT TO:<{DEST}>".encode()]
+    replies, upstream, logger = asyncio.run(
+        asyncio.wait_for(_dialog([*lines, b"DATA", MESSAGE], activity=recorder), 30)
+    )
+    assert [r[:9] for r in replies[1:]] == ["250 2.1.0", "250 2.1.5", "354 End d", "250 2.0.0"]
+    assert upstream.steps == [f"MAIL {SENDER}", f"RCPT {DEST}", "DATA"]
+    assert recorder.calls == [f"sent {SENDER}"]
+    failed = [c.kwargs for c in logger.calls if c.kwargs.get("event") == "activity_note_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "RuntimeError"  # the type only
+    assert "a bug in a note" not in str(failed)
+    assert not any(c.kwargs.get("event") == "internal_error" for c in logger.calls)
