@@ -184,7 +184,10 @@ class RelayHandler(ClientSession):
         if ok:
             self.user = user
             if self.ctx.activity is not None:  # the BAL lifecycle: a connection
-                self.ctx.activity.auth(user)
+                try:
+                    self.ctx.activity.auth(user)
+                except Exception as error:  # a note, never a reason to refuse a login
+                    self.log.warning("activity_note_failed", error=type(error).__name__)
             return AuthResult(success=True, auth_data=user)
         if delay:
             await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
