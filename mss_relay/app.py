@@ -283,9 +283,10 @@ async def serve(config: Config, worker: int = 0) -> int:
                     servers.append(await _listen(loop, listener, i, runtime))
             except OSError as error:
                 raise ListenError.of(listener.endpoint, f"listeners[{i}]", error) from None
+        listening = list(servers)  # /healthz checks these, in process
         servers.append(await control.listen())
         if monitoring is not None:
-            await monitoring.start(config, sessions, runtime.slots_busy, store)
+            await monitoring.start(config, sessions, runtime.slots_busy, store, listening, writer)
         if worker == 0:
             for warning in config.warnings:
                 log.warning("config_warning", message=warning)
