@@ -329,9 +329,10 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
                     servers.append(await _listen(loop, listener, i, runtime))
             except OSError as error:
                 raise ListenError.of(listener.endpoint, f"listeners[{i}]", error) from None
+        listening = list(servers)  # /healthz checks these, in process
         servers.append(await control.listen())
         if monitoring is not None:
-            await monitoring.start(config, sessions, runtime.slots_busy, store)
+            await monitoring.start(config, sessions, runtime.slots_busy, store, listening, writer)
         if worker == 0:
             for warning in config.warnings:
                 log.warning("config_warning", message=warning)

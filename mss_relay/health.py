@@ -2,12 +2,17 @@
 HTTP, served by worker 0 on the asyncio loop, and the wiring of the metrics
 in every worker (Monitoring).
 
-/healthz answers 200 « ok » when every listener accepts a connection (a TCP
-connect, or a connect to the milter's Unix socket: the kernel's accept queue
-answers for each worker sharing the port) and the state database answers (the
-file is still the one opened, and a read returns within HEALTH_TIMEOUT);
-otherwise 503 with one line per reason, for a load balancer or Docker's
-HEALTHCHECK.
+/healthz answers 200 « ok » when every listener accepts (checked in process,
+on worker 0's own servers: each is serving, and a Unix socket's path is still
+a socket), the log is written (with log.required: otherwise every transaction
+gets 451) and the state database answers (the file is still the one opened,
+and a read returns within HEALTH_TIMEOUT); otherwise 503 with one line per
+reason, for a load balancer or Docker's HEALTHCHECK. A probe opens no
+session: no log line, no metric, no connection slot per probe (a load
+balancer may probe every 2 s).
+
+/metrics reads the conversations' census (a GROUP BY over the whole table,
+on the read connection patient look-ups share) at most every CENSUS_TTL.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sized
+import stat
+import time
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mss_relay import __version__
 from mss_relay.config import Config, ConfigError, ListenerConfig, MetricsConfig
 from mss_relay.errors import ListenError
-from mss_relay.log import Processor
+from mss_relay.log import LineWriter, Processor
 from mss_relay.metrics import (
     EventTap,
     Instruments,
@@ -40,27 +47,45 @@ from mss_relay.state.conversations import ConversationStore
 HEALTH_TIMEOUT = 2.0
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192  # bytes of request line and headers
-_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+# The conversations' gauge is this old at most: the census counts the whole
+# table, and Prometheus may scrape every few seconds (several of them, too).
+CENSUS_TTL = 30.0
+
+# A listener as worker 0 serves it: its configuration and its own server.
+Listening = tuple[ListenerConfig, asyncio.Server]
 
 
-async def _listener_problem(listener: ListenerConfig) -> str | None:
+def _is_socket(path: Path) -> bool:
     try:
-        async with asyncio.timeout(HEALTH_TIMEOUT):
-            if listener.path is not None:
-                _, writer = await asyncio.open_unix_connection(str(listener.path))
-            else:
-                host = _LOOPBACK.get(listener.host, listener.host)
-                _, writer = await asyncio.open_connection(host, listener.port)
-    except TimeoutError:
-        return f"listener {listener.name} ({listener.endpoint}): no answer"
-    except OSError as error:
-        # asyncio's strerror repeats the address: the errno's text says it.
-        why = os.strerror(error.errno) if error.errno else type(error).__name__
-        return f"listener {listener.name} ({listener.endpoint}): {why}"
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+async def _listener_problem(listener: ListenerConfig, server: asyncio.Server) -> str | None:
+    """In process: connecting would be a session (a log line, an auth
+    result, a connection slot taken) at every probe."""
+    where = f"listener {listener.name} ({listener.endpoint})"
+    if not server.is_serving():
+        return f"{where}: not serving"
+    if listener.path is not None:
+        # Removed or replaced: new clients cannot reach the socket any more.
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                present = await asyncio.to_thread(_is_socket, listener.path)
+        except TimeoutError:
+            return f"{where}: no answer"
+        except OSError as error:
+            return f"{where}: {os.strerror(error.errno) if error.errno else type(error).__name__}"
+        if not present:
+            return f"{where}: socket file gone"
     return None
+
+
+def _log_problem(writer: LineWriter | None) -> str | None:
+    if writer is None or writer.healthy:
+        return None
+    return f"log {writer.path or 'standard output'}: not writable"
 
 
 async def _state_problem(store: ConversationStore) -> str | None:
@@ -77,10 +102,14 @@ async def _state_problem(store: ConversationStore) -> str | None:
     return None
 
 
-async def problems(listeners: tuple[ListenerConfig, ...], store: ConversationStore) -> list[str]:
-    """Why the relay is not healthy: nothing when it is."""
-    checks = [_listener_problem(li) for li in listeners]
+async def problems(
+    listening: tuple[Listening, ...], store: ConversationStore, log: LineWriter | None = None
+) -> list[str]:
+    """Why the relay is not healthy: nothing when it is. log: the writer
+    when log.required (a log not written refuses mail then), else None."""
+    checks = [_listener_problem(li, server) for li, server in listening]
     found = await asyncio.gather(*checks, _state_problem(store))
+    found.insert(len(checks), _log_problem(log))
     return [problem for problem in found if problem is not None]
 
 
@@ -90,10 +119,13 @@ class Endpoint:
     request per connection (Prometheus and probes open one each time)."""
 
     settings: MetricsConfig
-    listeners: tuple[ListenerConfig, ...]
+    listening: tuple[Listening, ...]
     store: ConversationStore
     directory: Path
+    log: LineWriter | None = None  # with log.required only
+    clock: Callable[[], float] = time.monotonic
     server: asyncio.Server | None = None
+    _census: tuple[float, dict[str, int]] | None = None  # when read, what
 
     async def start(self) -> None:
         host, port = self.settings.host, self.settings.port
@@ -143,24 +175,34 @@ class Endpoint:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", text, b"GET or HEAD only\n"
         if path == "/healthz":
-            found = await problems(self.listeners, self.store)
+            found = await problems(self.listening, self.store, self.log)
             if found:
                 return "503 Service Unavailable", text, ("\n".join(found) + "\n").encode()
             return "200 OK", text, b"ok\n"
         if path == "/metrics":
             try:
-                async with asyncio.timeout(HEALTH_TIMEOUT):
-                    census: dict[str, int] | None = await self.store.census()
-            except (TimeoutError, OSError, sqlite3.Error, ValueError):
-                census = None  # the gauge is left out; /healthz says why
-            try:
                 body = await asyncio.to_thread(
-                    render, self.directory, Snapshot(__version__, census)
+                    render, self.directory, Snapshot(__version__, await self.census())
                 )
             except (OSError, ValueError) as error:
                 return "500 Internal Server Error", text, f"{type(error).__name__}\n".encode()
             return "200 OK", content_type(), body
         return "404 Not Found", text, b"/metrics or /healthz\n"
+
+    async def census(self) -> dict[str, int] | None:
+        """The conversations by state, read again once CENSUS_TTL has passed;
+        None when the database does not answer (not kept: the next scrape
+        asks again)."""
+        now = self.clock()
+        if self._census is not None and now - self._census[0] < CENSUS_TTL:
+            return self._census[1]
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                counts = await self.store.census()
+        except (TimeoutError, OSError, sqlite3.Error, ValueError):
+            return None  # the gauge is left out; /healthz says why
+        self._census = (now, counts)
+        return counts
 
 
 @dataclass
@@ -197,11 +239,18 @@ class Monitoring:
         sessions: Sized,
         slots_busy: Callable[[], int] | None,
         store: ConversationStore,
+        servers: Sequence[asyncio.Server],
+        writer: LineWriter,
     ) -> None:
+        """servers: the listeners' own, in the order of config.listeners
+        (worker 0 serves them all); writer: the log's."""
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(sample(self.instruments, sessions, slots_busy)))
         if self.worker == 0:
-            self._endpoint = Endpoint(self.settings, config.listeners, store, self.directory)
+            listening = tuple(zip(config.listeners, servers, strict=True))
+            # log.required is restart-only: read once.
+            log = writer if config.log.required else None
+            self._endpoint = Endpoint(self.settings, listening, store, self.directory, log)
             await self._endpoint.start()
 
     async def close(self) -> None:

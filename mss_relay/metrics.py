@@ -76,11 +76,18 @@ def enable(directory: Path, *, first: bool) -> None:
 
 
 class Instruments:
-    """The metrics this process writes. registry None: multiprocess mode
-    (the values go to the shared folder; the scrape reads them there)."""
+    """The metrics this process writes, registered in a registry of their own
+    (given, or a new one): never prometheus_client's global REGISTRY, so
+    that no state is shared between two Instruments of one process. In
+    multiprocess mode the values go to the shared folder whatever the
+    registry; the scrape reads them there (render)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        if registry is None:
+            registry = CollectorRegistry()
+        self.registry = registry
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, registry=registry)
@@ -205,7 +212,10 @@ class EventTap:
         self._inc("refusals", event.get("listener"), "connect", event.get("rule"))
 
     def _auth(self, event: Mapping[str, Any]) -> None:
-        self._inc("auth", event.get("result"))
+        # smtplib retries a refused AUTH PLAIN as AUTH LOGIN with the same
+        # password: the relay counts that once, and so do the metrics.
+        if event.get("repeated") is not True:
+            self._inc("auth", event.get("result"))
 
     def _upstream(self, event: Mapping[str, Any]) -> None:
         self._inc("upstream_failures", event.get("stage"), event.get("outcome"))

@@ -272,7 +272,9 @@ class _Tally:
             self.conversations.setdefault(day, Counter())["closed"] += count
             self.closings[_identifier(line.get("how")) or "autre"] += count
         elif event == "auth" and line.get("result") in ("failure", "locked"):
-            self.auth[str(line["result"])] += 1
+            # The same wrong password again (smtplib's PLAIN then LOGIN): once.
+            if line.get("repeated") is not True:
+                self.auth[str(line["result"])] += 1
         elif event == "bal_lifecycle":
             # A BAL removed from the configuration since is gone: not shown.
             bal = shown_address(line.get("bal"), self.structure)

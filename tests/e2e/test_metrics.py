@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mss_relay import __version__
 from tests.conftest import PASSWORDS, Pki, Stack, base_config
+from tests.support.filesystems import fill, small_tmpfs
 from tests.support.mail import connect, make_message, send
 from tests.support.processes import ROOT, Relay, Upstream, free_port, wait_for
 
@@ -155,3 +156,91 @@ def test_healthz_turns_503_when_the_state_database_is_gone(monitored: Stack) -> 
     assert f"state database {database}: deleted" in body
     assert docker_healthcheck(port) == 1
     assert fetch(port, "/nothing")[0] == 404
+
+
+def start_one(tmp_path: Path, pki: Pki, hashes: dict[str, str], **overrides: object) -> Stack:
+    """One worker, a metrics port, and a milter on a Unix socket."""
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    config = base_config(pki, hashes, upstream.port, metrics={"port": free_port()}, **overrides)
+    socket = tmp_path / "milter.sock"
+    config["listeners"].append({"name": "milter", "role": "milter", "path": str(socket)})
+    relay = Relay(tmp_path, config)
+    relay.start()
+    relay.wait_event("started")
+    return Stack(relay, upstream, pki)
+
+
+def stop_one(stack: Stack) -> None:
+    try:
+        assert stack.relay.stop() == 0
+    finally:
+        stack.upstream.stop()
+
+
+def test_probing_healthz_opens_no_session(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """A load balancer probing every 2 s: no log line, no metric, no slot
+    taken, even with the listener at its throttle.max_connections."""
+    stack = start_one(
+        tmp_path,
+        pki,
+        password_hashes,
+        throttle={"max_connections": 1},
+        trusted_clients={"127.0.0.1": "jdupont"},
+    )
+    try:
+        port = metrics_port(stack)
+        # The one connection allowed (once the start's readiness check has
+        # gone): the listener is full.
+        assert stack.relay.wait_event("disconnect")
+        held = connect(stack)
+        before, counted = stack.relay.events(), scrape(port)
+        for _ in range(20):
+            assert fetch(port, "/healthz") == (200, "ok\n")
+        held.quit()
+        # The held session's own disconnect, written after anything the
+        # probes would have made the relay log.
+        assert stack.relay.wait_event("disconnect", count=2)
+        new = stack.relay.events()[len(before) :]
+        assert [e["event"] for e in new] == ["disconnect"], new
+        samples = scrape(port)
+        for result in ("trusted_client", "success"):
+            auth = ("mss_relay_auth_attempts_total", (("result", result),))
+            assert samples.get(auth) == counted.get(auth), result
+        refused = {k: n for k, n in samples.items() if k[0] == "mss_relay_refusals_total" and n}
+        assert not refused
+
+        socket = tmp_path / "milter.sock"
+        socket.unlink()
+        status, body = fetch(port, "/healthz")
+        assert status == 503
+        assert body == f"listener milter (unix:{socket}): socket file gone\n"
+    finally:
+        stop_one(stack)
+
+
+def test_healthz_turns_503_while_a_required_log_cannot_be_written(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    with small_tmpfs(tmp_path / "fs") as disk:
+        log = disk / "log.jsonl"
+        stack = start_one(tmp_path, pki, password_hashes, log={"file": str(log)})
+        try:
+            port = metrics_port(stack)
+            assert fetch(port, "/healthz") == (200, "ok\n")
+            filler = fill(disk)
+
+            def refused() -> bool:
+                # The writer learns of the full disk at its next write: a
+                # session's lines (a probe writes none).
+                connect(stack).quit()
+                return fetch(port, "/healthz") == (503, f"log {log}: not writable\n")
+
+            assert wait_for(refused, timeout=30)
+            filler.unlink()
+            # The lines held are written again (with a backoff): healthy again.
+            assert wait_for(lambda: fetch(port, "/healthz") == (200, "ok\n"), timeout=30)
+        finally:
+            stop_one(stack)

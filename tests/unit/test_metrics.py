@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
-from mss_relay.config import ListenerConfig, ListenerTls, Role
-from mss_relay.health import problems
+from mss_relay.config import ListenerConfig, ListenerTls, MetricsConfig, Role
+from mss_relay.health import Endpoint, problems
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.metrics import EventTap, Instruments, Slots, label
 from mss_relay.state.conversations import ConversationStore
@@ -94,6 +95,8 @@ def test_what_each_event_counts() -> None:
     feed(counter, "decision", **sub, stage="data", verdict="tempfail", rule="state_unavailable")
     feed(counter, "connection_refused", **sub, rule="max_connections")
     feed(counter, "auth", client="10.0.0.1", user="x", result="failure")
+    # smtplib's AUTH LOGIN after a refused PLAIN, same password: counted once.
+    feed(counter, "auth", client="10.0.0.1", user="x", result="failure", repeated=True)
     feed(counter, "auth", client="10.0.0.1", user="x", result="failure")
     feed(counter, "upstream", stage="rcpt", outcome="permfailed", txid="A")
     feed(counter, "disconnect", client="10.0.0.1")
@@ -192,22 +195,83 @@ def test_slots_count_what_is_taken() -> None:
     assert asyncio.run(run()) == [0, 2, 1, 0]
 
 
-def test_health_names_a_listener_that_does_not_accept(tmp_path: Path) -> None:
-    async def run() -> tuple[list[str], list[str]]:
+def test_two_instruments_in_one_process() -> None:
+    first, second = Instruments(), Instruments()  # no duplicated timeseries
+    first.auth.labels("failure").inc()
+    assert first.registry is not second.registry
+    assert "mss_relay_auth_attempts_total" not in REGISTRY._names_to_collectors
+
+
+class FakeWriter:
+    def __init__(self, path: Path | None, healthy: bool) -> None:
+        self.path, self.healthy = path, healthy
+
+
+def test_health_is_read_in_process(tmp_path: Path) -> None:
+    """A stopped server, a Unix socket's file removed, a required log not
+    written: each named; no connection is made to any listener."""
+    seen: list[int] = []
+
+    async def run() -> tuple[int, list[list[str]]]:
         store = await ConversationStore.open(tmp_path / "state.sqlite3")
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        tcp = await asyncio.start_server(lambda r, w: seen.append(1), "127.0.0.1", 0)
+        path = tmp_path / "milter.sock"
+        unix = await asyncio.start_unix_server(lambda r, w: seen.append(1), str(path))
         try:
-            port = server.sockets[0].getsockname()[1]
+            port = tcp.sockets[0].getsockname()[1]
             up = ListenerConfig("submission", Role.SUBMISSION, "127.0.0.1", port, ListenerTls.NONE)
-            healthy = await problems((up,), store)
-            server.close()
-            await server.wait_closed()
-            return healthy, await problems((up,), store)
+            milter = ListenerConfig("milter", Role.MILTER, "", 0, ListenerTls.NONE, path)
+            listening = ((up, tcp), (milter, unix))
+            log = FakeWriter(tmp_path / "log.jsonl", healthy=True)
+            found = [await problems(listening, store, log)]
+            tcp.close()
+            path.unlink()
+            log.healthy = False
+            found.append(await problems(listening, store, log))
+            path.write_text("")  # a file, not a socket
+            found.append(await problems(listening, store))
+            return port, found
         finally:
-            server.close()
+            tcp.close()
+            unix.close()
             await store.close()
 
-    healthy, down = asyncio.run(run())
+    port, (healthy, down, replaced) = asyncio.run(run())
     assert healthy == []
-    assert len(down) == 1 and down[0].startswith("listener submission (127.0.0.1:")
-    assert "refused" in down[0].lower()
+    assert down == [
+        f"listener submission (127.0.0.1:{port}): not serving",
+        f"listener milter (unix:{tmp_path / 'milter.sock'}): socket file gone",
+        f"log {tmp_path / 'log.jsonl'}: not writable",
+    ]
+    assert replaced[1:] == [f"listener milter (unix:{tmp_path / 'milter.sock'}): socket file gone"]
+    assert seen == []
+
+
+def test_the_census_is_read_again_after_its_ttl(tmp_path: Path) -> None:
+    class Store:
+        calls = 0
+
+        async def census(self) -> dict[str, int]:
+            Store.calls += 1
+            return {"open": Store.calls, "closed": 0}
+
+    now = [100.0]
+
+    async def run() -> list[int]:
+        endpoint = Endpoint(MetricsConfig(), (), Store(), tmp_path, clock=lambda: now[0])
+        shown = []
+        for moment in (100.0, 110.0, 129.9, 130.0, 131.0):
+            now[0] = moment
+            status, _, body = await endpoint.answer("GET", "/metrics")
+            assert status == "200 OK"
+            (count,) = [
+                s.value
+                for family in text_string_to_metric_families(body.decode())
+                for s in family.samples
+                if s.name == "mss_relay_conversations" and s.labels["state"] == "open"
+            ]
+            shown.append(int(count))
+        return shown
+
+    assert asyncio.run(run()) == [1, 1, 1, 2, 2]
+    assert Store.calls == 2

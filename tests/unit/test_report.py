@@ -77,6 +77,8 @@ LOG = [
     line("2026-11-22T03:00:00.000Z", "conversations_auto_closed", count=3, how="idle"),
     # Authentication.
     line("2026-11-22T04:00:00.000Z", "auth", user="jdupont", result="failure"),
+    # smtplib's AUTH LOGIN after a refused PLAIN, same password: one failure.
+    line("2026-11-22T04:00:00.050Z", "auth", user="jdupont", result="failure", repeated=True),
     line("2026-11-22T04:00:01.000Z", "auth", user="jdupont", result="locked"),
     line("2026-11-22T04:00:02.000Z", "auth", user="jdupont", result="success"),
     # Lifecycle: the latest line per BAL wins; a patient address is never a BAL.
