@@ -312,7 +312,8 @@ def _report(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from mss_relay.report import LogLines, aggregate, log_files, parse_since
+    from mss_relay.logfiles import log_files
+    from mss_relay.report import LogLines, aggregate, parse_since
     from mss_relay.report_html import render_html
     from mss_relay.report_text import render_text
 

@@ -119,6 +119,15 @@ class Instruments:
             "Configuration reloads, by result (success, failure).",
             ("result",),
         )
+        # The known label values start at 0, so that a series exists (and a
+        # rate() or an alert on it works) before its first event.
+        for result in ("success", "failure", "locked"):
+            self.auth.labels(result)
+        for stage in ("mail", "rcpt", "data"):
+            for kind in ("tempfailed", "permfailed"):
+                self.upstream_failures.labels(stage, kind)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
         self.sizes = Histogram(
             "mss_relay_message_size_bytes",
             "Size of the messages received (bytes on the wire).",

@@ -94,7 +94,6 @@ RULES: dict[str, str] = {
 _IDENTIFIER = re.compile(r"\A[a-z][a-z0-9_]{0,63}\Z")
 _SINCE = re.compile(r"\A(\d{1,5})\s*([hdw])\Z")
 _UNITS = {"h": "hours", "d": "days", "w": "weeks"}
-_ROTATED = re.compile(r"\A\.(\d+)(\.gz)?\Z|\A-\d{8}(\d{2})?(\.gz)?\Z")
 
 
 def parse_since(text: str, now: datetime, tz: tzinfo | None = None) -> datetime:
@@ -116,26 +115,6 @@ def parse_since(text: str, now: datetime, tz: tzinfo | None = None) -> datetime:
     if moment > now:
         raise ValueError(f"--since: {text!r} is in the future")
     return moment
-
-
-def log_files(path: Path) -> list[Path]:
-    """The log and its rotated copies beside it (FILE.1, FILE.2.gz, and
-    logrotate's dateext FILE-20261201.gz), oldest first."""
-    rotated: list[tuple[tuple[int, str], Path]] = []
-    if path.parent.is_dir():
-        for candidate in path.parent.iterdir():
-            name = candidate.name
-            if not name.startswith(path.name) or not candidate.is_file():
-                continue
-            match = _ROTATED.match(name[len(path.name) :])
-            if match is None:
-                continue
-            if match.group(1) is not None:  # numbered: the higher, the older
-                rotated.append(((1, f"{max(0, 10**9 - int(match.group(1))):010d}"), candidate))
-            else:  # dated: the earlier, the older
-                rotated.append(((0, name), candidate))
-    ordered = [p for _, p in sorted(rotated)]
-    return [*ordered, path] if path.is_file() else ordered
 
 
 @dataclass

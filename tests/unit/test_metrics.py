@@ -135,7 +135,8 @@ def test_reloads_are_counted_by_worker_0_only() -> None:
     name = "mss_relay_config_reloads_total"
     assert values(registry)[name, (("result", "success"),)] == 2
     assert values(registry)[name, (("result", "failure"),)] == 1
-    assert not [key for key in values(other_registry) if key[0] == name]
+    # Its series exist (at 0, as every known series) but never move.
+    assert {v for key, v in values(other_registry).items() if key[0] == name} == {0}
 
 
 def test_a_strange_event_is_not_counted_and_the_line_goes_on() -> None:
@@ -200,6 +201,20 @@ def test_two_instruments_in_one_process() -> None:
     first.auth.labels("failure").inc()
     assert first.registry is not second.registry
     assert "mss_relay_auth_attempts_total" not in REGISTRY._names_to_collectors
+
+
+def test_known_series_exist_before_their_first_event() -> None:
+    from prometheus_client import generate_latest
+
+    text = generate_latest(Instruments().registry).decode()
+    for line in (
+        'mss_relay_auth_attempts_total{result="failure"} 0.0',
+        'mss_relay_upstream_failures_total{kind="tempfailed",stage="data"} 0.0',
+        'mss_relay_upstream_failures_total{kind="permfailed",stage="rcpt"} 0.0',
+        'mss_relay_config_reloads_total{result="failure"} 0.0',
+        'mss_relay_config_reloads_total{result="success"} 0.0',
+    ):
+        assert line in text.splitlines(), line
 
 
 class FakeWriter:

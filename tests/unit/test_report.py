@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mss_relay.report import LogLines, aggregate, log_files, parse_since
+from mss_relay.logfiles import log_files
+from mss_relay.report import LogLines, aggregate, parse_since
 from mss_relay.report_html import _axis_top, render_html
 from mss_relay.report_text import render_text
 
