@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import re
 import unicodedata
 import zipfile
@@ -20,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 from mss_relay.core.addresses import normalize_address
 from mss_relay.log import iso_ms, utc_now
@@ -93,8 +92,9 @@ class Reading:
 
 
 @contextlib.contextmanager
-def open_extraction(path: Path) -> Iterator[TextIO]:
-    """The extraction's text: the .txt itself, or the one .txt of a ZIP."""
+def open_extraction(path: Path) -> Iterator[IO[bytes]]:
+    """The extraction's bytes: the .txt itself, or the one .txt of a ZIP
+    (decoded line by line: a non-UTF-8 line is named by its number)."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -105,10 +105,10 @@ def open_extraction(path: Path) -> Iterator[TextIO]:
                         f"{path}: a ZIP must hold exactly one .txt file (found: {found})"
                     )
                 with archive.open(names[0]) as member:
-                    yield io.TextIOWrapper(member, encoding="utf-8-sig", newline=None)
+                    yield member
             return
-        with path.open(encoding="utf-8-sig", newline=None) as text:
-            yield text
+        with path.open("rb") as data:
+            yield data
     except zipfile.BadZipFile as error:
         raise ExtractionError(f"{path}: not a readable ZIP file ({error})") from None
     except OSError as error:
@@ -129,19 +129,20 @@ def _positions(header: str, path: Path) -> tuple[list[int | None], int]:
     return [where.get(fold(headers[name])) for name in FIELDS], len(names)
 
 
-def rows(text: TextIO, path: Path, reading: Reading) -> Iterator[tuple[str, ...]]:
+def rows(data: IO[bytes], path: Path, reading: Reading) -> Iterator[tuple[str, ...]]:
     """The rows to store (FIELDS, then the search column), one at a time;
     the lines left out are counted in reading.skipped, by reason."""
     line_number = 1
     try:
-        header = text.readline()
+        header = data.readline().decode("utf-8").removeprefix("\ufeff")
         if not header.strip():
             raise ExtractionError(f"{path}: empty file (no header line)")
         positions, width = _positions(header, path)
         address_at, kind_at = positions[0], positions[1]
         assert address_at is not None and kind_at is not None
-        for line in text:
+        for raw in data:
             line_number += 1
+            line = raw.decode("utf-8")
             values = line.rstrip("\r\n").split("|")
             if len(values) != width:
                 if line.strip():
@@ -202,9 +203,9 @@ def import_extraction(path: Path, database: Path, batch: int = BATCH) -> Importe
     try:
         loader.begin(str(path), iso_ms(utc_now()))
         reading = Reading()
-        with open_extraction(path) as text:
+        with open_extraction(path) as data:
             pending: list[tuple[str, ...]] = []
-            for row in rows(text, path, reading):
+            for row in rows(data, path, reading):
                 pending.append(row)
                 if len(pending) >= batch:
                     loader.add(pending)
