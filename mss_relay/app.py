@@ -37,6 +37,7 @@ from mss_relay.runtime import Runtime, Shared, prepare
 from mss_relay.state.activity import ActivityRecorder, ActivityStore
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
+from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.lock import StateLock
 from mss_relay.state.recorder import Recorder
 
@@ -289,6 +290,13 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await store.close()
         writer.close()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    try:
+        directory = await DirectoryStore.open(config.database)
+    except (OSError, sqlite3.Error) as error:
+        await activity.store.close()
+        await store.close()
+        writer.close()
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     state = Recorder(store, log, timeout=config.record_timeout)
     state.start()
     activity.start()
@@ -306,6 +314,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         AuthGuard(config.throttle),
         SendingRates(config.throttle),
         activity=activity,
+        directory=directory,
     )
     runtime = Runtime(config, prepared, shared, worker)
     control = Control(runtime, worker)
@@ -400,5 +409,6 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await activity.close(FLUSH_TIMEOUT)
         await store.close()
         await activity.store.close()
+        await directory.close()
         writer.close()
     return 0

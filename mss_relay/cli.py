@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why, bals, report."""
+reload, unlock, why, bals, report, directory."""
 
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     _why_parser(commands)
     _bals_parser(commands)
     _report_parser(commands)
+    _directory_parser(commands)
     return parser
 
 
@@ -147,6 +148,23 @@ def _report_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     report.add_argument("--html", metavar="FILE", help="write the page there instead of text")
     report.add_argument("--log", metavar="FILE", help="read this log instead of log.file")
+
+
+def _directory_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    directory = commands.add_parser(
+        "directory", help="the Annuaire Santé: import an extraction, search it, show a BAL"
+    )
+    _config_option(directory)
+    actions = directory.add_subparsers(dest="action", required=True)
+    load = actions.add_parser("import", help="load an Extraction_Correspondance_MSSante")
+    _config_option(load)
+    load.add_argument("file", metavar="FILE.zip|FILE.txt")
+    find = actions.add_parser("search", help="BALs by name, first name, structure, address")
+    _config_option(find)
+    find.add_argument("text", metavar="TEXT", nargs="+")
+    show = actions.add_parser("show", help="the BALs at one address")
+    _config_option(show)
+    show.add_argument("address", metavar="ADDRESS")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -361,6 +379,46 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _directory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mss_relay import directory
+    from mss_relay.state.database import StateLost
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        database = load_config(path).database
+        if args.action == "import":
+            imported = directory.import_extraction(Path(args.file), database)
+            print("mss-relay: directory imported: " + "\n".join(imported.lines()))
+            return 0
+        if args.action == "search":
+            found = asyncio.run(directory.search(database, " ".join(args.text)))
+            limit = directory.SEARCH_LIMIT
+            for line in found[:limit]:
+                print(line)
+            if len(found) > limit:
+                print(f"mss-relay: more than {limit} BALs match: add a word")
+            elif not found:
+                print("mss-relay: no BAL matches", file=sys.stderr)
+            return 0 if found else 1
+        known, lines = asyncio.run(directory.show(database, args.address))
+        for line in lines:
+            print(line)
+        if not lines:
+            why = "not in the Annuaire Santé" if known else "no extraction imported yet"
+            print(f"mss-relay: {args.address}: {why}", file=sys.stderr)
+        return 0 if lines else 1
+    except ConfigError as error:
+        return _config_error(error)
+    except directory.ExtractionError as error:
+        print(f"mss-relay: directory import: {error}", file=sys.stderr)
+        return 1
+    except (StateLost, OSError, sqlite3.Error) as error:
+        print(f"mss-relay: state database: {error}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("reload", "unlock"):
@@ -371,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args)
     if args.command == "conversations":
         return _conversations(args)
+    if args.command == "directory":
+        return _directory(args)
     if args.command == "serve":
         return _serve(args.config, args.worker)
     if args.command == "check-config":

@@ -31,6 +31,7 @@ from mss_relay.core.addresses import (
     normalize_domain,
     split_address,
 )
+from mss_relay.core.directory import DirectoryMode, DirectorySettings
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
@@ -422,6 +423,31 @@ class _Attachments:
     inspect_archives: bool = _RULES.inspect_archives
 
 
+def _directory_mode(raw: object, where: Where) -> DirectoryMode:
+    # YAML 1.1 reads a bare « off » as false: the same word to the operator.
+    text = "off" if raw is False else raw
+    if not isinstance(text, str) or text not in tuple(DirectoryMode):
+        where.fail("must be one of " + ", ".join(DirectoryMode))
+    return DirectoryMode(text)
+
+
+def _accepted(raw: object, where: Where) -> frozenset[str]:
+    """Addresses (with « @ ») and domains, normalized."""
+    items: list[object] = raw if isinstance(raw, list) else [None]
+    names = [v.strip() for v in items if isinstance(v, str) and v.strip()]
+    if len(names) < len(items):
+        where.fail("must be a list of addresses or domains")
+    return frozenset(normalize_address(n) if "@" in n else normalize_domain(n) for n in names)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Directory:
+    """The Annuaire Santé at RCPT (mss_relay/core/directory.py)."""
+
+    mode: Annotated[DirectoryMode, Convert(_directory_mode)] = DirectoryMode.OFF
+    also_accept: Annotated[frozenset[str], Convert(_accepted)] = frozenset()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _User:
     name: str
@@ -486,6 +512,7 @@ class _File:
     # file: one Python process uses one core.
     workers: Annotated[int, Range(1, 64)] = 1
     metrics: MetricsConfig | None = None
+    directory: _Directory
 
     def validate(self, where: Where) -> None:
         """What relates keys of different sections."""
@@ -632,6 +659,7 @@ class Config:
     warnings: tuple[str, ...]
     lifecycle: LifecycleConfig
     metrics: MetricsConfig | None = None
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -695,6 +723,7 @@ def _runtime(file: _File, path: Path) -> Config:
         warnings=file.warnings(),
         lifecycle=file.lifecycle,
         metrics=file.metrics,
+        directory=DirectorySettings(file.directory.mode, file.directory.also_accept),
     )
 
 

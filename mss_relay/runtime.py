@@ -40,6 +40,7 @@ from mss_relay.notifier import Inputs
 from mss_relay.signing import Signer, UnusableKey, dns_record, generate_key, load_key, write_key
 from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
 from mss_relay.tls import server_context
 from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
@@ -245,6 +246,7 @@ class Shared:
     sessions: set[ClientSession] = field(default_factory=set)
     auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
     activity: ActivityRecorder | None = None  # the BAL lifecycle's dates
+    directory: DirectoryStore | None = None  # the Annuaire Santé's look-ups
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,11 @@ class Runtime:
             BalDirectory(config.bals),
             require_patient_dkim=config.inbound.require_dkim_for_patients,
             attachments=config.attachments,
+            directory=config.directory,
         )
+        store = shared.directory
+        timeout = config.record_timeout  # a look-up before the verdict, like the state's
+        directory = (lambda a: store.answer(a, timeout)) if store is not None else None
         if prepared.tls is not None:
             # Implicit TLS: the listening socket keeps the context it was made
             # with; a STARTTLS, the one of its connection's time. Every
@@ -364,6 +370,7 @@ class Runtime:
                 trusted_clients=config.trusted_clients,
                 log_healthy=(lambda: writer.healthy) if config.log.required else None,
                 activity=shared.activity,
+                directory=directory,
             )
             for listener in config.listeners
         )

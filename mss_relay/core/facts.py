@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mss_relay.core.authentication import DkimCheck
 from mss_relay.core.conversation import ConversationFacts
+from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.core.message import MessageInfo
 from mss_relay.core.verdict import Verdict
 
@@ -51,6 +52,8 @@ class RcptFacts:
     rate: RateCheck | None = field(default=None, compare=False, repr=False)
     # Why the conversation state cannot record a message now (None: it can).
     state_unavailable: str | None = None
+    # The Annuaire Santé's answer (None: not looked up, see DirectorySettings).
+    directory: DirectoryAnswer | None = None
 
 
 @dataclass(frozen=True, slots=True)

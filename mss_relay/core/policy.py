@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from mss_relay.core.directory import DirectoryMode, DirectorySettings
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.rules import (
     availability,
     content,
+    directory,
     inbound,
     null_sender,
     recipients,
@@ -59,11 +61,13 @@ class Policy:
         *,
         require_patient_dkim: bool = False,
         attachments: AttachmentRules | None = None,
+        directory: DirectorySettings | None = None,
     ) -> None:
         self.limits = limits
         self.bals = bals
         self.require_patient_dkim = require_patient_dkim
         self.attachments = attachments or AttachmentRules()
+        self.directory = directory or DirectorySettings()
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -98,6 +102,10 @@ class Policy:
                     lambda: size.per_domain_declared_size(facts, limits.per_domain),
                 ),
             ]
+            if self.directory.mode is not DirectoryMode.OFF:
+                checks.append(
+                    ("directory", lambda: directory.listed_in_directory(facts, self.directory.mode))
+                )
         checks.append(
             ("max_recipients", lambda: recipients.max_recipients(facts, limits.max_recipients))
         )

@@ -67,6 +67,8 @@ LOG_UNAVAILABLE = Reply(451, "4.3.0", "Journal d'audit indisponible, réessayez 
 STATE_UNAVAILABLE = Reply(
     451, "4.3.0", "Suivi des conversations patient indisponible, réessayez plus tard"
 )
+# RFC 3463 4.3.0: the Annuaire Santé (state database) cannot answer just now.
+DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Annuaire Santé indisponible, réessayez plus tard")
 
 AUTH_LOCKED = Reply(
     454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"
@@ -120,6 +122,8 @@ SENDER_NOT_TRUST_SPACE = Reply(
     "Expéditeur hors de l'espace de confiance MSSanté (adresses en mssante.fr uniquement)",
 )
 UNKNOWN_BAL = Reply(550, "5.1.1", "Boîte aux lettres inconnue ici")
+# RFC 3463 §3.2: X.1.1, bad destination mailbox address (not in the Annuaire Santé).
+NOT_IN_DIRECTORY = Reply(550, "5.1.1", "Adresse absente de l'Annuaire Santé")
 CONVERSATION_NOT_OPENED = Reply(
     550,
     "5.7.1",

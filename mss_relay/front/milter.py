@@ -158,7 +158,7 @@ class MilterSession(ClientSession):
         if command == mp.MAIL:
             return await self._mail(*mp.parse_address(data))
         if command == mp.RCPT:
-            return self._rcpt(mp.parse_address(data)[0])
+            return await self._rcpt(mp.parse_address(data)[0])
         if command == mp.HEADER:
             name, value = mp.parse_header(data)
             self.headers.append((name, value))
@@ -202,11 +202,11 @@ class MilterSession(ClientSession):
             return _reply(str(verdict.reply))
         return mp.CONTINUE
 
-    def _rcpt(self, recipient: str) -> bytes:
+    async def _rcpt(self, recipient: str) -> bytes:
         txn = self.txn
         if txn is None:  # MAIL was refused: Postfix should not go on
             return mp.CONTINUE
-        verdict = self.check_recipient(recipient)
+        verdict = await self.check_recipient(recipient)
         if verdict.reply is not None:
             return _reply(str(verdict.reply))
         txn.recipients.append(recipient)

@@ -12,7 +12,7 @@ import asyncio
 import secrets
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import format_datetime
 from typing import Any, ClassVar
@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.config import TimeoutsConfig
+from mss_relay.core.addresses import normalize_address
 from mss_relay.core.changes import inbound_change, outgoing_changes
 from mss_relay.core.conversation import (
     Change,
@@ -28,6 +29,7 @@ from mss_relay.core.conversation import (
     patient_sender,
     references,
 )
+from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, crlf_lines
 from mss_relay.core.policy import INBOUND, Policy
@@ -86,6 +88,9 @@ class RelayContext:
     log_healthy: Callable[[], bool] | None = None
     # The BAL lifecycle's notes (AUTH, messages sent and received); None: not kept.
     activity: ActivityRecorder | None = None
+    # The Annuaire Santé's answer for a normalized address (the state
+    # database, within state.record_timeout); None: no store opened.
+    directory: Callable[[str], Awaitable[DirectoryAnswer]] | None = None
 
     @property
     def inbound(self) -> bool:
@@ -207,7 +212,7 @@ class ClientSession:
             self.txn = None
         return verdict
 
-    def check_recipient(self, recipient: str) -> Verdict:
+    async def check_recipient(self, recipient: str) -> Verdict:
         """RCPT: the policy's and the recipient rate's verdict, logged."""
         txn = self.txn
         assert txn is not None
@@ -223,10 +228,23 @@ class ClientSession:
             accepted_so_far=len(txn.recipients),
             rate=(lambda: rates.recipient(user, self.ctx.monotonic())) if rates else None,
             state_unavailable=state.unavailable() if state is not None else None,
+            directory=await self._directory(recipient),
         )
         verdict = self.quoted(self.ctx.policy.evaluate_rcpt(facts))
-        self.decision("rcpt", verdict, recipient=recipient)
+        fields = {"directory": facts.directory.label} if facts.directory else {}
+        self.decision("rcpt", verdict, recipient=recipient, **fields)
         return verdict
+
+    async def _directory(self, recipient: str) -> DirectoryAnswer | None:
+        """The Annuaire Santé's answer, for an outgoing recipient the settings
+        say to look up (None: not looked up). No store to ask is an answer
+        too: unavailable, never an unchecked accept."""
+        if self.inbound or not self.ctx.policy.directory.looks_up(recipient):
+            return None
+        lookup = self.ctx.directory
+        if lookup is None:
+            return DirectoryAnswer(None, unavailable="no directory store")
+        return await lookup(normalize_address(recipient))
 
     # Audit trail -------------------------------------------------------------
     def _log_writable(self) -> bool:

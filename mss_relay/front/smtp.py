@@ -325,7 +325,7 @@ class RelayHandler(ClientSession):
         txn = self.txn
         assert txn is not None and self.upstream is not None  # aiosmtpd checks MAIL first
         try:
-            verdict = self.check_recipient(address)
+            verdict = await self.check_recipient(address)
         except Exception as error:  # reported, and answered 451
             # Nothing went upstream yet: this recipient fails, the transaction
             # goes on (an error once the upstream is asked ends it instead:

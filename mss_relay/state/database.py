@@ -77,6 +77,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (bal, flag, since)
         ) WITHOUT ROWID""",
     ),
+    # 3: the Annuaire Santé (state/directory.py): one generation per import,
+    # one of them current; the entries of each, looked up by address at RCPT.
+    (
+        """CREATE TABLE directory_imports (
+            generation INTEGER PRIMARY KEY,
+            imported_at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('loading', 'current', 'old')),
+            rows INTEGER NOT NULL,
+            addresses INTEGER NOT NULL
+        )""",
+        """CREATE UNIQUE INDEX directory_imports_current
+            ON directory_imports (status) WHERE status = 'current'""",
+        """CREATE TABLE directory_entries (
+            generation INTEGER NOT NULL,
+            address TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            civility TEXT NOT NULL,
+            last_name TEXT NOT NULL,
+            first_name TEXT NOT NULL,
+            profession TEXT NOT NULL,
+            specialty TEXT NOT NULL,
+            structure TEXT NOT NULL,
+            sign TEXT NOT NULL,
+            service TEXT NOT NULL,
+            postal_code TEXT NOT NULL,
+            town TEXT NOT NULL,
+            search TEXT NOT NULL
+        )""",
+        # Some addresses appear twice in an extraction: not unique.
+        """CREATE INDEX directory_entries_address
+            ON directory_entries (generation, address)""",
+    ),
 )
 
 

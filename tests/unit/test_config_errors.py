@@ -24,9 +24,9 @@ THROTTLE_KEYS = (
     " max_connections_per_client, messages_per_minute, recipients_per_hour"
 )
 ROOT_KEYS = (
-    "attachments, bals, control, conversations, dkim, hostname, inbound, inbound_delivery,"
-    " lifecycle, limits, listeners, log, metrics, state, throttle, timeouts, tls, trusted_clients,"
-    " upstream, users, workers"
+    "attachments, bals, control, conversations, directory, dkim, hostname, inbound,"
+    " inbound_delivery, lifecycle, limits, listeners, log, metrics, state, throttle, timeouts,"
+    " tls, trusted_clients, upstream, users, workers"
 )
 UPSTREAM_KEYS = (
     "ca_file, capture, client_certificate, client_key, host, password_file, pool_idle,"
@@ -934,6 +934,33 @@ CASES: list[tuple[str, Change, str]] = [
         "timeouts-shutdown-zero",
         put("timeouts", "shutdown", value=0),
         "timeouts.shutdown: must be more than zero",
+    ),
+    # directory (the Annuaire Santé)
+    ("directory-list", put("directory", value=[]), f"directory: {MAPPING}"),
+    (
+        "directory-mode",
+        put("directory", "mode", value="strict"),
+        "directory.mode: must be one of off, warn, refuse",
+    ),
+    (
+        "directory-mode-true",
+        put("directory", "mode", value=True),
+        "directory.mode: must be one of off, warn, refuse",
+    ),
+    (
+        "directory-also-accept",
+        put("directory", "also_accept", value="ch-exemple.mssante.fr"),
+        "directory.also_accept: must be a list of addresses or domains",
+    ),
+    (
+        "directory-also-accept-empty",
+        put("directory", "also_accept", value=["", "x.fr"]),
+        "directory.also_accept: must be a list of addresses or domains",
+    ),
+    (
+        "directory-unknown",
+        put("directory", "mod", value="warn"),
+        "directory.mod: unknown key (expected one of: also_accept, mode)",
     ),
 ]
 

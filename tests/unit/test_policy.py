@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from mss_relay.core.directory import DirectoryAnswer, DirectoryMode, DirectorySettings
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.mailbox import Bal, BalDirectory, BalType
 from mss_relay.core.message import MessageInfo, PartInfo
@@ -183,3 +184,27 @@ def test_header_alignment(
     else:
         assert verdict.reply is not None
         assert (verdict.rule, verdict.reply.code, verdict.reply.enhanced) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "answer", "code"),
+    [
+        (DirectoryMode.REFUSE, DirectoryAnswer(True), None),
+        (DirectoryMode.REFUSE, DirectoryAnswer(False), 550),
+        (DirectoryMode.WARN, DirectoryAnswer(False), None),
+        (DirectoryMode.WARN, DirectoryAnswer(None, "never imported"), 451),
+        (DirectoryMode.REFUSE, DirectoryAnswer(None, "look-up timed out"), 451),
+        (DirectoryMode.REFUSE, None, None),  # not looked up (a patient, also_accept)
+        (DirectoryMode.OFF, DirectoryAnswer(False), None),
+    ],
+)
+def test_directory_rule(
+    mode: DirectoryMode, answer: DirectoryAnswer | None, code: int | None
+) -> None:
+    policy = Policy(POLICY.limits, POLICY.bals, directory=DirectorySettings(mode))
+    facts = RcptFacts(_mail(), "a@chu.mssante.fr", 0, directory=answer)
+    verdict = policy.evaluate_rcpt(facts)
+    assert (verdict.reply.code if verdict.reply else None) == code
+    if code == 550:
+        assert verdict.reply is not None and verdict.reply.enhanced == "5.1.1"
+        assert verdict.reply.text == "<a@chu.mssante.fr> : adresse absente de l'Annuaire Santé"

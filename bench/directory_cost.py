@@ -1,0 +1,121 @@
+"""The Annuaire Santé: the import of a generated extraction (time and peak
+RSS of the « mss-relay directory import » process), then the RCPT look-up
+and a search, with 1,000 and 600,000 rows imported, measured in the same run.
+
+    .venv/bin/python bench/directory_cost.py [--sizes 1000 600000] [--lookups 5000]
+
+Each size: an extraction written by tests/support/extraction.py (31 columns,
+PER/ORG, accents, one address in 50 twice), imported by the real command in a
+child process (/usr/bin/time-like figures from its rusage), then looked up
+through DirectoryStore.answer, as a session does at RCPT (half listed, half
+not). Writes bench/results/directory_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mss_relay.state.directory import DirectoryStore  # noqa: E402
+from tests.support.extraction import generated, write  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def imported(folder: Path, rows: int) -> dict[str, float]:
+    """Write and import an extraction of `rows` rows: the child's wall time
+    and peak RSS (ru_maxrss of the children, which is the one child here)."""
+    extraction = write(folder / "extraction.txt", generated(rows))
+    config = folder / "relay.yaml"
+    config.write_text(
+        "listeners: [{name: m, role: milter, port: 10999}]\n"
+        f"state: {{database: {folder / 'state.sqlite3'}}}\nlog: {{file: '-'}}\n"
+    )
+    command = [sys.executable, "-m", "mss_relay", "directory", "import", str(extraction)]
+    command += ["--config", str(config)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(done.stdout.strip())
+    return {
+        "rows": rows,
+        "file_mb": round(extraction.stat().st_size / 1e6, 1),
+        "import_s": round(wall, 2),
+        "import_cpu_s": round(
+            after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2
+        ),
+        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+    }
+
+
+async def lookups(database: Path, rows: int, count: int) -> dict[str, float]:
+    store = await DirectoryStore.open(database)
+    try:
+        rng = random.Random(rows)
+        addresses = [
+            f"bal{i}@hopital-{i % 97}.mssante.fr"
+            if rng.random() < 0.5
+            else f"absent{i}@hopital-{i % 97}.mssante.fr"
+            for i in (rng.randrange(rows) for _ in range(count))
+        ]
+        times = []
+        for address in addresses:
+            started = time.perf_counter()
+            answer = await store.answer(address, 2.0)
+            times.append(time.perf_counter() - started)
+            assert answer.listed is not None, answer
+        searches = []
+        for words in (["helene", "lefevre"], ["lyon"], ["zzz"]):
+            started = time.perf_counter()
+            await store.search(words, 51)
+            searches.append(time.perf_counter() - started)
+        times.sort()
+        return {
+            "lookup_median_us": round(statistics.median(times) * 1e6, 1),
+            "lookup_p99_us": round(times[int(len(times) * 0.99)] * 1e6, 1),
+            "search_ms": round(max(searches) * 1000, 1),
+        }
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 600_000])
+    parser.add_argument("--lookups", type=int, default=5000)
+    args = parser.parse_args()
+    results = []
+    for rows in args.sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            figures = imported(Path(folder), rows)
+            figures |= asyncio.run(lookups(Path(folder) / "state.sqlite3", rows, args.lookups))
+        print(json.dumps(figures))
+        results.append(figures)
+    RESULTS.mkdir(exist_ok=True)
+    out = {"cpus": os.cpu_count(), "results": results}
+    (RESULTS / "directory_cost.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
