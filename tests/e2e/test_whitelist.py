@@ -18,9 +18,9 @@ from typing import Any
 
 import trustme
 
-from tests.conftest import Pki, Stack, base_config
+from tests.conftest import Pki, Stack, _stack, base_config
 from tests.support.mail import connect, make_message, send
-from tests.support.processes import Relay, Upstream
+from tests.support.processes import Relay
 from tests.support.whitelist import entries, whitelist_xml, with_domains
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
@@ -39,24 +39,12 @@ def update(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @contextlib.contextmanager
 def whitelisted(
-    tmp: Path, pki: Pki, hashes: dict[str, str], data: bytes, **trust: Any
+    tmp: Path, pki: Pki, hashes: dict[str, str], data: bytes, workers: int = 1, **trust: Any
 ) -> Iterator[Stack]:
     listed = tmp / "listeblanchemssante.xml"
     listed.write_bytes(data)
-    upstream = Upstream(tmp)
-    upstream.start()
-    workers = trust.pop("workers", 1)
-    config = base_config(
-        pki, hashes, upstream.port, trust_space={"whitelist": str(listed), **trust}
-    )
-    config["workers"] = workers
-    relay = Relay(tmp, config)
-    try:
-        relay.start()
-        yield Stack(relay, upstream, pki)
-    finally:
-        relay.stop()
-        upstream.stop()
+    trust_space = {"whitelist": str(listed), **trust}
+    yield from _stack(tmp, pki, hashes, trust_space=trust_space, workers=workers)
 
 
 def rcpt(stack: Stack, *recipients: str) -> list[tuple[int, bytes]]:
