@@ -40,6 +40,7 @@ from mss_relay.state.database import StateLost
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.lock import StateLock
 from mss_relay.state.recorder import Recorder
+from mss_relay.trust.watcher import keep_current
 
 # On SIGTERM, messages past their final dot may take timeouts.shutdown (30 s)
 # to finish; then the conversation writes still pending this long (the unit's
@@ -322,6 +323,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     servers: list[asyncio.Server] = []
     sessions: set[ClientSession] = shared.sessions
     maintenance: asyncio.Task[None] | None = None
+    whitelist: asyncio.Task[None] | None = None
     workers: Workers | None = None
     orphaned: asyncio.Task[None] | None = None
     try:
@@ -350,6 +352,16 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
             version=__version__,
             config=str(config.path),
             listeners=[f"{li.name}={li.endpoint}/{li.tls}" for li in config.listeners],
+        )
+        # The liste blanche followed (every worker), refreshed (worker 0).
+        whitelist = loop.create_task(
+            keep_current(
+                lambda: runtime.config.trust_space,
+                lambda: runtime.generation.prepared.whitelist,
+                [bal.address for bal in config.bals],
+                log,
+                worker,
+            )
         )
         if worker == 0:
             print(
@@ -381,6 +393,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         log.info("stopping", connections=len(sessions))
         if maintenance is not None:
             maintenance.cancel()
+        whitelist.cancel()
         for server in servers:
             server.close()  # no new connections
         # Each worker drains its own transactions, at the same time.
@@ -392,6 +405,8 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     finally:
         if orphaned is not None:
             orphaned.cancel()
+        if whitelist is not None:
+            whitelist.cancel()
         if workers is not None and not workers.stopping:
             await workers.stop()  # worker 0 failed: the others must not go on alone
         for server in servers:

@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why, bals, report, directory."""
+reload, unlock, why, bals, report, directory, whitelist."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     _bals_parser(commands)
     _report_parser(commands)
     _directory_parser(commands)
+    _whitelist_parser(commands)
     return parser
 
 
@@ -165,6 +166,77 @@ def _directory_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     show = actions.add_parser("show", help="the BALs at one address")
     _config_option(show)
     show.add_argument("address", metavar="ADDRESS")
+
+
+def _whitelist_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    whitelist = commands.add_parser("whitelist", help="the ANS liste blanche: update, check")
+    actions = whitelist.add_subparsers(dest="action", required=True)
+    update = actions.add_parser(
+        "update", help="fetch, validate and install the list (trust_space.whitelist)"
+    )
+    _config_option(update)
+    update.add_argument(
+        "--from",
+        dest="source",
+        metavar="FILE_OR_URL",
+        help="a file or an https:// URL (default: trust_space.whitelist_url)",
+    )
+    update.add_argument(
+        "--force", action="store_true", help="install even a list removing over 20 %% of domains"
+    )
+    check = actions.add_parser("check", help="whether a domain is listed, and by which operators")
+    _config_option(check)
+    check.add_argument("domain")
+
+
+def _whitelist(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mss_relay.trust import source
+    from mss_relay.trust.whitelist import InvalidWhitelist
+
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        settings = load_config(path).trust_space
+    except ConfigError as error:
+        return _config_error(error)
+    if settings.whitelist is None:
+        print("mss-relay: whitelist: trust_space.whitelist is not set", file=sys.stderr)
+        return EX_CONFIG
+    file: Path = settings.whitelist
+    if args.action == "check":
+        try:
+            listed = source.load(file)
+        except (OSError, InvalidWhitelist) as error:
+            print(f"mss-relay: whitelist: {file}: {error}", file=sys.stderr)
+            return 1
+        operators = listed.operators_of(args.domain)
+        if not operators:
+            print(f"{args.domain}: not listed ({listed.generated})")
+            return 1
+        print(f"{args.domain}: listed, {len(operators)} operator certificate(s):")
+        for dn in operators:
+            print("  " + " ".join(dn.split()))  # a DN written over two lines, on one
+        return 0
+    origin = args.source or settings.whitelist_url
+    if origin is None:
+        print(
+            "mss-relay: whitelist update: no --from and no trust_space.whitelist_url",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        done = source.update(file, origin, settings.whitelist_ca, force=args.force)
+    except (source.UpdateRefused, OSError) as error:
+        print(f"mss-relay: whitelist update refused: {error}", file=sys.stderr)
+        return 1
+    print(done.whitelist.summary())
+    if done.whitelist.truncated_end:
+        print(
+            "attention : balise de fin </ListeBlancheMSSante> absente après le dernier"
+            " Domaine complet (liste acceptée)"
+        )
+    return 0
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -425,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _control(args)
     if args.command == "bals":
         return _bals(args)
+    if args.command == "whitelist":
+        return _whitelist(args)
     if args.command == "report":
         return _report(args)
     if args.command == "conversations":

@@ -296,6 +296,25 @@ class TimeoutsConfig:
     shutdown: Seconds = 30.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustSpaceConfig:
+    """The ANS liste blanche (mss_relay/trust/): absent, the trust space is
+    « ends in mssante.fr »."""
+
+    whitelist: AnyFile | None = None  # the file in force (mss-relay whitelist update writes it)
+    whitelist_url: str | None = None  # where to download it from (HTTPS), every refresh
+    whitelist_ca: ExistingFile | None = None  # the only CA trusted for the download
+    refresh: Seconds = 86400.0
+    max_age: Seconds = 7 * 86400.0  # older (by DateDeGeneration): used, with whitelist_stale
+
+    def validate(self, where: Where) -> None:
+        if self.whitelist_url is not None:
+            if not self.whitelist_url.lower().startswith("https://"):
+                where.key("whitelist_url").fail("must be an https:// URL")
+            if self.whitelist is None:
+                where.key("whitelist").fail("is required with whitelist_url (the file it updates)")
+
+
 # The keys and defaults of throttle are ThrottleSettings' own (core/throttle.py).
 _THROTTLE = Overlay(
     {
@@ -499,6 +518,7 @@ class _File:
     bals: tuple[_Bal, ...] = ()
     dkim: tuple[DkimKeyConfig, ...] = ()
     inbound: InboundConfig
+    trust_space: TrustSpaceConfig
     throttle: Annotated[ThrottleSettings, _THROTTLE]
     attachments: _Attachments
     # Client address -> the user it is taken for, without AUTH (a DPI server
@@ -660,6 +680,7 @@ class Config:
     lifecycle: LifecycleConfig
     metrics: MetricsConfig | None = None
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+    trust_space: TrustSpaceConfig = field(default_factory=TrustSpaceConfig)
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -724,6 +745,7 @@ def _runtime(file: _File, path: Path) -> Config:
         lifecycle=file.lifecycle,
         metrics=file.metrics,
         directory=DirectorySettings(file.directory.mode, file.directory.also_accept),
+        trust_space=file.trust_space,
     )
 
 

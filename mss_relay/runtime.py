@@ -43,6 +43,8 @@ from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
 from mss_relay.tls import server_context
+from mss_relay.trust.watcher import WhitelistView
+from mss_relay.trust.whitelist import InvalidWhitelist
 from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
 
 
@@ -105,12 +107,32 @@ class Prepared:
     tls: ssl.SSLContext | None
     signer: Signer
     verifier: Verifier
+    # The ANS liste blanche in force (None: trust_space.whitelist not set).
+    whitelist: WhitelistView | None = None
 
 
-def prepare(config: Config, *, create_keys: bool = True) -> Prepared:
+def open_whitelist(config: Config) -> WhitelistView | None:
+    path = config.trust_space.whitelist
+    if path is None:
+        return None
+    try:
+        return WhitelistView.open(path)
+    except FileNotFoundError:
+        raise ConfigError(
+            "trust_space.whitelist", f"{path}: no such file (run « mss-relay whitelist update »)"
+        ) from None
+    except OSError as error:
+        raise ConfigError("trust_space.whitelist", f"{path}: {error.strerror}") from None
+    except InvalidWhitelist as error:
+        raise ConfigError("trust_space.whitelist", f"{path}: {error}") from None
+
+
+def prepare(
+    config: Config, *, create_keys: bool = True, whitelist: WhitelistView | None = None
+) -> Prepared:
     """Everything that can fail on the configuration, before anything listens.
     create_keys: make the missing demo DKIM keys (the first worker only; the
-    others find them made)."""
+    others find them made). whitelist: the view of the list in force, kept."""
     tls = server_context(config.tls, config.hostname) if config.tls else None
     inbound = make_upstream(config, config.inbound_delivery) if config.inbound_delivery else None
     return Prepared(
@@ -119,6 +141,7 @@ def prepare(config: Config, *, create_keys: bool = True) -> Prepared:
         tls,
         make_signer(config, create=create_keys),
         make_verifier(config),
+        whitelist if whitelist is not None else open_whitelist(config),
     )
 
 
@@ -335,6 +358,7 @@ class Runtime:
             require_patient_dkim=config.inbound.require_dkim_for_patients,
             attachments=config.attachments,
             directory=config.directory,
+            whitelist=prepared.whitelist,
         )
         store = shared.directory
         timeout = config.record_timeout  # a look-up before the verdict, like the state's
@@ -380,7 +404,11 @@ class Runtime:
         """In a thread: files read, keys and certificates loaded."""
         loaded = load_config(old.config.path)
         config = running_shape(old.config, loaded)
-        prepared = prepare(config, create_keys=self.worker == 0)
+        same_list = config.trust_space.whitelist == old.config.trust_space.whitelist
+        # The same file keeps its view (followed by trust.watcher.follow):
+        # sessions of the old generation see its next list too.
+        kept = old.prepared.whitelist if same_list else None
+        prepared = prepare(config, create_keys=self.worker == 0, whitelist=kept)
         files = file_digests(config)
         # An upstream unchanged keeps its pool of idle connections.
         for name in ("upstream", "inbound_delivery"):

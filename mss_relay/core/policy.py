@@ -8,7 +8,7 @@ incoming side (role « inbound ») have their own lists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 
 from mss_relay.core.directory import DirectoryMode, DirectorySettings
@@ -62,12 +62,17 @@ class Policy:
         require_patient_dkim: bool = False,
         attachments: AttachmentRules | None = None,
         directory: DirectorySettings | None = None,
+        whitelist: Container[str] | None = None,
     ) -> None:
         self.limits = limits
         self.bals = bals
         self.require_patient_dkim = require_patient_dkim
         self.attachments = attachments or AttachmentRules()
         self.directory = directory or DirectorySettings()
+        # The ANS liste blanche's domains (None: the « *.mssante.fr » rule).
+        # A view that may be swapped for a newer list between two look-ups:
+        # each look-up is one membership test, on one list.
+        self.whitelist = whitelist
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -95,7 +100,7 @@ class Policy:
             # Permanent causes first: a client told 452 would retry a recipient
             # that can never be accepted.
             checks = [
-                ("trust_space", lambda: recipients.trust_space(facts)),
+                ("trust_space", lambda: recipients.trust_space(facts, self.whitelist)),
                 ("patient_matricule", lambda: recipients.patient_matricule(facts)),
                 (
                     "per_domain_size",

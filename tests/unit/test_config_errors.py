@@ -26,7 +26,7 @@ THROTTLE_KEYS = (
 ROOT_KEYS = (
     "attachments, bals, control, conversations, directory, dkim, hostname, inbound,"
     " inbound_delivery, lifecycle, limits, listeners, log, metrics, state, throttle, timeouts,"
-    " tls, trusted_clients, upstream, users, workers"
+    " tls, trust_space, trusted_clients, upstream, users, workers"
 )
 UPSTREAM_KEYS = (
     "ca_file, capture, client_certificate, client_key, host, password_file, pool_idle,"
@@ -123,6 +123,33 @@ CASES: list[tuple[str, Change, str]] = [
     ("workers-bool", put("workers", value=True), "workers: must be a whole number"),
     ("workers-low", put("workers", value=0), "workers: must be between 1 and 64"),
     ("workers-high", put("workers", value=65), "workers: must be between 1 and 64"),
+    # trust_space (the ANS liste blanche)
+    (
+        "trust-space-url-http",
+        put("trust_space", value={"whitelist": "l.xml", "whitelist_url": "http://x/l.xml"}),
+        "trust_space.whitelist_url: must be an https:// URL",
+    ),
+    (
+        "trust-space-url-alone",
+        put("trust_space", value={"whitelist_url": "https://x/l.xml"}),
+        "trust_space.whitelist: is required with whitelist_url (the file it updates)",
+    ),
+    (
+        "trust-space-refresh",
+        put("trust_space", value={"refresh": "tomorrow"}),
+        f"trust_space.refresh: 'tomorrow' {NOT_A_DURATION}",
+    ),
+    (
+        "trust-space-ca-missing",
+        put("trust_space", value={"whitelist_ca": "nowhere.pem"}),
+        "trust_space.whitelist_ca: file not found: {base}/nowhere.pem",
+    ),
+    (
+        "trust-space-unknown",
+        put("trust_space", value={"white_list": "l.xml"}),
+        "trust_space.white_list: unknown key (expected one of: max_age, refresh, whitelist,"
+        " whitelist_ca, whitelist_url)",
+    ),
     # metrics
     ("metrics-list", put("metrics", value=[]), f"metrics: {MAPPING}"),
     (

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Container
+
 from mss_relay.core.addresses import (
     domain_of,
     in_trust_space,
@@ -12,9 +14,22 @@ from mss_relay.core.reply import INVALID_INS, NOT_TRUST_SPACE, TOO_MANY_RCPTS
 from mss_relay.core.verdict import Verdict
 
 
-def trust_space(facts: RcptFacts) -> Verdict | None:
-    """Seeds 000 §2 and 003: mail goes only to addresses ending in mssante.fr."""
-    if in_trust_space(domain_of(facts.recipient)):
+def trust_space(facts: RcptFacts, whitelist: Container[str] | None = None) -> Verdict | None:
+    """Seeds 000 §2 and 003: mail goes only into the MSSanté trust space. With
+    the ANS liste blanche (whitelist: its normalized domains), that is its
+    domains exactly; without it, the approximation « ends in mssante.fr »."""
+    domain = domain_of(facts.recipient)
+    if whitelist is not None:
+        if domain in whitelist:
+            return None
+        return Verdict.reject(
+            NOT_TRUST_SPACE.with_text(
+                f"<{facts.recipient}> : domaine absent de la liste blanche MSSante"
+            ),
+            rule="trust_space",
+            reason="recipient domain not in the liste blanche",
+        )
+    if in_trust_space(domain):
         return None
     return Verdict.reject(
         NOT_TRUST_SPACE.with_text(

@@ -1,0 +1,189 @@
+"""The liste blanche in force in a running relay, and how it is kept current.
+
+Each worker holds a WhitelistView (the policy's look-up) and checks the
+file's identity (inode, size, modification time) every few seconds: a new
+file (« mss-relay whitelist update », or worker 0's own refresh) is parsed in
+a thread and swapped in whole, without a restart and without touching the
+connections. Worker 0 also downloads it every trust_space.refresh when
+trust_space.whitelist_url is set; the other workers pick the file up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from structlog.typing import FilteringBoundLogger
+
+from mss_relay.config import TrustSpaceConfig
+from mss_relay.core.addresses import domain_of
+from mss_relay.trust import source
+from mss_relay.trust.whitelist import InvalidWhitelist, Whitelist
+
+CHECK_INTERVAL = 2.0  # seconds between two looks at the file: a new list in force within 10 s
+
+Signature = tuple[int, int, int, int]
+
+
+def signature(path: Path) -> Signature:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class WhitelistView:
+    """The domains of the list in force, for the policy (a Container[str]):
+    one reference, swapped whole, read by each look-up."""
+
+    def __init__(self, path: Path, whitelist: Whitelist, seen: Signature) -> None:
+        self.path = path
+        self.current = whitelist
+        self.seen = seen
+        self.failed: Signature | None = None  # a file that did not parse, not tried again
+
+    @classmethod
+    def open(cls, path: Path) -> WhitelistView:
+        """At start: the file must be there and parse (OSError, InvalidWhitelist)."""
+        seen = signature(path)
+        return cls(path, source.load(path), seen)
+
+    def __contains__(self, domain: object) -> bool:
+        return domain in self.current
+
+    def changed(self) -> tuple[Whitelist, Signature] | None:
+        """In a thread: the new list when the file changed since, else None."""
+        now = signature(self.path)
+        if now == self.seen or now == self.failed:
+            return None
+        try:
+            return source.load(self.path), now
+        except InvalidWhitelist:
+            self.failed = now
+            raise
+
+
+def unlisted(domains: Iterable[str], whitelist: Whitelist) -> list[str]:
+    return sorted({d for d in domains if d not in whitelist})
+
+
+def bal_domains(addresses: Iterable[str]) -> list[str]:
+    return sorted({domain_of(a) for a in addresses})
+
+
+def warn_if_stale(
+    whitelist: Whitelist, max_age: float, log: FilteringBoundLogger, now: datetime | None = None
+) -> bool:
+    """whitelist_stale when DateDeGeneration is older than max_age (the list
+    is still used: an old list is better than none)."""
+    age = whitelist.age_days(now or datetime.now(UTC))
+    if age * 86400 <= max_age:
+        return False
+    log.warning(
+        "whitelist_stale",
+        generated=whitelist.generated,
+        age_days=round(age, 1),
+        max_age_days=round(max_age / 86400, 3),
+    )
+    return True
+
+
+def log_loaded(log: FilteringBoundLogger, event: str, whitelist: Whitelist, path: Path) -> None:
+    log.info(
+        event,
+        file=str(path),
+        entries=whitelist.entries,
+        domains=len(whitelist.operators),
+        certificates=whitelist.certificates,
+        generated=whitelist.generated,
+        truncated_end=whitelist.truncated_end,
+    )
+
+
+async def follow(
+    view: Callable[[], WhitelistView | None],
+    log: FilteringBoundLogger,
+    interval: float = CHECK_INTERVAL,
+) -> None:
+    """Every interval, for ever: a changed file parsed off the event loop and
+    swapped in (whitelist_reloaded); one that does not parse is logged once
+    (whitelist_invalid) and the list in force kept."""
+    while True:
+        await asyncio.sleep(interval)
+        current = view()
+        if current is None:
+            continue
+        try:
+            found = await asyncio.to_thread(current.changed)
+        except (OSError, InvalidWhitelist) as error:
+            log.error("whitelist_invalid", file=str(current.path), error=str(error))
+            continue
+        if found is not None:
+            current.current, current.seen = found
+            current.failed = None
+            log_loaded(log, "whitelist_reloaded", found[0], current.path)
+
+
+async def refresh(
+    settings: Callable[[], TrustSpaceConfig],
+    view: Callable[[], WhitelistView | None],
+    log: FilteringBoundLogger,
+) -> None:
+    """Worker 0, for ever: download trust_space.whitelist_url every refresh
+    (the same checks as « mss-relay whitelist update »), then say whether the
+    list in force is stale."""
+    while True:
+        config = settings()
+        await asyncio.sleep(config.refresh)
+        config = settings()
+        if config.whitelist_url is None or config.whitelist is None:
+            continue
+        current = view()
+        in_force = current.current if current is not None else None
+        try:
+            done = await asyncio.to_thread(
+                source.update, config.whitelist, config.whitelist_url, config.whitelist_ca
+            )
+        except (source.UpdateRefused, OSError) as error:
+            log.error("whitelist_refresh_failed", url=config.whitelist_url, error=str(error))
+        else:
+            in_force = done.whitelist  # every worker swaps it in within CHECK_INTERVAL
+            log.info(
+                "whitelist_refreshed",
+                url=config.whitelist_url,
+                entries=done.whitelist.entries,
+                domains=len(done.whitelist.operators),
+                generated=done.whitelist.generated,
+                replaced=done.replaced,
+            )
+        if in_force is not None:
+            warn_if_stale(in_force, config.max_age, log)
+
+
+async def keep_current(
+    settings: Callable[[], TrustSpaceConfig],
+    view: Callable[[], WhitelistView | None],
+    bals: Iterable[str],
+    log: FilteringBoundLogger,
+    worker: int,
+) -> None:
+    """A worker's part, for ever: worker 0 says at start what is wrong with
+    the list (stale, the structure's own BAL domains not in it) and refreshes
+    it; every worker follows the file."""
+    current = view()
+    tasks = [follow(view, log)]
+    if worker == 0:
+        if current is not None:
+            missing = unlisted(bal_domains(bals), current.current)
+            if missing:
+                log.warning(
+                    "config_warning",
+                    message="trust_space.whitelist: the BAL domain(s) "
+                    + ", ".join(missing)
+                    + " are not in the liste blanche (mail from them may be refused"
+                    " by other operators until the ANS publishes them)",
+                )
+            warn_if_stale(current.current, settings().max_age, log)
+        tasks.append(refresh(settings, view, log))
+    await asyncio.gather(*tasks)
