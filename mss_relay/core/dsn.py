@@ -56,7 +56,8 @@ def _ret(value: str) -> bool:
 
 
 def _envid(value: str) -> bool:
-    return is_xtext(value)
+    # RFC 5321 §4.1.2: an esmtp-value is one character at least.
+    return bool(value) and is_xtext(value)
 
 
 def _notify(value: str) -> bool:
