@@ -163,8 +163,11 @@ def relay_with(tmp: Path, pki: Pki, hashes: dict[str, str], **upstream: object) 
         server.stop()
 
 
-def _stack(tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any) -> Iterator[Stack]:
-    upstream = Upstream(tmp)
+def _stack(
+    tmp: Path, pki: Pki, hashes: dict[str, str], upstream_dsn: bool = False, **overrides: Any
+) -> Iterator[Stack]:
+    """upstream_dsn: the upstream advertises DSN (RFC 3461)."""
+    upstream = Upstream(tmp, dsn=upstream_dsn)
     upstream.start()
     relay = Relay(tmp, base_config(pki, hashes, upstream.port, **overrides))
     try:

@@ -92,6 +92,28 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Arrêt du relais en cours, réessayez plus 
 ADDRESS_CONTROL_CHARACTER = Reply(501, "5.1.3", "Adresse invalide : caractère de contrôle")
 # RFC 3463 §3.6: X.5.4, invalid command arguments.
 PARAMETER_CONTROL_CHARACTER = Reply(501, "5.5.4", "Paramètre invalide : caractère de contrôle")
+# RFC 3461 §4 (DSN parameters of MAIL and RCPT) and RFC 3463 §3.6 (X.5.4,
+# invalid command arguments): a value outside the RFC's syntax.
+DSN_RET_INVALID = Reply(501, "5.5.4", "Paramètre RET invalide : FULL ou HDRS attendu")
+DSN_ENVID_INVALID = Reply(
+    501,
+    "5.5.4",
+    "Paramètre ENVID invalide : xtext attendu (caractères imprimables sans espace,"
+    " + et = codés +2B et +3D)",
+)
+# RFC 3461 §4.4: an ENVID is at most 100 characters.
+DSN_ENVID_TOO_LONG = Reply(501, "5.5.4", "Paramètre ENVID trop long : 100 caractères au plus")
+DSN_NOTIFY_INVALID = Reply(
+    501,
+    "5.5.4",
+    "Paramètre NOTIFY invalide : NEVER seul, ou SUCCESS, FAILURE, DELAY séparés par des virgules",
+)
+DSN_ORCPT_INVALID = Reply(
+    501,
+    "5.5.4",
+    "Paramètre ORCPT invalide : type;adresse attendu (par exemple rfc822;nom@domaine),"
+    " l'adresse en xtext",
+)
 NOT_TRUST_SPACE = Reply(
     550,
     "5.7.1",
@@ -174,6 +196,11 @@ def ascii_text(text: str) -> str:
     text = text.replace("« ", "«").replace(" »", "»").replace("\u00a0»", "»")
     folded = unicodedata.normalize("NFKD", text.translate(_ASCII_PUNCTUATION))
     return "".join(c for c in folded if 32 <= ord(c) < 127)
+
+
+def dsn_repeated(keyword: str) -> Reply:
+    """RFC 3461 §4: each DSN parameter at most once per command (X.5.4)."""
+    return Reply(501, "5.5.4", f"Paramètre {keyword} répété : une seule fois par commande")
 
 
 # The end of a message (issue 14): replies that quote the transaction's id,

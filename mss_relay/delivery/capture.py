@@ -43,11 +43,16 @@ class CaptureSession:
         self.sender = ""
         self.recipients: list[str] = []
 
-    async def mail(self, sender: str, options: Sequence[str]) -> StepResult:
+    # The demo's files keep the envelope only: DSN parameters are dropped.
+    has_dsn = False
+
+    async def mail(
+        self, sender: str, options: Sequence[str], dsn: Sequence[str] = ()
+    ) -> StepResult:
         self.sender, self.recipients = sender, []
         return accepted("250 capture: sender ok")
 
-    async def rcpt(self, recipient: str) -> StepResult:
+    async def rcpt(self, recipient: str, dsn: Sequence[str] = ()) -> StepResult:
         self.recipients.append(recipient)
         return accepted("250 capture: recipient ok")
 

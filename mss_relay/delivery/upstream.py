@@ -54,20 +54,35 @@ async def _mail(smtp: aiosmtplib.SMTP, sender: str, options: list[str]) -> aiosm
     return response
 
 
-async def _rcpt(smtp: aiosmtplib.SMTP, recipient: str) -> aiosmtplib.SMTPResponse:
+async def _rcpt(
+    smtp: aiosmtplib.SMTP, recipient: str, options: list[str]
+) -> aiosmtplib.SMTPResponse:
     """smtp.rcpt(), through execute_command() when the path needs no parsing."""
     path = plain_path(recipient)
     if path is None or smtp.is_ehlo_or_helo_needed:
-        return await smtp.rcpt(recipient)
-    response = await smtp.execute_command(b"RCPT", b"TO:" + path)
+        return await smtp.rcpt(recipient, options=options)
+    params = [option.encode("ascii") for option in options]
+    response = await smtp.execute_command(b"RCPT", b"TO:" + path, *params)
     if response.code not in (250, 251):  # as smtp.rcpt() raises
         raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
     return response
 
 
 class UpstreamSession(Protocol):
-    async def mail(self, sender: str, options: Sequence[str]) -> StepResult: ...
-    async def rcpt(self, recipient: str) -> StepResult: ...
+    async def mail(
+        self, sender: str, options: Sequence[str], dsn: Sequence[str] = ()
+    ) -> StepResult:
+        """options: aiosmtpd's (upper-cased) MAIL parameters, of which BODY
+        and SIZE are passed on; dsn: the DSN ones as the client wrote them,
+        passed on when the upstream advertises DSN (RFC 3461), else dropped."""
+        ...
+
+    async def rcpt(self, recipient: str, dsn: Sequence[str] = ()) -> StepResult: ...
+
+    @property
+    def has_dsn(self) -> bool:
+        """The upstream connection advertises DSN: the DSN parameters go on."""
+        ...
 
     async def data(self, content: bytes, txid: str) -> StepResult:
         """content: the message with CRLF line ends only (crlf_lines()): it
@@ -285,6 +300,14 @@ class SmtpUpstreamSession:
         )
         try:
             await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                # aiosmtplib greets at the first command; what MAIL carries
+                # (SIZE, BODY, the DSN parameters) depends on the extensions
+                # the upstream advertises, so greet before MAIL is built.
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()
         except BaseException:
             smtp.close()
             raise
@@ -297,7 +320,15 @@ class SmtpUpstreamSession:
         self._smtp = None
         self._in_transaction = False
 
-    async def mail(self, sender: str, options: Sequence[str]) -> StepResult:
+    @property
+    def has_dsn(self) -> bool:
+        # aiosmtplib's mail() and rcpt() send the options given without
+        # looking at the extensions: the check is ours.
+        return self._smtp is not None and self._smtp.supports_extension("DSN")
+
+    async def mail(
+        self, sender: str, options: Sequence[str], dsn: Sequence[str] = ()
+    ) -> StepResult:
         try:
             smtp = await self._connect()
         except (aiosmtplib.SMTPException, OSError) as error:
@@ -311,6 +342,8 @@ class SmtpUpstreamSession:
             if option.partition("=")[0] in _PASSED_MAIL_PARAMS
             and smtp.supports_extension(_PASSED_MAIL_PARAMS[option.partition("=")[0]])
         ]
+        if dsn and smtp.supports_extension("DSN"):
+            passed.extend(dsn)
         try:
             if self._in_transaction:
                 await smtp.rset()
@@ -320,17 +353,18 @@ class SmtpUpstreamSession:
                 # An idle connection the upstream closed meanwhile: once more
                 # on a new one (nothing was sent on it but this MAIL).
                 self._drop()
-                return await self.mail(sender, options)
+                return await self.mail(sender, options, dsn)
             return self._after_error(error)
         self._reused = False
         self._in_transaction = True
         return accepted(f"{response.code} {response.message}")
 
-    async def rcpt(self, recipient: str) -> StepResult:
+    async def rcpt(self, recipient: str, dsn: Sequence[str] = ()) -> StepResult:
         if self._smtp is None:
             return unreachable(UPSTREAM_UNAVAILABLE, "no upstream session")
+        options = list(dsn) if dsn and self.has_dsn else []
         try:
-            response = await _rcpt(self._smtp, recipient)
+            response = await _rcpt(self._smtp, recipient, options)
         except (aiosmtplib.SMTPException, OSError) as error:
             return self._after_error(error)
         return accepted(f"{response.code} {response.message}")

@@ -16,10 +16,12 @@ DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 DATA_GO_AHEAD_CODE = "354"
 # RFC 5321 §3.8: the service closes the connection after this reply.
 CLOSING_CODE = "421"
-# EHLO keyword lines (RFC 4954 AUTH; RFC 2034 ENHANCEDSTATUSCODES), which
+# EHLO keyword lines (RFC 4954 AUTH; RFC 2034 ENHANCEDSTATUSCODES; RFC 3461 DSN), which
 # carry no enhanced code.
 EHLO_AUTH = "250-AUTH"
 EHLO_ENHANCED_STATUS_CODES = "250-ENHANCEDSTATUSCODES"
+# RFC 3461: DSN parameters taken, and passed on to an upstream that takes them.
+EHLO_DSN = "250-DSN"
 
 # The greeting, the DATA go-ahead and AUTH challenges carry no enhanced code.
 _BARE = {"220", DATA_GO_AHEAD_CODE, "334"}

@@ -103,6 +103,8 @@ class Transaction:
     started: float
     mail: MailFacts
     recipients: list[str] = field(default_factory=list)
+    # What became of its DSN parameters (core/dsn.py), if it had any.
+    dsn: str | None = None
 
 
 class ClientSession:
@@ -305,6 +307,7 @@ class ClientSession:
             reply=reply,
             upstream=upstream,
             duration_ms=round((time.monotonic() - txn.started) * 1000, 1),
+            **({"dsn": txn.dsn} if txn.dsn else {}),
             **extra,
         )
 

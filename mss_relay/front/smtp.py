@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
+from mss_relay.core.dsn import fate
 from mss_relay.core.reply import (
     GOODBYE,
     OK,
@@ -30,7 +31,7 @@ from mss_relay.core.reply import (
 from mss_relay.core.throttle import AuthGuard, connection_verdict
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import UpstreamSession
-from mss_relay.front.replies import EHLO_AUTH, EHLO_ENHANCED_STATUS_CODES
+from mss_relay.front.replies import EHLO_AUTH, EHLO_DSN, EHLO_ENHANCED_STATUS_CODES
 from mss_relay.front.session import ClientSession, RelayContext, printable
 from mss_relay.front.smtp_arguments import argument_syntax, null_path, plain_address
 from mss_relay.front.smtp_protocol import RelaySMTP
@@ -74,6 +75,10 @@ class RelayHandler(ClientSession):
         # so that no digest outlives it usefully.
         self._failed: set[tuple[str, bytes]] = set()
         self._failed_key = secrets.token_bytes(16)
+        # The DSN parameters (RFC 3461) of the MAIL or RCPT being run, as the
+        # client wrote them: set by the protocol, which takes them out of what
+        # aiosmtpd parses (it would upper-case the case-sensitive xtext).
+        self.command_dsn: tuple[str, ...] = ()
         context.sessions.add(self)
 
     def disconnect(self) -> None:
@@ -278,7 +283,7 @@ class RelayHandler(ClientSession):
         self._observe(server, session)
         if self.ctx.inbound:  # the operator delivers here: no AUTH to offer
             responses = [r for r in responses if not r.startswith(EHLO_AUTH)]
-        return [*responses[:-1], EHLO_ENHANCED_STATUS_CODES, responses[-1]]
+        return [*responses[:-1], EHLO_ENHANCED_STATUS_CODES, EHLO_DSN, responses[-1]]
 
     async def handle_MAIL(
         self,
@@ -299,7 +304,8 @@ class RelayHandler(ClientSession):
         if self.upstream is None:
             assert self.ctx.upstream is not None  # every SMTP listener has one
             self.upstream = self.ctx.upstream.session()
-        result = await self.upstream.mail(address, options)
+        dsn = self.command_dsn
+        result = await self.upstream.mail(address, options, dsn)
         if not result.accepted:
             self.log.warning(
                 "upstream",
@@ -310,6 +316,8 @@ class RelayHandler(ClientSession):
             )
             self.txn = None
             return str(with_id(result.reply, txn.txid))
+        if dsn:
+            txn.dsn = fate(self.upstream.has_dsn)
         envelope.mail_from = address or "<>"  # aiosmtpd takes "" for « no MAIL yet »
         envelope.mail_options.extend(options)
         return str(SENDER_OK)
@@ -333,7 +341,8 @@ class RelayHandler(ClientSession):
             return self._internal_error(error)
         if verdict.reply is not None:
             return str(verdict.reply)
-        result = await self.upstream.rcpt(address)
+        dsn = self.command_dsn
+        result = await self.upstream.rcpt(address, dsn)
         if not result.accepted:
             self.log.warning(
                 "upstream",
@@ -344,6 +353,8 @@ class RelayHandler(ClientSession):
                 upstream=result.upstream,
             )
             return str(result.reply)
+        if dsn:
+            txn.dsn = fate(self.upstream.has_dsn)
         txn.recipients.append(address)
         envelope.rcpt_tos.append(address)
         return str(RECIPIENT_OK)

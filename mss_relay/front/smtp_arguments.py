@@ -4,25 +4,37 @@ parser where it is slow or lets through what it should not."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 
 from mss_relay.core.addresses import PLAIN_MAILBOX, has_control_character
+from mss_relay.core.dsn import mentions, split_dsn
 from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.verdict import Verdict
 
-# DSN parameters (RFC 3461) that clients send although we do not offer DSN:
-# tolerated and dropped rather than refused.
-DSN_RCPT_PARAMS = ("NOTIFY=", "ORCPT=")
-DSN_MAIL_PARAMS = ("RET=", "ENVID=")
 
-
-def strip_params(arg: str | None, prefixes: tuple[str, ...]) -> str | None:
-    """Drop trailing ESMTP parameters we tolerate but do not implement."""
-    if not arg:
-        return arg
-    words = arg.split(" ")
-    while len(words) > 1 and words[-1].upper().startswith(prefixes):
-        words.pop()
-    return " ".join(words)
+def dsn_apart(
+    arg: str,
+    keyword: str,
+    keywords: Sequence[str],
+    getaddr: Callable[[str], tuple[str | None, str | None]],
+) -> tuple[str, tuple[str, ...]] | Verdict:
+    """A MAIL or RCPT argument without its DSN parameters (RFC 3461), and
+    them as written; or the refusal of a bad one. aiosmtpd upper-cases the
+    parameters it parses and refuses those it does not know: the DSN ones
+    are taken out before, wherever they stand among the others. An argument
+    aiosmtpd refuses anyway (no path it can read) goes to it unchanged."""
+    if not mentions(arg, keywords) or arg[: len(keyword)].upper() != keyword:
+        return arg, ()  # nearly always: no parsing
+    body = arg[len(keyword) :].strip()
+    address, params = getaddr(body)  # the same parser aiosmtpd then uses
+    if not address or not params:
+        return arg, ()
+    split = split_dsn(params.split(), keywords)
+    if isinstance(split, Verdict):
+        return split
+    # params is what follows the path in body (both parsers give the rest as is).
+    head = body[: len(body) - len(params)]
+    return keyword + head + " ".join(split.others), split.dsn
 
 
 _TRAILING_DOT = re.compile(r"^((?:TO|FROM):\s*<[^<>]*@[^<>]*?)\.+>", re.IGNORECASE)

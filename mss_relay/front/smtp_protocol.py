@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, AuthResult, LoginPassword
 
+from mss_relay.core.dsn import MAIL_KEYWORDS, RCPT_KEYWORDS
 from mss_relay.core.reply import (
     AUTH_RESPONSE_TOO_LONG,
     BUSY,
@@ -30,15 +31,14 @@ from mss_relay.core.reply import (
     with_id,
     with_id_line,
 )
+from mss_relay.core.verdict import Verdict
 from mss_relay.front.data import DataReceiver, DataState
 from mss_relay.front.replies import CLOSING_CODE, DATA_GO_AHEAD, DATA_GO_AHEAD_CODE, localize
 from mss_relay.front.session import printable
 from mss_relay.front.smtp_arguments import (
-    DSN_MAIL_PARAMS,
-    DSN_RCPT_PARAMS,
     argument_syntax,
+    dsn_apart,
     plain_address,
-    strip_params,
     without_trailing_dot,
 )
 from mss_relay.front.smtp_setup import Introspection, aiosmtpd_init
@@ -357,20 +357,48 @@ class RelaySMTP(SMTP):
             self.session.authenticated = True
         if await self._control_characters(arg, "MAIL"):
             return
-        await super().smtp_MAIL(without_trailing_dot(strip_params(arg, DSN_MAIL_PARAMS)))
+        refused, arg = await self._dsn_apart(arg, "MAIL")
+        if not refused:
+            await super().smtp_MAIL(without_trailing_dot(arg))
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self._control_characters(arg, "RCPT"):
             return
-        await super().smtp_RCPT(without_trailing_dot(strip_params(arg, DSN_RCPT_PARAMS)))
+        refused, arg = await self._dsn_apart(arg, "RCPT")
+        if not refused:
+            await super().smtp_RCPT(without_trailing_dot(arg))
 
     async def _control_characters(self, arg: str | None, command: str) -> bool:
         """A MAIL or RCPT argument with a control character, refused (True)
         before aiosmtpd parses it: its parser passes some on in the address and
-        takes others for white space between parameters. Its own checks of the
-        session's state come first, as they would."""
+        takes others for white space between parameters."""
         verdict = argument_syntax(arg) if arg else None
-        if verdict is None or verdict.reply is None or arg is None:
+        if verdict is None or arg is None:
+            return False
+        return await self._refuse(arg, command, verdict)
+
+    async def _dsn_apart(self, arg: str | None, command: str) -> tuple[bool, str | None]:
+        """The DSN parameters (RFC 3461) taken out of the argument for the
+        handler (relay.command_dsn), which passes them on to the upstream;
+        whether a bad one was refused, and the argument left for aiosmtpd."""
+        self.relay.command_dsn = ()
+        if not arg:
+            return False, arg
+        found = (
+            dsn_apart(arg, "FROM:", MAIL_KEYWORDS, self._getaddr)
+            if command == "MAIL"
+            else dsn_apart(arg, "TO:", RCPT_KEYWORDS, self._getaddr)
+        )
+        if isinstance(found, Verdict):
+            return await self._refuse(arg, command, found), arg
+        arg, self.relay.command_dsn = found
+        return False, arg
+
+    async def _refuse(self, arg: str, command: str, verdict: Verdict) -> bool:
+        """A MAIL or RCPT argument refused (True) before aiosmtpd takes it.
+        aiosmtpd's own checks of the session's state come first, as they
+        would (False: a RCPT before MAIL is left to its 503)."""
+        if verdict.reply is None:
             return False
         if await self.check_helo_needed() or await self.check_auth_needed(command):
             return True

@@ -101,7 +101,9 @@ class Process:
 class Upstream:
     """The recording upstream SMTP server (tests/support/upstream_server.py)."""
 
-    def __init__(self, workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, tls: tuple[Path, Path] | None = None, dsn: bool = False
+    ) -> None:
         self.dir = workdir / "upstream"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -109,6 +111,8 @@ class Upstream:
         args += ["--port", str(self.port), "--dir", str(self.dir)]
         if tls:
             args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        if dsn:
+            args.append("--dsn")
         self.process = Process(args, workdir, "upstream")
 
     def start(self) -> None:

@@ -19,7 +19,12 @@ starts to hang, "committed" or "dropped" when a hung message is decided,
 "eof" when the client closed its side, "lost" (with "reset": true or false)
 when the connection is gone.
 
-Usage: python -m tests.support.upstream_server --port N --dir DIR
+With --dsn it advertises DSN (RFC 3461) and takes RET, ENVID, NOTIFY and
+ORCPT; without it, aiosmtpd refuses them (555), as a server without DSN may.
+Each message's NNNN.json records the DSN parameters exactly as they came:
+"mail_dsn" (a list of words) and "rcpt_dsn" (recipient -> list of words).
+
+Usage: python -m tests.support.upstream_server --port N --dir DIR [--dsn]
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 # How often a hung command looks at control.json again.
 _HANG_POLL = 0.05
+_DSN_MAIL = ("RET=", "ENVID=")
+_DSN_RCPT = ("NOTIFY=", "ORCPT=")
 
 
 class Recorder:
-    def __init__(self, directory: Path, discard: bool = False) -> None:
+    def __init__(self, directory: Path, discard: bool = False, dsn: bool = False) -> None:
         self.directory = directory
         self.discard = discard  # benchmarks: keep the size and hash, not the bytes
+        self.dsn = dsn  # advertise DSN and take its parameters
         existing = sorted(directory.glob("*.eml"))
         start = int(existing[-1].stem) + 1 if existing else 1
         self.counter = itertools.count(start)
@@ -71,6 +79,19 @@ class Recorder:
             await asyncio.sleep(_HANG_POLL)
         return True
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.dsn:
+            return [*responses[:-1], "250-DSN", responses[-1]]
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -81,6 +102,8 @@ class Recorder:
             return str(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        envelope.mail_dsn = list(getattr(server, "dsn_words", ()))  # type: ignore[attr-defined]
+        envelope.rcpt_dsn = {}  # type: ignore[attr-defined]
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -92,6 +115,7 @@ class Recorder:
         if refusal:
             return str(refusal)
         envelope.rcpt_tos.append(address)
+        envelope.rcpt_dsn[address] = list(getattr(server, "dsn_words", ()))  # type: ignore[attr-defined]
         return "250 2.1.5 Ok"
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -134,6 +158,8 @@ class Recorder:
             "mail_from": envelope.mail_from,
             "mail_options": envelope.mail_options,
             "rcpt_tos": envelope.rcpt_tos,
+            "mail_dsn": getattr(envelope, "mail_dsn", []),
+            "rcpt_dsn": getattr(envelope, "rcpt_dsn", {}),
         }
         if self.discard:
             meta["size"] = len(content)
@@ -152,6 +178,25 @@ class RecordingSMTP(SMTP):
     """aiosmtpd's server, writing how each connection ended to the journal."""
 
     reset = False  # the client reset the connection (rather than closing it)
+    # The DSN parameters of the MAIL or RCPT being run (a new list each time).
+    dsn_words: tuple[str, ...] = ()
+
+    def _take_dsn(self, arg: str | None, prefixes: tuple[str, ...]) -> str | None:
+        """With DSN on, its parameters taken out as they came (aiosmtpd would
+        upper-case them, and refuse them as unknown): the tests' paths have no
+        space, so the words after the first are the parameters."""
+        self.dsn_words = ()
+        if not arg or not self.event_handler.dsn:
+            return arg
+        path, *params = arg.split(" ")
+        self.dsn_words = tuple(p for p in params if p.upper().startswith(prefixes))
+        return " ".join([path, *(p for p in params if p not in self.dsn_words)])
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(self._take_dsn(arg, _DSN_MAIL))
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(self._take_dsn(arg, _DSN_RCPT))
 
     def eof_received(self) -> bool | None:
         if self.session is not None:
@@ -172,13 +217,14 @@ async def main() -> None:
     parser.add_argument("--tls-cert", type=Path, help="offer and require STARTTLS")
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--discard", action="store_true", help="record size and hash only")
+    parser.add_argument("--dsn", action="store_true", help="advertise DSN, take its parameters")
     args = parser.parse_args()
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls_cert, args.tls_key)
     args.dir.mkdir(parents=True, exist_ok=True)
-    recorder = Recorder(args.dir, args.discard)
+    recorder = Recorder(args.dir, args.discard, args.dsn)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: RecordingSMTP(

@@ -43,11 +43,15 @@ class BrittleUpstream:
     def session(self) -> BrittleUpstream:
         return self
 
-    async def mail(self, sender: str, options: Sequence[str]) -> StepResult:
+    has_dsn = False
+
+    async def mail(
+        self, sender: str, options: Sequence[str], dsn: Sequence[str] = ()
+    ) -> StepResult:
         self.steps.append(f"MAIL {sender}")
         return accepted("250 2.1.0 OK")
 
-    async def rcpt(self, recipient: str) -> StepResult:
+    async def rcpt(self, recipient: str, dsn: Sequence[str] = ()) -> StepResult:
         if recipient.startswith("upstream-bug@"):
             raise RuntimeError("a bug on the way upstream")
         self.steps.append(f"RCPT {recipient}")

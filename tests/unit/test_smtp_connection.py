@@ -178,6 +178,7 @@ def test_ehlo_answer_in_one_write() -> None:
         b"250-SIZE 33554432\r\n",
         b"250-8BITMIME\r\n",
         b"250-ENHANCEDSTATUSCODES\r\n",
+        b"250-DSN\r\n",  # issue 16
         b"250 HELP\r\n",
     ]
     assert writes == [b"".join(lines)]
