@@ -24,7 +24,7 @@ from typing import IO
 from mss_relay.core.addresses import normalize_address
 from mss_relay.log import iso_ms, utc_now
 from mss_relay.state.database import connect, mark, refuse_lost
-from mss_relay.state.directory import DirectoryLoader, DirectoryStore, Entry
+from mss_relay.state.directory import ENTRY_COLUMNS, DirectoryLoader, DirectoryStore, Entry
 
 BATCH = 5000  # rows per executemany and transaction
 KINDS = frozenset({"PER", "ORG"})  # applicative (APP) BALs are not in the extraction
@@ -47,20 +47,8 @@ OPTIONAL = {
     "service": "Service de rattachement",
     "postal_code": "Code postal structure BAL",
 }
-FIELDS = (
-    "address",
-    "kind",
-    "civility",
-    "last_name",
-    "first_name",
-    "profession",
-    "specialty",
-    "structure",
-    "sign",
-    "service",
-    "postal_code",
-    "town",
-)
+# An entry's fields, as the store keeps them (its last column is the search text).
+FIELDS = ENTRY_COLUMNS[:-1]
 # Searched: name, first name, structure (and its sign, service), address, town.
 SEARCHED = ("last_name", "first_name", "structure", "sign", "service", "address", "town")
 
