@@ -18,7 +18,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -393,18 +393,28 @@ def _encoder() -> Callable[[dict[str, Any]], str]:
     return fast
 
 
+# A step applied to each rendered line, in order, before it is written: it
+# takes the line's text and returns the text to write (the masking of health
+# data, then the audit chain, which must see the bytes as written).
+Finish = Callable[[str], str]
+
+
 def _render(
-    clock: Clock,
+    clock: Clock, finish: Sequence[Finish] = ()
 ) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
     """ts, level and event first, then the fields; one JSON line. What
     structlog's JSONRenderer would write, with one encoder made once
     (json.dumps with options builds a new one per line)."""
     encode = _encoder()
+    steps = tuple(finish)
 
     def processor(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
         line = {"ts": iso_ms(clock()), "level": method, "event": event.pop("event", "")}
         line.update(event)
-        return encode(line)
+        text = encode(line)
+        for step in steps:
+            text = step(text)
+        return text
 
     return processor
 
@@ -413,13 +423,18 @@ Processor = Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, A
 
 
 def make_logger(
-    writer: LineWriter, clock: Clock = utc_now, tap: Processor | None = None
+    writer: LineWriter,
+    clock: Clock = utc_now,
+    tap: Processor | None = None,
+    finish: Sequence[Finish] = (),
 ) -> FilteringBoundLogger:
     """tap: a processor that sees each event before it is rendered (the
-    metrics count the log's events: mss_relay/metrics.py)."""
+    metrics count the log's events: mss_relay/metrics.py). finish: steps
+    applied to each rendered line, in order (see Finish)."""
+    render = _render(clock, finish)
     logger: FilteringBoundLogger = structlog.wrap_logger(
         _QueueLogger(writer),
-        processors=[tap, _render(clock)] if tap is not None else [_render(clock)],
+        processors=[tap, render] if tap is not None else [render],
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=True,
     )

@@ -88,3 +88,16 @@ def test_times_are_utc_with_milliseconds() -> None:
     )
     assert iso_ms(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000Z"
     assert iso_ms(datetime(2026, 1, 1, tzinfo=timezone.utc)) == "2026-01-01T00:00:00.000Z"  # noqa: UP017
+
+
+def test_finish_steps_see_the_rendered_line_in_order() -> None:
+    lines: list[str] = []
+
+    class _Writer:
+        def write(self, line: str) -> None:
+            lines.append(line)
+
+    steps = [lambda text: text.replace("secret", "[masked]"), lambda text: text + " #1"]
+    logger = make_logger(_Writer(), clock=lambda: MOMENT, finish=steps)  # type: ignore[arg-type]
+    logger.info("event", reply="a secret")
+    assert lines == [_reference("info", "event", {"reply": "a [masked]"}) + " #1"]
