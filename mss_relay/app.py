@@ -33,7 +33,7 @@ from mss_relay.front.smtp_setup import Introspection
 from mss_relay.health import Monitoring
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.notifier import Notifier
-from mss_relay.runtime import Runtime, Shared, prepare
+from mss_relay.runtime import Runtime, Shared, listener_tls, prepare
 from mss_relay.state.activity import ActivityRecorder, ActivityStore
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost
@@ -136,7 +136,7 @@ async def _listen(
             data_size_limit=config.limits.wire_size_limit,
             hostname=config.hostname,
             ident="ESMTP mss-relay",
-            tls_context=generation.prepared.tls if starttls else None,
+            tls_context=listener_tls(generation.prepared, listener.role) if starttls else None,
             require_starttls=starttls,
             auth_required=listener.role != Role.INBOUND,
             auth_require_tls=not implicit,
@@ -151,7 +151,7 @@ async def _listen(
         factory,
         host=listener.host,
         port=listener.port,
-        ssl=runtime.tls() if implicit else None,
+        ssl=runtime.tls(listener.role) if implicit else None,
         # A worker started again by worker 0 reads the file on disk (as a
         # new smtpd reads main.cf): it shares the ports even if « workers »
         # was changed there since.

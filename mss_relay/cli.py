@@ -255,12 +255,13 @@ def _config_error(error: ConfigError) -> int:
 
 def _check_config(path: str) -> int:
     from mss_relay.runtime import make_signer, make_upstream, make_verifier
-    from mss_relay.tls import server_context
+    from mss_relay.tls import inbound_context, server_context
 
     try:
         config = load_config(path)
         if config.tls and not (config.tls.self_signed and not config.tls.certificate.exists()):
             server_context(config.tls, config.hostname)
+            inbound_context(config.tls, config.hostname)
         if config.upstream:
             make_upstream(config, config.upstream)
         make_signer(config, create=False)

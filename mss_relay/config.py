@@ -72,6 +72,15 @@ class UpstreamTls(StrEnum):
     IMPLICIT = "implicit"
 
 
+class VerifyClient(StrEnum):
+    """tls.verify_client: whether inbound listeners ask the operator's server
+    for a certificate (signed by tls.client_ca), and whether one is needed."""
+
+    REQUIRED = "required"  # the TLS handshake fails without one
+    OPTIONAL = "optional"  # asked for; its absence is for the policy to judge
+    NONE = "none"
+
+
 class DkimAlgorithm(StrEnum):
     RSA_SHA256 = "rsa-sha256"
     ED25519_SHA256 = "ed25519-sha256"
@@ -206,11 +215,24 @@ class TlsConfig:
     self_signed: bool = False  # create a self-signed pair when missing (demo only)
     certificate: AnyFile
     private_key: AnyFile
+    # Inbound listeners only (the submission listener authenticates people
+    # with AUTH): the CAs a client certificate must chain to (the IGC Santé's).
+    client_ca: ExistingFile | None = None
+    verify_client: VerifyClient = VerifyClient.NONE
 
     def validate(self, where: Where) -> None:
         for key, path in (("certificate", self.certificate), ("private_key", self.private_key)):
             if not self.self_signed and not path.is_file():
                 where.key(key).fail(f"file not found: {path}")
+        if self.verify_client != VerifyClient.NONE and self.client_ca is None:
+            where.key("client_ca").fail(
+                f"is required with verify_client: {self.verify_client} (the CAs a client"
+                " certificate must chain to)"
+            )
+
+    @property
+    def asks_client(self) -> bool:
+        return self.verify_client != VerifyClient.NONE
 
 
 def _host_needed(keys: Mapping[str, object]) -> object:
@@ -280,6 +302,9 @@ class InboundConfig:
     # Answers to DKIM key look-ups, instead of DNS (tests, closed networks).
     dkim_dns_file: ExistingFile | None = None
     dns_timeout: float = 5.0
+    # The delivering server's certificate must be one the liste blanche lists
+    # for the envelope sender's domain (core/rules/operator.py).
+    require_operator_certificate: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -562,6 +587,7 @@ class _File:
                 Where(f"listeners[{i}].tls", where.base).fail(
                     f"{listener.tls} needs a top-level tls section"
                 )
+        self._check_operator_certificate(where)
         self._check_bals()
         self._check_lifecycle(where.key("lifecycle"))
         self._check_dkim()
@@ -589,6 +615,34 @@ class _File:
                     f"{path}.{where}", f"same endpoint as {endpoints[listener.endpoint]}"
                 )
             endpoints[listener.endpoint] = path
+
+    def _check_operator_certificate(self, where: Where) -> None:
+        """inbound.require_operator_certificate needs what it compares: the
+        listed DNs, and a certificate asked for on every inbound listener."""
+        if not self.inbound.require_operator_certificate:
+            return
+        key = Where("inbound.require_operator_certificate", where.base)
+        if self.trust_space.whitelist is None:
+            key.fail(
+                "needs trust_space.whitelist (the operators' certificate DNs are listed there)"
+            )
+        if self.tls is None or not self.tls.asks_client:
+            key.fail(
+                "needs tls.verify_client: required or optional (and tls.client_ca):"
+                " no client certificate is asked for otherwise"
+            )
+        for i, listener in enumerate(self.listeners):
+            if listener.role == Role.INBOUND and listener.tls == ListenerTls.NONE:
+                Where(f"listeners[{i}].tls", where.base).fail(
+                    "none: inbound.require_operator_certificate needs TLS on inbound listeners"
+                    " (the certificate comes with it)"
+                )
+            if listener.role == Role.MILTER:
+                Where(f"listeners[{i}].role", where.base).fail(
+                    "milter: inbound.require_operator_certificate cannot be checked through"
+                    " the milter (Postfix passes the certificate's CN only, as {cert_subject}):"
+                    " check it in Postfix (smtpd_tls_ask_ccert, check_ccert_access)"
+                )
 
     def _check_bals(self) -> None:
         seen: dict[str, str] = {}

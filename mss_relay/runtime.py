@@ -42,7 +42,7 @@ from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
-from mss_relay.tls import server_context
+from mss_relay.tls import inbound_context, server_context
 from mss_relay.trust.watcher import WhitelistView
 from mss_relay.trust.whitelist import InvalidWhitelist
 from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
@@ -109,6 +109,9 @@ class Prepared:
     verifier: Verifier
     # The ANS liste blanche in force (None: trust_space.whitelist not set).
     whitelist: WhitelistView | None = None
+    # Inbound listeners' context when they ask for a client certificate
+    # (tls.verify_client); None: they use tls.
+    inbound_tls: ssl.SSLContext | None = None
 
 
 def open_whitelist(config: Config) -> WhitelistView | None:
@@ -142,7 +145,14 @@ def prepare(
         make_signer(config, create=create_keys),
         make_verifier(config),
         whitelist if whitelist is not None else open_whitelist(config),
+        inbound_context(config.tls, config.hostname) if config.tls else None,
     )
+
+
+def listener_tls(prepared: Prepared, role: Role) -> ssl.SSLContext | None:
+    if role == Role.INBOUND and prepared.inbound_tls is not None:
+        return prepared.inbound_tls
+    return prepared.tls
 
 
 # --- what changed, and what needs a restart
@@ -232,7 +242,11 @@ def file_digests(config: Config) -> dict[str, str]:
         return _digest((up.password_file, up.ca_file, up.client_certificate, up.client_key))
 
     return {
-        "tls": _digest((config.tls.certificate, config.tls.private_key) if config.tls else ()),
+        "tls": _digest(
+            (config.tls.certificate, config.tls.private_key, config.tls.client_ca)
+            if config.tls
+            else ()
+        ),
         "dkim": _digest(key.private_key for key in config.dkim),
         "upstream": upstream(config.upstream),
         "inbound_delivery": upstream(config.inbound_delivery),
@@ -333,8 +347,9 @@ class Runtime:
         prepared = self.generation.prepared
         return Inputs(self.config, prepared.upstream, prepared.signer)
 
-    def tls(self) -> ssl.SSLContext | None:
-        return self.generation.prepared.tls
+    def tls(self, role: Role = Role.SUBMISSION) -> ssl.SSLContext | None:
+        """The TLS context of a listener of that role, in the current generation."""
+        return listener_tls(self.generation.prepared, role)
 
     def _current_tls(
         self, ssl_object: ssl.SSLObject, _name: str | None, context: ssl.SSLContext
@@ -343,8 +358,16 @@ class Runtime:
         the certificate of the current generation. The new context was built
         and checked whole before it became current: swapping a reference is
         atomic, where loading a new pair into the live context would not be
-        (a certificate loaded and its key refused leaves a broken context)."""
-        current = self.generation.prepared.tls
+        (a certificate loaded and its key refused leaves a broken context).
+        The context of the same kind: an inbound one verifies client
+        certificates against its own CAs (OpenSSL verifies with the store of
+        the context set here), the submission one asks for none. None of
+        that kind now (tls.verify_client set to or from none since an
+        implicit-TLS socket was made): the context it was made with stays,
+        until a restart."""
+        prepared = self.generation.prepared
+        asks = context.verify_mode != ssl.CERT_NONE
+        current = prepared.inbound_tls if asks else prepared.tls
         if current is not None and current is not context:
             ssl_object.context = current
 
@@ -359,6 +382,7 @@ class Runtime:
             attachments=config.attachments,
             directory=config.directory,
             whitelist=prepared.whitelist,
+            require_operator_certificate=config.inbound.require_operator_certificate,
         )
         store = shared.directory
         timeout = config.record_timeout  # a look-up before the verdict, like the state's
@@ -369,6 +393,8 @@ class Runtime:
             # handshake is handed the current one (_current_tls): a renewed
             # certificate is served at once, also to connections already open.
             prepared.tls.sni_callback = self._current_tls
+        if prepared.inbound_tls is not None:
+            prepared.inbound_tls.sni_callback = self._current_tls
         writer = shared.writer
         contexts = tuple(
             RelayContext(

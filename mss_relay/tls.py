@@ -6,7 +6,7 @@ import datetime
 import ssl
 from pathlib import Path
 
-from mss_relay.config import ConfigError, TlsConfig, UpstreamConfig
+from mss_relay.config import ConfigError, TlsConfig, UpstreamConfig, VerifyClient
 
 
 def ensure_self_signed(cert: Path, key: Path, hostname: str) -> None:
@@ -48,10 +48,14 @@ def ensure_self_signed(cert: Path, key: Path, hostname: str) -> None:
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
-def server_context(config: TlsConfig, hostname: str) -> ssl.SSLContext:
+def server_context(
+    config: TlsConfig, hostname: str, context: ssl.SSLContext | None = None
+) -> ssl.SSLContext:
+    """The relay's certificate in context (default: Python's defaults for a server)."""
     if config.self_signed:
         ensure_self_signed(config.certificate, config.private_key, hostname)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if context is None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(config.certificate, config.private_key)
@@ -59,6 +63,34 @@ def server_context(config: TlsConfig, hostname: str) -> ssl.SSLContext:
         raise ConfigError(
             "tls.certificate", f"cannot load the certificate and its private key: {error}"
         ) from None
+    return context
+
+
+_VERIFY_MODES = {VerifyClient.REQUIRED: ssl.CERT_REQUIRED, VerifyClient.OPTIONAL: ssl.CERT_OPTIONAL}
+
+
+def inbound_context(config: TlsConfig, hostname: str) -> ssl.SSLContext | None:
+    """The context of inbound listeners when they ask for a client
+    certificate (tls.verify_client), verified against tls.client_ca only;
+    None: they use the submission listener's (which never asks: people
+    authenticate with AUTH there, and a browser-like certificate prompt in a
+    mail client would only confuse them)."""
+    mode = _VERIFY_MODES.get(config.verify_client)
+    if mode is None or config.client_ca is None:
+        return None
+    # Not create_default_context: it would trust the system's CAs too, and
+    # any certificate a public CA signed would pass for an operator's.
+    context = server_context(config, hostname, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    try:
+        # cadata is not used: a file of several CAs (the IGC Santé's chain) loads whole.
+        context.load_verify_locations(cafile=str(config.client_ca))
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            "tls.client_ca", f"{config.client_ca}: cannot load CA certificates (PEM): {error}"
+        ) from None
+    if not context.get_ca_certs():
+        raise ConfigError("tls.client_ca", f"{config.client_ca}: no CA certificate in it")
+    context.verify_mode = mode
     return context
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import ssl
 from collections.abc import Iterator
@@ -36,6 +37,57 @@ class Pki:
         context = ssl.create_default_context()
         self.ca.configure_trust(context)
         return context
+
+    def ca_file(self, directory: Path) -> Path:
+        """The CA's certificate in PEM (a tls.client_ca for the tests)."""
+        path = directory / "client-ca.pem"
+        self.ca.cert_pem.write_to_path(str(path))
+        return path
+
+    def client_certificate(self, directory: Path, subject: str, name: str = "client") -> Path:
+        """A client certificate this CA signs, for the RFC 4514 subject given
+        (« CN=...,OU=...,C=FR »: encoded C first, as certificates usually
+        are); one PEM file holding the certificate and its key."""
+        return issue_client_certificate(self.ca, directory / f"{name}.pem", subject)
+
+    def operator_context(self, certificate: Path | None) -> ssl.SSLContext:
+        """A client context trusting the relay, presenting certificate (if any)."""
+        context = self.client_context()
+        if certificate is not None:
+            context.load_cert_chain(certificate)
+        return context
+
+
+def issue_client_certificate(ca: trustme.CA, path: Path, subject: str) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    path.write_bytes(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
 
 
 @pytest.fixture(scope="session")

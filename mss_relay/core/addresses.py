@@ -8,6 +8,7 @@ trust space. Seeds 000 §13, 001 and 004: a patient's address is
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 
 from stdnum.fr import nir
 
@@ -72,6 +73,15 @@ def in_trust_space(domain: str) -> bool:
     evilmssante.fr or mssante.fr.example.com are outside."""
     d = normalize_domain(domain)
     return d == TRUST_SPACE_DOMAIN or d.endswith("." + TRUST_SPACE_DOMAIN)
+
+
+def trusted_domain(domain: str, whitelist: Container[str] | None) -> bool:
+    """Issue 16: with the ANS liste blanche (its domains), the trust space is
+    the domains it lists, exactly (mssante.apicrypt.org is in, an unregistered
+    foo.mssante.fr is out); without it, the « ends in mssante.fr » rule."""
+    if whitelist is None:
+        return in_trust_space(domain)
+    return normalize_domain(domain) in whitelist
 
 
 def is_patient_domain(domain: str) -> bool:

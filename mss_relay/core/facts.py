@@ -30,6 +30,9 @@ class SessionFacts:
     tls: bool
     user: str | None
     role: str  # "submission" (outgoing) or "inbound"
+    # The subject DN of the client's TLS certificate, verified against
+    # tls.client_ca (RFC 4514, core.operator.subject_dn); None: none.
+    peer_dn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

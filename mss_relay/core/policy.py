@@ -8,19 +8,21 @@ incoming side (role « inbound ») have their own lists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mss_relay.core.directory import DirectoryMode, DirectorySettings
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import BalDirectory
+from mss_relay.core.operator import OperatorList
 from mss_relay.core.rules import (
     availability,
     content,
     directory,
     inbound,
     null_sender,
+    operator,
     recipients,
     sender,
     signing,
@@ -62,7 +64,8 @@ class Policy:
         require_patient_dkim: bool = False,
         attachments: AttachmentRules | None = None,
         directory: DirectorySettings | None = None,
-        whitelist: Container[str] | None = None,
+        whitelist: OperatorList | None = None,
+        require_operator_certificate: bool = False,
     ) -> None:
         self.limits = limits
         self.bals = bals
@@ -73,6 +76,8 @@ class Policy:
         # A view that may be swapped for a newer list between two look-ups:
         # each look-up is one membership test, on one list.
         self.whitelist = whitelist
+        # inbound.require_operator_certificate (config.py: only with a whitelist).
+        self.require_operator_certificate = require_operator_certificate
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -83,9 +88,19 @@ class Policy:
         if not facts.sender:  # <>: a notification, decided at the end of DATA
             checks.append(("null_sender", lambda: null_sender.null_sender_at_mail(facts, incoming)))
         elif incoming:
-            checks.append(("sender_trust_space", lambda: inbound.sender_in_trust_space(facts)))
+            checks.append(
+                ("sender_trust_space", lambda: inbound.sender_in_trust_space(facts, self.whitelist))
+            )
         else:
             checks.append(("sender_owned", lambda: sender.sender_owned(facts, self.bals)))
+        if incoming and self.require_operator_certificate:
+            # After the sender's domain (listed or refused): whose operators to compare with.
+            checks.append(
+                (
+                    "operator_certificate",
+                    lambda: operator.operator_certificate(facts, self.whitelist),
+                )
+            )
         checks.append(("declared_size", lambda: size.declared_size(facts, limits.max_message_size)))
         if facts.rate is not None:
             checks.append(("messages_per_minute", facts.rate))
@@ -140,7 +155,12 @@ class Policy:
         checks.append(("single_from", lambda: sender.single_from(facts)))
         incoming = facts.mail.session.role == INBOUND
         if not facts.mail.sender:
-            checks.append(("null_sender", lambda: null_sender.null_sender_at_data(facts, incoming)))
+            checks.append(
+                (
+                    "null_sender",
+                    lambda: null_sender.null_sender_at_data(facts, incoming, self.whitelist),
+                )
+            )
         if incoming:
             checks.append(
                 ("patient_dkim", lambda: inbound.patient_dkim(facts, self.require_patient_dkim))

@@ -143,6 +143,13 @@ SENDER_NOT_TRUST_SPACE = Reply(
     "5.7.1",
     "Expéditeur hors de l'espace de confiance MSSanté (adresses en mssante.fr uniquement)",
 )
+SENDER_NOT_WHITELISTED = Reply(
+    550,
+    "5.7.1",
+    "Expéditeur hors de l'espace de confiance MSSanté : domaine absent de la liste blanche MSSante",
+)
+# RFC 3463 §3.8: X.7.1, delivery not authorized (the server is not the domain's operator).
+NOT_AN_OPERATOR = Reply(550, "5.7.1", "Le serveur émetteur n'est pas un opérateur MSSanté")
 UNKNOWN_BAL = Reply(550, "5.1.1", "Boîte aux lettres inconnue ici")
 # RFC 3463 §3.2: X.1.1, bad destination mailbox address (not in the Annuaire Santé).
 NOT_IN_DIRECTORY = Reply(550, "5.1.1", "Adresse absente de l'Annuaire Santé")

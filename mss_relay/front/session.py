@@ -122,6 +122,9 @@ class ClientSession:
         self.client = ""
         self.helo = ""
         self.tls = False
+        # The client certificate's subject DN (inbound listeners asking for
+        # one, tls.verify_client); None: none presented.
+        self.peer_dn: str | None = None
         self.user: str | None = None
         self.trusted = False  # taken for self.user by trusted_clients, without AUTH
         self.txn: Transaction | None = None
@@ -175,6 +178,7 @@ class ClientSession:
             tls=self.tls,
             user=self.user,
             role=self.role,
+            peer_dn=self.peer_dn,
         )
 
     def trust(self) -> None:
@@ -208,6 +212,10 @@ class ClientSession:
             rate=(lambda: rates.message(user, self.ctx.monotonic())) if rates else None,
         )
         self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
+        if self.inbound and (self.peer_dn or self.ctx.policy.require_operator_certificate):
+            # The certificate the operator_certificate rule judged (None: none
+            # presented): an operator's server, no health data.
+            fields["peer_dn"] = self.peer_dn
         verdict = self.quoted(self.ctx.policy.evaluate_mail(mail))
         self.decision("mail", verdict, sender=sender, **fields)
         if verdict.reply is not None:

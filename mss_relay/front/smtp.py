@@ -13,12 +13,14 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import ssl
 from email.utils import format_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from aiosmtpd.smtp import AuthResult, Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session, TLSSetupException
 
 from mss_relay.core.dsn import fate
+from mss_relay.core.operator import subject_dn
 from mss_relay.core.reply import (
     GOODBYE,
     OK,
@@ -55,6 +57,22 @@ def _take_content(envelope: Envelope) -> bytes:
     content = envelope.original_content or b""
     envelope.content = envelope.original_content = None
     return content
+
+
+def peer_dn(tls: object) -> str | None:
+    """The subject DN of the client's certificate, as the TLS layer verified
+    it (against tls.client_ca); None when it presented none, or none was
+    asked for. aiosmtpd's session.ssl is the connection's SSLObject after
+    implicit TLS (RelaySMTP.connection_made), its transport's extra-info
+    mapping after STARTTLS."""
+    ssl_object = tls.get("ssl_object") if isinstance(tls, dict) else tls
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    # An empty dict: a certificate not verified (none was asked for).
+    subject = (ssl_object.getpeercert() or {}).get("subject")
+    if not isinstance(subject, tuple) or not subject:
+        return None
+    return subject_dn(cast(tuple[tuple[tuple[str, str], ...], ...], subject))
 
 
 class RelayHandler(ClientSession):
@@ -110,6 +128,8 @@ class RelayHandler(ClientSession):
             self.client = str(session.peer[0])
         self.helo = session.host_name or self.helo
         self.tls = session.ssl is not None
+        if self.ctx.inbound:  # only inbound listeners ask for a client certificate
+            self.peer_dn = peer_dn(session.ssl)
 
     def _received(self, txid: str) -> bytes:
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.user else "")
@@ -428,6 +448,15 @@ class RelayHandler(ClientSession):
         return str(self.internal_error(error))
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A STARTTLS handshake that failed (no client certificate where
+            # tls.verify_client is required, one the CAs do not sign, a client
+            # gone): the client's doing, not ours. aiosmtpd closes the
+            # connection without a reply.
+            cause = error.__cause__
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            self.log.warning("tls_failed", client=self.client, reason=str(reason))
+            return ""
         reply = self._internal_error(error)
         if self.txn is not None:
             self.outcome("tempfailed", "internal error")

@@ -34,8 +34,9 @@ def signature(path: Path) -> Signature:
 
 
 class WhitelistView:
-    """The domains of the list in force, for the policy (a Container[str]):
-    one reference, swapped whole, read by each look-up."""
+    """The list in force, for the policy (its domains, and their operators'
+    DNs: a core.operator.OperatorList): one reference, swapped whole, read
+    by each look-up."""
 
     def __init__(self, path: Path, whitelist: Whitelist, seen: Signature) -> None:
         self.path = path
@@ -51,6 +52,12 @@ class WhitelistView:
 
     def __contains__(self, domain: object) -> bool:
         return domain in self.current
+
+    def operator_dns(self, domain: str) -> frozenset[str]:
+        return self.current.operator_dns(domain)
+
+    def is_operator(self, dn: str) -> bool:
+        return self.current.is_operator(dn)
 
     def changed(self) -> tuple[Whitelist, Signature] | None:
         """In a thread: the new list when the file changed since, else None."""

@@ -16,10 +16,9 @@ accepted (truncated_end says so); one cut anywhere else is refused.
 from __future__ import annotations
 
 import io
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -27,6 +26,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from mss_relay.core.addresses import normalize_domain
+from mss_relay.core.operator import normalize_dn as normalize_dn  # compared as the core does
 
 NAMESPACE = "https://listeblanche.mssante.fr/schema"
 _NS = "{" + NAMESPACE + "}"
@@ -44,26 +44,6 @@ class InvalidWhitelist(ValueError):
     """The file is not a usable liste blanche; str(): the one-line reason."""
 
 
-# RFC 4514: a comma separates two RDNs unless escaped by a backslash.
-_RDN_SEPARATOR = re.compile(r"(?<!\\),")
-
-
-def normalize_dn(dn: str) -> str:
-    """An operator certificate's subject DN in the form DNs are compared in:
-    the spacing around commas and « = » dropped, attribute names in upper
-    case; values kept as written (case and inner spaces matter) and the
-    attributes in the order written (the liste blanche writes them as the
-    certificate does)."""
-    parts = []
-    for rdn in _RDN_SEPARATOR.split(dn.strip()):
-        name, equals, value = rdn.partition("=")
-        if not equals:
-            parts.append(rdn.strip())
-            continue
-        parts.append(f"{name.strip().upper()}={value.strip()}")
-    return ",".join(parts)
-
-
 @dataclass(frozen=True, slots=True)
 class Whitelist:
     generated: str  # DateDeGeneration, as written
@@ -73,6 +53,13 @@ class Whitelist:
     operators: Mapping[str, tuple[str, ...]]
     # The file lacked end tags after its last complete Domaine (accepted).
     truncated_end: bool = False
+    # Every operator's normalized DN, whatever its domain (computed once: a
+    # null sender's MAIL asks whether its certificate is any operator's).
+    _all_dns: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        dns = frozenset(normalize_dn(dn) for dns in self.operators.values() for dn in dns)
+        object.__setattr__(self, "_all_dns", dns)
 
     @property
     def domains(self) -> frozenset[str]:
@@ -81,7 +68,7 @@ class Whitelist:
     @property
     def certificates(self) -> int:
         """Distinct operator certificates (by normalized DN)."""
-        return len({normalize_dn(dn) for dns in self.operators.values() for dn in dns})
+        return len(self._all_dns)
 
     def __contains__(self, domain: object) -> bool:
         """Exact domain, case-insensitive, trailing dot ignored."""
@@ -94,6 +81,10 @@ class Whitelist:
         """The normalized DNs of the operators of a domain (for the incoming
         side's certificate check)."""
         return frozenset(normalize_dn(dn) for dn in self.operators_of(domain))
+
+    def is_operator(self, dn: str) -> bool:
+        """A normalized DN is that of an operator of some listed domain."""
+        return dn in self._all_dns
 
     def age_days(self, now: datetime) -> float:
         return (now - self.generated_at).total_seconds() / 86400

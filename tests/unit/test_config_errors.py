@@ -345,7 +345,66 @@ CASES: list[tuple[str, Change, str]] = [
     (
         "tls-unknown",
         put("tls", "ca_file", value="x"),
-        "tls.ca_file: unknown key (expected one of: certificate, private_key, self_signed)",
+        "tls.ca_file: unknown key (expected one of: certificate, client_ca, private_key,"
+        " self_signed, verify_client)",
+    ),
+    # tls.client_ca, tls.verify_client, inbound.require_operator_certificate (issue 16)
+    (
+        "tls-verify-client-enum",
+        put("tls", "verify_client", value="always"),
+        "tls.verify_client: must be one of required, optional, none",
+    ),
+    (
+        "tls-verify-client-without-ca",
+        put("tls", "verify_client", value="optional"),
+        "tls.client_ca: is required with verify_client: optional (the CAs a client"
+        " certificate must chain to)",
+    ),
+    (
+        "tls-client-ca-missing",
+        put("tls", "client_ca", value="igc-sante.pem"),
+        "tls.client_ca: file not found: {base}/igc-sante.pem",
+    ),
+    (
+        "operator-certificate-without-whitelist",
+        put("inbound", "require_operator_certificate", value=True),
+        "inbound.require_operator_certificate: needs trust_space.whitelist (the operators'"
+        " certificate DNs are listed there)",
+    ),
+    (
+        "operator-certificate-without-verify-client",
+        both(
+            put("inbound", "require_operator_certificate", value=True),
+            put("trust_space", "whitelist", value="l.xml"),
+        ),
+        "inbound.require_operator_certificate: needs tls.verify_client: required or optional"
+        " (and tls.client_ca): no client certificate is asked for otherwise",
+    ),
+    (
+        "operator-certificate-inbound-without-tls",
+        both(
+            put("inbound", "require_operator_certificate", value=True),
+            put("trust_space", "whitelist", value="l.xml"),
+            put("tls", "verify_client", value="required"),
+            put("tls", "client_ca", value="relay.pem"),
+            put("inbound_delivery", value={"host": "mx"}),
+            add("listeners", {"name": "in", "role": "inbound", "port": 10026, "tls": "none"}),
+        ),
+        "listeners[1].tls: none: inbound.require_operator_certificate needs TLS on inbound"
+        " listeners (the certificate comes with it)",
+    ),
+    (
+        "operator-certificate-milter",
+        both(
+            put("inbound", "require_operator_certificate", value=True),
+            put("trust_space", "whitelist", value="l.xml"),
+            put("tls", "verify_client", value="required"),
+            put("tls", "client_ca", value="relay.pem"),
+            add("listeners", milter(port=10028)),
+        ),
+        "listeners[1].role: milter: inbound.require_operator_certificate cannot be checked"
+        " through the milter (Postfix passes the certificate's CN only, as {{cert_subject}}):"
+        " check it in Postfix (smtpd_tls_ask_ccert, check_ccert_access)",
     ),
     # upstream and inbound_delivery
     ("upstream-missing", drop("upstream"), "upstream: is required"),
@@ -805,7 +864,7 @@ CASES: list[tuple[str, Change, str]] = [
         "inbound-unknown",
         put("inbound", "dns", value=1),
         "inbound.dns: unknown key (expected one of: dkim_dns_file, dns_timeout,"
-        " require_dkim_for_patients)",
+        " require_dkim_for_patients, require_operator_certificate)",
     ),
     # throttle
     ("throttle-type", put("throttle", value=[]), f"throttle: {MAPPING}"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mss_relay.core.addresses import domain_of, in_trust_space, normalize_address
+from collections.abc import Container
+
+from mss_relay.core.addresses import domain_of, normalize_address, trusted_domain
 from mss_relay.core.authentication import PASS, TEMPERROR
 from mss_relay.core.conversation import ConversationFacts, Status, patient_sender
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
@@ -15,6 +17,7 @@ from mss_relay.core.reply import (
     MDN_NOT_OURS,
     NOT_A_REPLY,
     SENDER_NOT_TRUST_SPACE,
+    SENDER_NOT_WHITELISTED,
     STATE_UNAVAILABLE,
     UNKNOWN_BAL,
     WRONG_CONVERSATION_BAL,
@@ -31,10 +34,19 @@ _CLOSED_BY = {
 }
 
 
-def sender_in_trust_space(facts: MailFacts) -> Verdict | None:
-    """Seed 003: the trust space works both ways; only MSSanté senders come in."""
-    if in_trust_space(domain_of(facts.sender)):
+def sender_in_trust_space(
+    facts: MailFacts, whitelist: Container[str] | None = None
+) -> Verdict | None:
+    """Seed 003: the trust space works both ways; only MSSanté senders come
+    in. With the liste blanche (its domains): the domains it lists."""
+    if trusted_domain(domain_of(facts.sender), whitelist):
         return None
+    if whitelist is not None:
+        return Verdict.reject(
+            SENDER_NOT_WHITELISTED,
+            rule="sender_trust_space",
+            reason="envelope sender domain not in the liste blanche",
+        )
     return Verdict.reject(
         SENDER_NOT_TRUST_SPACE,
         rule="sender_trust_space",

@@ -9,7 +9,9 @@ message; who sends a patient's read receipt is judged by patient_conversation.
 
 from __future__ import annotations
 
-from mss_relay.core.addresses import domain_of, in_trust_space
+from collections.abc import Container
+
+from mss_relay.core.addresses import domain_of, trusted_domain
 from mss_relay.core.facts import MailFacts, MessageFacts
 from mss_relay.core.reply import (
     NULL_SENDER_RESERVED,
@@ -30,13 +32,15 @@ def null_sender_at_mail(facts: MailFacts, inbound: bool) -> Verdict | None:
     )
 
 
-def null_sender_at_data(facts: MessageFacts, inbound: bool) -> Verdict | None:
+def null_sender_at_data(
+    facts: MessageFacts, inbound: bool, whitelist: Container[str] | None = None
+) -> Verdict | None:
     """With <>, only a delivery report, a read receipt or an automatic reply
     (the incoming side: any message Auto-Submitted says is automatic, such as
     the operator's notice of a closed patient mailbox, seed 004)."""
     kind = automatic_kind(facts.info)
     if kind is not None and inbound:
-        return _author_in_trust_space(facts)
+        return _author_in_trust_space(facts, whitelist)
     if kind in OUTGOING:
         return None
     what = kind.value if kind else "plain message"
@@ -45,14 +49,14 @@ def null_sender_at_data(facts: MessageFacts, inbound: bool) -> Verdict | None:
     )
 
 
-def _author_in_trust_space(facts: MessageFacts) -> Verdict | None:
+def _author_in_trust_space(facts: MessageFacts, whitelist: Container[str] | None) -> Verdict | None:
     """Seed 003's trust space, on the one sender a notice names: its From:
     (single_from ran first). The operator's reports, a professional's
     absence message and a patient's read receipt all come from mssante.fr;
     without it, <> and an Auto-Submitted header would open the incoming side
-    to anyone."""
+    to anyone. With the liste blanche (its domains): the domains it lists."""
     author = facts.info.from_addresses[0]
-    if in_trust_space(domain_of(author)):
+    if trusted_domain(domain_of(author), whitelist):
         return None
     return Verdict.reject(
         SENDER_NOT_TRUST_SPACE.with_text(
