@@ -36,13 +36,22 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def imported(folder: Path, rows: int) -> dict[str, float]:
-    """Write and import an extraction of `rows` rows: the child's wall time
-    and peak RSS (ru_maxrss of the children, which is the one child here)."""
+    """Write and import an extraction of `rows` rows: the child's figures."""
     extraction = write(folder / "extraction.txt", generated(rows))
-    config = folder / "relay.yaml"
+    figures = {"rows": rows, "file_mb": round(extraction.stat().st_size / 1e6, 1)}
+    return figures | import_extraction(extraction, folder / "state.sqlite3")
+
+
+def import_extraction(extraction: Path, database: Path) -> dict[str, float]:
+    """Import `extraction` into the state file `database` by the real command
+    (« mss-relay directory import »), in a child process: its wall time, CPU
+    and peak RSS (ru_maxrss of the children: the largest child waited for
+    so far, which is this one when it is the only one). bench/compare.py
+    --trust uses it too."""
+    config = database.parent / "directory-import.yaml"
     config.write_text(
         "listeners: [{name: m, role: milter, port: 10999}]\n"
-        f"state: {{database: {folder / 'state.sqlite3'}}}\nlog: {{file: '-'}}\n"
+        f"state: {{database: {database}}}\nlog: {{file: '-'}}\n"
     )
     command = [sys.executable, "-m", "mss_relay", "directory", "import", str(extraction)]
     command += ["--config", str(config)]
@@ -59,8 +68,6 @@ def imported(folder: Path, rows: int) -> dict[str, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(done.stdout.strip())
     return {
-        "rows": rows,
-        "file_mb": round(extraction.stat().st_size / 1e6, 1),
         "import_s": round(wall, 2),
         "import_cpu_s": round(
             after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2
