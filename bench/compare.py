@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/compare.py            # full run, about 15 minutes
     .venv/bin/python bench/compare.py --quick    # smoke run, a minute or two
+    .venv/bin/python bench/compare.py --trust    # + the trust space on (issue 16), ~25 min
     .venv/bin/python -m bench.compare ...        # the same
 
 In one run, on 127.0.0.1 only, smtp-source (Postfix's C load generator) and a
@@ -15,6 +16,14 @@ each of:
     passthrough  aiosmtpd -> aiosmtplib, nothing between (bench/passthrough.py)
     relay-1w     mss-relay, every rule on, DKIM signing, a state file holding
     relay-Nw     --conversations conversations; 1 worker, then N (--workers)
+    relay-1w-trust  with --trust only: the same relays with trust_space.whitelist
+    relay-Nw-trust  (a generated liste blanche of 6,500 entries) and directory.mode:
+                 refuse (a generated extraction of 600,000 rows imported), the
+                 bench's recipient listed in both (bench/trust_space.py); each
+                 measured right after its plain twin. The report adds « The trust
+                 space on and off »: each relay's ratio to Postfix off and on, and
+                 on/off, per cell and per pattern (issue 16 asks >= 0.95). Without
+                 --trust the output is what it was.
 
 in both connection patterns, side by side: persistent sessions (a DPI
 connector) and a new connection per message (Thunderbird, Outlook). All of

@@ -8,7 +8,8 @@ Each size: an extraction written by tests/support/extraction.py (31 columns,
 PER/ORG, accents, one address in 50 twice), imported by the real command in a
 child process (/usr/bin/time-like figures from its rusage), then looked up
 through DirectoryStore.answer, as a session does at RCPT (half listed, half
-not). Writes bench/results/directory_cost.json.
+not): by the database first, then from memory once the import is loaded
+(state/directory_index.py), as the relay answers. Writes bench/results/directory_cost.json.
 """
 
 from __future__ import annotations
@@ -36,13 +37,22 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def imported(folder: Path, rows: int) -> dict[str, float]:
-    """Write and import an extraction of `rows` rows: the child's wall time
-    and peak RSS (ru_maxrss of the children, which is the one child here)."""
+    """Write and import an extraction of `rows` rows: the child's figures."""
     extraction = write(folder / "extraction.txt", generated(rows))
-    config = folder / "relay.yaml"
+    figures = {"rows": rows, "file_mb": round(extraction.stat().st_size / 1e6, 1)}
+    return figures | import_extraction(extraction, folder / "state.sqlite3")
+
+
+def import_extraction(extraction: Path, database: Path) -> dict[str, float]:
+    """Import `extraction` into the state file `database` by the real command
+    (« mss-relay directory import »), in a child process: its wall time, CPU
+    and peak RSS (ru_maxrss of the children: the largest child waited for
+    so far, which is this one when it is the only one). bench/compare.py
+    --trust uses it too."""
+    config = database.parent / "directory-import.yaml"
     config.write_text(
         "listeners: [{name: m, role: milter, port: 10999}]\n"
-        f"state: {{database: {folder / 'state.sqlite3'}}}\nlog: {{file: '-'}}\n"
+        f"state: {{database: {database}}}\nlog: {{file: '-'}}\n"
     )
     command = [sys.executable, "-m", "mss_relay", "directory", "import", str(extraction)]
     command += ["--config", str(config)]
@@ -59,8 +69,6 @@ def imported(folder: Path, rows: int) -> dict[str, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(done.stdout.strip())
     return {
-        "rows": rows,
-        "file_mb": round(extraction.stat().st_size / 1e6, 1),
         "import_s": round(wall, 2),
         "import_cpu_s": round(
             after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2
@@ -79,25 +87,41 @@ async def lookups(database: Path, rows: int, count: int) -> dict[str, float]:
             else f"absent{i}@hopital-{i % 97}.mssante.fr"
             for i in (rng.randrange(rows) for _ in range(count))
         ]
-        times = []
-        for address in addresses:
-            started = time.perf_counter()
-            answer = await store.answer(address, 2.0)
-            times.append(time.perf_counter() - started)
-            assert answer.listed is not None, answer
+        # The database's answer (before the import is loaded in memory),
+        # then the relay's usual one, from memory (directory_index.py).
+        database_times = await _timed(store, addresses)
+        started = time.perf_counter()
+        loaded = await store.refresh()
+        load_s = time.perf_counter() - started
+        assert loaded is not None
+        times = await _timed(store, addresses)
         searches = []
         for words in (["helene", "lefevre"], ["lyon"], ["zzz"]):
             started = time.perf_counter()
             await store.search(words, 51)
             searches.append(time.perf_counter() - started)
-        times.sort()
         return {
             "lookup_median_us": round(statistics.median(times) * 1e6, 1),
             "lookup_p99_us": round(times[int(len(times) * 0.99)] * 1e6, 1),
+            "lookup_database_median_us": round(statistics.median(database_times) * 1e6, 1),
+            "lookup_database_p99_us": round(database_times[int(len(times) * 0.99)] * 1e6, 1),
+            "index_load_s": round(load_s, 2),
+            "index_mb": round(len(loaded) * loaded.digests.itemsize / 1e6, 1),
             "search_ms": round(max(searches) * 1000, 1),
         }
     finally:
         await store.close()
+
+
+async def _timed(store: DirectoryStore, addresses: list[str]) -> list[float]:
+    """Each answer's wall time, sorted."""
+    times = []
+    for address in addresses:
+        started = time.perf_counter()
+        answer = await store.answer(address, 2.0)
+        times.append(time.perf_counter() - started)
+        assert answer.listed is not None, answer
+    return sorted(times)
 
 
 def main() -> None:

@@ -6,6 +6,9 @@ cells: sizes x connection patterns x sessions, each cell run on every server.
     patterns     persistent (smtp-source -d: a DPI connector) and new (a new connection
                  per message: Thunderbird, Outlook); both in the same run, side by side
     sessions     1, 10, 50 persistent; 1, 10 with a new connection per message
+    servers      sink, postfix, passthrough, relay-1w, relay-Nw; with --trust also
+                 relay-1w-trust and relay-Nw-trust (the liste blanche and the Annuaire
+                 Santé on, bench/trust_space.py), each right after its plain twin
 
 How many messages a run sends is decided here too (Planner): enough for
 --duration seconds at the rate the server last showed, within the caps.
@@ -27,6 +30,7 @@ from typing import Any, NoReturn
 from .harness import RESULTS, Sink, make_dkim_key, make_state, postfix_available, workers_supported
 from .load import PATTERNS, Pattern, Size, build_message, parse_size, wire_bytes
 from .targets import PassthroughTarget, PostfixTarget, RelayTarget, SinkTarget, Target
+from .trust_space import DIRECTORY_ROWS, WHITELIST_ENTRIES, make_trust_space
 
 TOOLS = ("smtp-source", "smtp-sink", "postfix")
 SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -85,6 +89,15 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     add("--targets", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers measured")
     add("--workers", type=int, default=os.cpu_count() or 1, help="workers of the second relay")
     add("--conversations", type=int, help="conversations in the state file (default 100000)")
+    add(
+        "--trust",
+        action="store_true",
+        help="also relay-1w-trust and relay-Nw-trust: the same relays with trust_space.whitelist"
+        " (a generated liste blanche) and directory.mode: refuse (a generated extraction"
+        " imported), interleaved with the others; the report gets their on/off ratios",
+    )
+    add("--whitelist-entries", type=int, default=WHITELIST_ENTRIES, help="with --trust")
+    add("--directory-rows", type=int, default=DIRECTORY_ROWS, help="with --trust")
     add("--output", type=Path, default=RESULTS, help="where compare.md and compare.json go")
     add("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args(argv)
@@ -251,15 +264,23 @@ def relay_targets(
     state = workdir / "state.sqlite3"
     seconds = make_state(state, args.conversations)
     print(f"state file: {args.conversations:,} conversations in {seconds:.1f}s", flush=True)
-    relays: list[Target] = [RelayTarget(sink, workdir, 1, state)]
+    workers = [1]
     if args.workers <= 1:
         notes.append("Only the one-worker relay: --workers is 1.")
-        return relays
-    why = workers_supported(workdir / "workers-probe", args.workers)
-    if why:
+    elif why := workers_supported(workdir / "workers-probe", args.workers):
         notes.append(
             f"The {args.workers}-worker relay is skipped: check-config refuses workers: {why}"
         )
     else:
-        relays.append(RelayTarget(sink, workdir, args.workers, state))
+        workers.append(args.workers)
+    trust = None
+    if args.trust:
+        trust = make_trust_space(workdir, state, args.whitelist_entries, args.directory_rows)
+        print(f"trust space: {trust.notes}", flush=True)
+    relays: list[Target] = []
+    for n in workers:
+        relays.append(RelayTarget(sink, workdir, n, state))
+        # Right after its twin: the two runs of a repeat are next to each other in time.
+        if trust:
+            relays.append(RelayTarget(sink, workdir, n, state, trust))
     return relays

@@ -182,6 +182,117 @@ def acceptance(rows: list[dict[str, Any]], relays: list[str]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+# -- the trust space on and off (issue 16) ------------------------------------------------
+
+# Issue 16: the relays' ratios with the liste blanche and the Annuaire Santé on
+# within 5 % of them off, same run.
+TRUST_FLOOR = 0.95
+
+
+def plain_relays(targets: list[Target]) -> list[str]:
+    """The relays as in every run (the ratio and target tables are theirs)."""
+    return [t.key for t in targets if isinstance(t, RelayTarget) and not t.trust]
+
+
+def trust_pairs(targets: list[Target]) -> list[tuple[str, str]]:
+    """(relay-Nw, relay-Nw-trust) for each relay measured both ways (--trust)."""
+    return [(t.plain_key, t.key) for t in targets if isinstance(t, RelayTarget) and t.trust]
+
+
+def trust_ratios(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Per cell and relay: its ratio to Postfix (end to end) with the trust
+    space off and on, and on/off (the same as its msgs/s on over off)."""
+    out = []
+    for row in rows:
+        for off, on in pairs:
+            ratio_off, ratio_on = row.get(f"{off}/postfix"), row.get(f"{on}/postfix")
+            out.append(
+                {
+                    "pattern": row["pattern"],
+                    "size": row["size"],
+                    "concurrency": row["concurrency"],
+                    "relay": off,
+                    "off": ratio_off,
+                    "on": ratio_on,
+                    "on_off": round(ratio_on / ratio_off, 3) if ratio_on and ratio_off else None,
+                }
+            )
+    return out
+
+
+def _within(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "yes" if value >= TRUST_FLOOR else f"no: {(1 - value):.0%} slower"
+
+
+def trust_section(
+    rows: list[dict[str, Any]], pairs: list[tuple[str, str]], patterns: list[str]
+) -> list[str]:
+    """Issue 16's bench point: the targets' ratios off and on, every cell, and
+    the worst on/off per pattern."""
+    trust = trust_ratios(rows, pairs)
+    by_cell = {(t["pattern"], t["size"], t["concurrency"], t["relay"]): t for t in trust}
+    plain = [off for off, _ in pairs]
+    lines = [
+        "## The trust space on and off (issue 16)",
+        "",
+        "« on »: the same relay with `trust_space.whitelist` and `directory.mode: refuse`"
+        " (relay-Nw-trust); issue 16 asks on/off ≥ 0.95 (within 5 %).",
+        "",
+        "| target (10 clients) | needed | off | on | on/off | within 5 % |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for pattern, workers, base, size, needed in TARGETS:
+        relay = plain[-1] if workers == "N" else plain[0]
+        row = next(
+            (r for r in rows if (r["pattern"], r["size"], r["concurrency"]) == (pattern, size, 10)),
+            None,
+        )
+        if row is None or row.get(f"{relay}/{base}") is None:
+            continue
+        off, on = row.get(f"{relay}/{base}"), row.get(f"{relay}-trust/{base}")
+        on_off = round(on / off, 3) if on and off else None
+        lines.append(
+            f"| {pattern}: {relay}/{base} at {size} | ≥ {needed:.1f} | {_num(off, 2)}"
+            f" | {_num(on, 2)} | {_num(on_off, 2)} | {_within(on_off)} |"
+        )
+    columns = [f"{r}/postfix {x}" for r in plain for x in ("off", "on", "on/off")]
+    lines += [
+        "",
+        "| pattern | size | clients | " + " | ".join(columns) + " |",
+        "| --- | --- | --- |" + " --- |" * len(columns),
+    ]
+    for row in rows:
+        key = (row["pattern"], row["size"], row["concurrency"])
+        values = []
+        for relay in plain:
+            t = by_cell[(*key, relay)]
+            values += [_num(t["off"], 2), _num(t["on"], 2), _num(t["on_off"], 2)]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(values) + " |")
+    lines += [
+        "",
+        "| pattern | relay | cells | worst on/off | median on/off | within 5 % everywhere |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for pattern in patterns:
+        for relay in plain:
+            here = [
+                t["on_off"]
+                for t in trust
+                if t["pattern"] == pattern and t["relay"] == relay and t["on_off"] is not None
+            ]
+            if not here:
+                continue
+            missed = sum(v < TRUST_FLOOR for v in here)
+            verdict = "yes" if not missed else f"no: {missed} of {len(here)} cells below 0.95"
+            lines.append(
+                f"| {pattern} | {relay} | {len(here)} | {min(here):.2f}"
+                f" | {statistics.median(here):.2f} | {verdict} |"
+            )
+    return lines
+
+
 def full_table(summary: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
     lines = [
         "| pattern | size | clients | server | msgs/s | MB/s | accepted msgs/s | p50 ms"
@@ -260,6 +371,7 @@ def method(meta: dict[str, Any]) -> list[str]:
         " reached), max_connections and max_connections_per_client 1000, busy_wait 600 s."
         " The state is read for patients' replies and written for messages to patients:"
         " a message to a professional, as here, does not touch it.",
+        *_trust_method(meta),
         "- Postfix, the honest peer: tests/support/postfix.py's private instance (relayhost ="
         " [smtp-sink] in brackets: no MX look-up; no milter, no header checks; queue under"
         " /tmp on the same disk, fsync as Postfix does) with bench/harness.py's"
@@ -271,12 +383,34 @@ def method(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _trust_method(meta: dict[str, Any]) -> list[str]:
+    """The « -trust » relays' set-up, when the run had them (--trust)."""
+    notes = next(
+        (s["trust_space"] for s in meta.get("servers", {}).values() if "trust_space" in s), None
+    )
+    if notes is None:
+        return []
+    return [
+        "- mss-relay « liste blanche + Annuaire » (relay-Nw-trust, --trust): the same"
+        f" configuration plus `trust_space.whitelist`, a liste blanche of"
+        f" {notes['whitelist_entries']:,} entries ({notes['whitelist_domains']:,} domains,"
+        f" {notes['whitelist_certificates']} operator DNs) from tests/support/whitelist.py,"
+        f" and `directory.mode: refuse`, an extraction of {notes['directory_rows']:,} rows"
+        " from tests/support/extraction.py imported by `mss-relay directory import`"
+        f" ({notes['directory_import_s']:.0f} s) into a copy of the state file. The"
+        " recipient's domain is listed and the recipient is one of the rows (checked"
+        " before the start); each run checks that every RCPT's decision line says"
+        " `directory: listed`. Each one is measured right after its plain twin.",
+    ]
+
+
 PEER_KEYS = ("maillog_file", "smtpd_peername_lookup", "smtp_dns_support_level")
 
 
 def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], targets: list[Target]) -> str:
     labels = {t.key: t.label for t in targets}
-    relays = [t.key for t in targets if isinstance(t, RelayTarget)]
+    relays = plain_relays(targets)
+    pairs = trust_pairs(targets)
     m = meta["machine"]
     title = "bench/compare.py --quick (a smoke run, not figures)" if meta["quick"] else ""
     lines = [
@@ -305,6 +439,9 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], targets: list[
         lines += ["## Ratios, msgs/s in the same run", "", *ratio_table(rows, relays), ""]
         if targets_met := acceptance(rows, relays):
             lines += ["Issues 6 and 14's targets, this run:", "", *targets_met, ""]
+    if pairs:
+        rows = ratios(summary, [k for pair in pairs for k in pair])
+        lines += [*trust_section(rows, pairs, options["patterns"]), ""]
     lines += ["## Every figure (medians of the runs)", "", *full_table(summary, labels), ""]
     noisy = [c for c in summary if c["others_load_max"] > NOISE]
     if noisy:
@@ -378,12 +515,16 @@ def write(
 ) -> None:
     summary = summarize(results)
     relays = [t.key for t in targets if isinstance(t, RelayTarget)]
+    pairs = trust_pairs(targets)
     text = markdown(meta, summary, targets)
     print("\n" + text)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.md").write_text(text)
     runs = [_without_samples(r) for r in results]
-    document = {**meta, "summary": summary, "ratios": ratios(summary, relays), "runs": runs}
+    rows = ratios(summary, relays)
+    document = {**meta, "summary": summary, "ratios": rows, "runs": runs}
+    if pairs:  # --trust
+        document["trust"] = trust_ratios(rows, pairs)
     (directory / f"{name}.json").write_text(
         json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     )

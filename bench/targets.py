@@ -4,6 +4,8 @@
     postfix      a private Postfix instance relaying everything to smtp-sink
     passthrough  bench/passthrough.py: aiosmtpd -> aiosmtplib, nothing between
     relay-Nw     « mss-relay serve » with every rule on, N worker processes
+    relay-Nw-trust  the same with the liste blanche and the Annuaire Santé on
+                 (--trust: bench/trust_space.py)
 
 Each is started once, on its own loopback port, and stopped (with every
 process it started) at the end; bench/procfs.py reads their CPU and memory.
@@ -32,6 +34,7 @@ from .harness import (
     python_module,
     relay_config,
 )
+from .trust_space import TrustSpace
 
 IDLE_TIMEOUT = 120.0
 LOG_WAIT = 3.0
@@ -220,15 +223,22 @@ RELAY_SECTIONS: dict[str, Any] = {
 
 
 class RelayTarget(Target):
-    """mss-relay with every rule on (harness.relay_config, RELAY_SECTIONS)."""
+    """mss-relay with every rule on (harness.relay_config, RELAY_SECTIONS);
+    with `trust`, trust_space.whitelist and directory.mode: refuse too."""
 
-    def __init__(self, sink: Sink, workdir: Path, workers: int, state: Path) -> None:
+    def __init__(
+        self, sink: Sink, workdir: Path, workers: int, state: Path, trust: TrustSpace | None = None
+    ) -> None:
         super().__init__(sink)
-        self.key = f"relay-{workers}w"
+        self.trust = trust
+        self.plain_key = f"relay-{workers}w"  # the same relay without the trust space
+        self.key = self.plain_key + ("-trust" if trust else "")
         self.label = f"mss-relay, {workers} worker{'s' if workers > 1 else ''}"
+        if trust:
+            self.label += ", liste blanche + Annuaire"
         self.work = workdir / self.key
         self.work.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(state, self.work / "state.sqlite3")
+        shutil.copyfile(trust.state if trust else state, self.work / "state.sqlite3")
         self.port = free_port()
         config = relay_config(
             self.work,
@@ -237,6 +247,7 @@ class RelayTarget(Target):
             workers=workers,
             dkim_key=workdir / "dkim" / "bench.key",
             **RELAY_SECTIONS,
+            **(trust.sections() if trust else {}),
         )
         self.relay = RelayProcess(self.work, config)
         self.log = LogTail(self.relay.log_path)
@@ -249,6 +260,8 @@ class RelayTarget(Target):
             "config": str(self.relay.config_path),
             "log": str(self.relay.log_path),
         }
+        if self.trust:
+            self.notes["trust_space"] = self.trust.notes
 
     def stop(self) -> None:
         self.relay.stop()
@@ -274,7 +287,18 @@ class RelayTarget(Target):
             problems.append(
                 f"{self.key}: {outcomes['delivered']} delivered in its log, {accepted} accepted"
             )
-        return Check(problems, dict(outcomes))
+        logged = dict(outcomes)
+        if self.trust:
+            # Proof that the Annuaire Santé was asked at each RCPT (and said
+            # listed): a relay skipping it would measure nothing.
+            rcpts = [e for e in events if e.get("event") == "decision" and e.get("stage") == "rcpt"]
+            logged["directory_listed"] = sum(e.get("directory") == "listed" for e in rcpts)
+            if logged["directory_listed"] != len(rcpts) or len(rcpts) < accepted:
+                problems.append(
+                    f"{self.key}: {logged['directory_listed']} RCPTs « directory: listed » in"
+                    f" its log, of {len(rcpts)}, {accepted} accepted"
+                )
+        return Check(problems, logged)
 
 
 def _delivered(lines: list[bytes]) -> int:

@@ -25,6 +25,7 @@ from mss_relay.config import (
 )
 from mss_relay.control import Control
 from mss_relay.core.throttle import AuthGuard, SendingRates
+from mss_relay.directory_follower import follow as follow_directory
 from mss_relay.errors import ListenError
 from mss_relay.front.milter import listen_milter
 from mss_relay.front.session import ClientSession
@@ -324,6 +325,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     sessions: set[ClientSession] = shared.sessions
     maintenance: asyncio.Task[None] | None = None
     whitelist: asyncio.Task[None] | None = None
+    annuaire: asyncio.Task[None] | None = None
     workers: Workers | None = None
     orphaned: asyncio.Task[None] | None = None
     try:
@@ -363,6 +365,10 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
                 worker,
             )
         )
+        # The Annuaire Santé's current import, in memory (every worker).
+        annuaire = loop.create_task(
+            follow_directory(directory, lambda: runtime.config.directory.mode, log)
+        )
         if worker == 0:
             print(
                 f"mss-relay {__version__}: listening on "
@@ -394,6 +400,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         if maintenance is not None:
             maintenance.cancel()
         whitelist.cancel()
+        annuaire.cancel()
         for server in servers:
             server.close()  # no new connections
         # Each worker drains its own transactions, at the same time.
@@ -407,6 +414,8 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
             orphaned.cancel()
         if whitelist is not None:
             whitelist.cancel()
+        if annuaire is not None:
+            annuaire.cancel()
         if workers is not None and not workers.stopping:
             await workers.stop()  # worker 0 failed: the others must not go on alone
         for server in servers:

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mss_relay import __version__
 from mss_relay.config import ConfigError, DkimAlgorithm, load_config
@@ -190,7 +191,6 @@ def _whitelist_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _whitelist(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from mss_relay.trust import source
     from mss_relay.trust.whitelist import InvalidWhitelist
@@ -452,6 +452,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _directory_in_force(socket: Path) -> None:
+    """A running relay loads the new import at once (else within a second or
+    two, by itself): the import's exit means it is in force."""
+    from mss_relay import control
+
+    try:
+        reply = control.ask(socket, "directory")
+    except control.NotRunning:
+        return  # no relay running: it loads the import when it starts
+    if reply.get("ok"):
+        print(f"mss-relay: in force in the running relay ({reply.get('processes', 1)} process(es))")
+    else:
+        print(f"mss-relay: the running relay: {reply.get('error')}", file=sys.stderr)
+
+
 def _directory(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -460,10 +475,12 @@ def _directory(args: argparse.Namespace) -> int:
 
     path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
     try:
-        database = load_config(path).database
+        config = load_config(path)
+        database = config.database
         if args.action == "import":
             imported = directory.import_extraction(Path(args.file), database)
             print("mss-relay: directory imported: " + "\n".join(imported.lines()))
+            _directory_in_force(config.control.socket)
             return 0
         if args.action == "search":
             found = asyncio.run(directory.search(database, " ".join(args.text)))

@@ -1,7 +1,8 @@
 """The local control socket: « mss-relay reload » and « mss-relay unlock ».
 
 A tiny line protocol on a Unix socket (control.socket, mode 600): one command
-per connection (« reload », « unlock WHAT », « reopen »), one JSON object in
+per connection (« reload », « unlock WHAT », « reopen », « directory »: load
+the Annuaire Santé's current import now), one JSON object in
 reply. Worker 0 serves it; with workers: N, each other worker serves a private
 socket of its own beside it (« control.socket.K », mode 600 too) on which
 worker 0 passes every command on, so that a reload or an unlock reaches all
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from mss_relay.config import ConfigError, load_config
+from mss_relay.directory_follower import load_current
 from mss_relay.runtime import ReloadFailed, Runtime
 
 # How long a command may take (a reload reads files and loads keys): the
@@ -78,6 +80,13 @@ class Control:
             lifted = self.runtime.shared.auth_guard.unlock(argument)
             self.runtime.shared.log.info("unlocked", key=argument, lifted=lifted)
             return {"ok": True, "key": argument, "lifted": lifted}
+        if command == "directory":
+            shared = self.runtime.shared
+            if shared.directory is None:
+                return {"ok": False, "error": "no directory store"}
+            return await load_current(
+                shared.directory, self.runtime.config.directory.mode, shared.log
+            )
         self.runtime.reopen_log()
         return {"ok": True}
 
@@ -85,7 +94,9 @@ class Control:
         """One command line: in this process, then (worker 0) in the others."""
         command, _, argument = line.strip().partition(" ")
         argument = argument.strip()
-        if command not in ("reload", "unlock", "reopen") or (command == "unlock") != bool(argument):
+        if command not in ("reload", "unlock", "reopen", "directory") or (
+            command == "unlock"
+        ) != bool(argument):
             return {"ok": False, "error": f"unknown command: {line.strip()[:40]!r}"}
         reply = await self._local(command, argument)
         if not reply["ok"] or not self.others:

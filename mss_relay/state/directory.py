@@ -6,8 +6,10 @@ each its own short transaction (the relay's conversation writes are never
 held behind the whole load), then makes it current in one transaction: a
 reader sees the previous import or the new one, never a mix, and an import
 that fails half-way leaves the previous one current (its rows are removed by
-the next import). The RCPT look-up is one indexed point query on
-(generation, address): its cost does not grow with the number of rows.
+the next import). Each worker holds the current import's addresses in
+memory for the RCPT look-up (directory_index.py: a bisection, no I/O); until
+it is loaded, the look-up is one indexed point query on (generation,
+address). Neither cost grows much with the number of rows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiosqlite
 
 from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.state.database import connect
+from mss_relay.state.directory_index import AddressIndex, load_index
 
 # The entry's columns, in the order of Entry (search last).
 ENTRY_COLUMNS = (
@@ -83,9 +86,13 @@ class DirectoryStore:
     """Reads, through one read-only connection of its own (WAL: never waits
     for a writer)."""
 
-    def __init__(self, reader: aiosqlite.Connection) -> None:
+    def __init__(self, reader: aiosqlite.Connection, path: Path) -> None:
         self._reader = reader
         self._lock = asyncio.Lock()
+        self._path = path
+        # The current import in memory (directory_index.py), once loaded:
+        # until then, and when none was ever imported, the database answers.
+        self._index: AddressIndex | None = None
 
     @classmethod
     async def open(cls, path: Path, busy_timeout: float = 10.0) -> DirectoryStore:
@@ -96,7 +103,7 @@ class DirectoryStore:
         except BaseException:
             await reader.close()
             raise
-        return cls(reader)
+        return cls(reader, path)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -118,9 +125,39 @@ class DirectoryStore:
             raise NotImported("no Annuaire Santé extraction imported")
         return bool(listed)
 
+    @property
+    def index(self) -> AddressIndex | None:
+        return self._index
+
+    async def refresh(self) -> AddressIndex | None:
+        """Load the current import into memory when it is not the one held
+        (a new import, or none held yet). Returns the index newly loaded,
+        None when nothing changed. sqlite3.Error and OSError go to the
+        caller; the index held stays."""
+        rows = await self._all("SELECT generation FROM directory_imports WHERE status = 'current'")
+        held = self._index
+        if not rows:
+            self._index = None  # the database says « never imported »
+            return None
+        if held is not None and held.generation == rows[0][0]:
+            return None
+        index = await asyncio.to_thread(load_index, self._path)
+        self._index = index
+        return index
+
+    def forget(self) -> None:
+        """directory.mode off: the memory back."""
+        self._index = None
+
     async def answer(self, address: str, within: float) -> DirectoryAnswer:
         """The RCPT fact: listed or not, or why the database could not say
-        within `within` seconds (the policy tempfails it: fail closed)."""
+        within `within` seconds (the policy tempfails it: fail closed).
+        From memory once the current import is loaded (no I/O, no wait);
+        the index held is a copy of what the database said, kept while the
+        database cannot be read."""
+        index = self._index
+        if index is not None:
+            return DirectoryAnswer(address in index)
         try:
             async with asyncio.timeout(within):
                 return DirectoryAnswer(await self.listed(address))

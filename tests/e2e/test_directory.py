@@ -93,6 +93,9 @@ def test_never_imported_is_451_then_refuse_and_not_looked_up(
     assert done.returncode == 0, done.stderr
     assert "5 rows, 4 distinct addresses, 1 duplicate rows, 2 lines skipped" in done.stdout
     assert "Type de BAL 'APP'" in done.stdout and "3 columns instead of 31" in done.stdout
+    # The running relay loaded it before the command returned (control socket).
+    assert "mss-relay: in force in the running relay (1 process(es))" in done.stdout
+    assert stack.relay.wait_event("directory_loaded")[0]["addresses"] == 4
 
     code, _ = rcpt(stack, LISTED.upper())  # case-insensitive, as every address here
     assert code == 250
