@@ -6,8 +6,6 @@ liste blanche, a BAL outside mssante.fr that the list names
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +32,7 @@ def unlisted_warnings(relay: Relay, count: int = 0) -> list[dict[str, Any]]:
 
 def update(relay: Relay, path: Path, data: bytes) -> None:
     path.write_bytes(data)
-    command = ["whitelist", "update", "--from", str(path), "--force"]
-    done = subprocess.run(
-        [sys.executable, "-m", "mss_relay", *command, "--config", str(relay.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = relay.cli("whitelist", "update", "--from", str(path), "--force")
     assert done.returncode == 0, done.stderr
 
 
@@ -97,13 +88,7 @@ def test_unlisted_bal_domain_warned_at_start_and_for_each_new_list_apicrypt_bal_
         reloads = len(relay.events("whitelist_reloaded"))
         update(relay, tmp_path / "published.xml", with_domains(["ch-nouveau.mssante.fr"]))
         assert relay.wait_event("whitelist_reloaded", reloads + 2, timeout=15)
-        done = subprocess.run(
-            [sys.executable, "-m", "mss_relay", "reload", "--config", str(relay.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = relay.cli("reload")
         assert done.returncode == 0, done.stderr
         assert relay.wait_event("reloaded", 2)
         assert len(unlisted_warnings(relay)) == 2
