@@ -360,7 +360,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
             keep_current(
                 lambda: runtime.config.trust_space,
                 lambda: runtime.generation.prepared.whitelist,
-                [bal.address for bal in config.bals],
+                lambda: [bal.address for bal in runtime.config.bals],
                 log,
                 worker,
             )

@@ -651,8 +651,15 @@ class _File:
             local, domain = split_address(address)
             if not local or not domain or " " in address:
                 raise ConfigError(path, f"{address!r} is not an e-mail address")
-            if not in_trust_space(domain):
-                raise ConfigError(path, f"{address} is not an MSSanté address (*.mssante.fr)")
+            if self.trust_space.whitelist is None:
+                if not in_trust_space(domain):
+                    raise ConfigError(path, f"{address} is not an MSSanté address (*.mssante.fr)")
+            # With the liste blanche, the trust space is what it lists, and a
+            # structure may be in it outside mssante.fr (mssante.apicrypt.org):
+            # an unlisted BAL domain is a warning at start (trust.watcher), not
+            # an error, since a new domain takes days to be published.
+            elif len(labels := domain.removesuffix(".").split(".")) < 2 or not all(labels):
+                raise ConfigError(path, f"{address!r} is not an e-mail address")
             normalized = normalize_address(address)
             if normalized in seen:
                 raise ConfigError(path, f"duplicate BAL {address} (already {seen[normalized]})")

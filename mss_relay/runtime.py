@@ -43,7 +43,7 @@ from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
 from mss_relay.tls import inbound_context, server_context
-from mss_relay.trust.watcher import WhitelistView
+from mss_relay.trust.watcher import WhitelistView, warn_unlisted_bals
 from mss_relay.trust.whitelist import InvalidWhitelist
 from mss_relay.verification import Verifier, dns_lookup, file_lookup, load_answers
 
@@ -493,6 +493,9 @@ class Runtime:
             if self.worker == 0:
                 for warning in config.warnings:
                     log.warning("config_warning", message=warning)
+                listed = built.prepared.whitelist
+                if listed is not None:  # the BALs of the new configuration
+                    warn_unlisted_bals((b.address for b in config.bals), listed.current, log)
             log.info("reloaded", changed=changed, restart_required=built.restart_required)
             return Reloaded(changed, built.restart_required)
 

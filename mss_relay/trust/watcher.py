@@ -79,6 +79,26 @@ def bal_domains(addresses: Iterable[str]) -> list[str]:
     return sorted({domain_of(a) for a in addresses})
 
 
+def warn_unlisted_bals(
+    bals: Iterable[str], whitelist: Whitelist, log: FilteringBoundLogger
+) -> list[str]:
+    """The structure's own BAL domains not in the list: a warning, not an
+    error (a new domain takes days to be published by the ANS). Said at
+    start, and again for each new list (or configuration) while one is
+    missing, so the operator sees when the ANS has published it."""
+    missing = unlisted(bal_domains(bals), whitelist)
+    if missing:
+        log.warning(
+            "config_warning",
+            message="trust_space.whitelist: the BAL domain(s) "
+            + ", ".join(missing)
+            + " are not in the liste blanche (mail from them may be refused"
+            " by other operators until the ANS publishes them)",
+            domains=missing,
+        )
+    return missing
+
+
 def warn_if_stale(
     whitelist: Whitelist, max_age: float, log: FilteringBoundLogger, now: datetime | None = None
 ) -> bool:
@@ -112,10 +132,11 @@ async def follow(
     view: Callable[[], WhitelistView | None],
     log: FilteringBoundLogger,
     interval: float = CHECK_INTERVAL,
+    loaded: Callable[[Whitelist], object] | None = None,
 ) -> None:
     """Every interval, for ever: a changed file parsed off the event loop and
-    swapped in (whitelist_reloaded); one that does not parse is logged once
-    (whitelist_invalid) and the list in force kept."""
+    swapped in (whitelist_reloaded, then loaded(new list)); one that does not
+    parse is logged once (whitelist_invalid) and the list in force kept."""
     while True:
         await asyncio.sleep(interval)
         current = view()
@@ -130,6 +151,8 @@ async def follow(
             current.current, current.seen = found
             current.failed = None
             log_loaded(log, "whitelist_reloaded", found[0], current.path)
+            if loaded is not None:
+                loaded(found[0])
 
 
 async def refresh(
@@ -171,26 +194,22 @@ async def refresh(
 async def keep_current(
     settings: Callable[[], TrustSpaceConfig],
     view: Callable[[], WhitelistView | None],
-    bals: Iterable[str],
+    bals: Callable[[], Iterable[str]],
     log: FilteringBoundLogger,
     worker: int,
 ) -> None:
-    """A worker's part, for ever: worker 0 says at start what is wrong with
-    the list (stale, the structure's own BAL domains not in it) and refreshes
-    it; every worker follows the file."""
+    """A worker's part, for ever: worker 0 says what is wrong with the list
+    (stale, the structure's own BAL domains (those of the configuration in
+    force) not in it) at start and for each new list, and refreshes it;
+    every worker follows the file."""
     current = view()
-    tasks = [follow(view, log)]
-    if worker == 0:
-        if current is not None:
-            missing = unlisted(bal_domains(bals), current.current)
-            if missing:
-                log.warning(
-                    "config_warning",
-                    message="trust_space.whitelist: the BAL domain(s) "
-                    + ", ".join(missing)
-                    + " are not in the liste blanche (mail from them may be refused"
-                    " by other operators until the ANS publishes them)",
-                )
-            warn_if_stale(current.current, settings().max_age, log)
-        tasks.append(refresh(settings, view, log))
-    await asyncio.gather(*tasks)
+    if worker != 0:
+        await follow(view, log)
+        return
+    if current is not None:
+        warn_unlisted_bals(bals(), current.current, log)
+        warn_if_stale(current.current, settings().max_age, log)
+    await asyncio.gather(
+        follow(view, log, loaded=lambda new: warn_unlisted_bals(bals(), new, log)),
+        refresh(settings, view, log),
+    )

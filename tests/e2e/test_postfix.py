@@ -4,6 +4,7 @@ Postfix's main.cf milter lines are the ones docs/milter.md documents."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import smtplib
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -80,16 +82,17 @@ def needs_postfix() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, pki: Pki, password_hashes: dict[str, str]
+@contextlib.contextmanager
+def gateway_for(
+    tmp: Path, pki: Pki, password_hashes: dict[str, str], **overrides: Any
 ) -> Iterator[Gateway]:
+    """The relay (its configuration: base_config and overrides) behind a
+    Postfix configured as docs/milter.md says."""
     needs_postfix()
-    tmp = tmp_path_factory.mktemp("gateway")
     upstream = Upstream(tmp)
     upstream.start()
     key, txt = keygen_cli(tmp, DOMAIN, "mss2026")
-    config = base_config(pki, password_hashes, upstream.port)
+    config = base_config(pki, password_hashes, upstream.port, **overrides)
     milter_port = free_port()
     config["listeners"].append({"name": "milter", "role": "milter", "port": milter_port})
     config["dkim"] = [{"domain": DOMAIN, "selector": "mss2026", "private_key": str(key)}]
@@ -112,6 +115,14 @@ def gateway(
         postfix.stop()
         relay.stop()
         upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, password_hashes: dict[str, str]
+) -> Iterator[Gateway]:
+    with gateway_for(tmp_path_factory.mktemp("gateway"), pki, password_hashes) as gateway:
+        yield gateway
 
 
 def submission_reply(gateway: Gateway, recipient: str) -> tuple[int, bytes]:

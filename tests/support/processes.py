@@ -176,6 +176,16 @@ class Relay:
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         return self.process.stop(sig)
 
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """« mss-relay ARGS --config » this relay's file (reload, directory, whitelist)."""
+        return subprocess.run(
+            [sys.executable, "-m", "mss_relay", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def log_text(self) -> str:
         """The log's whole lines. A reader may catch the writer thread in the
         middle of its write(2) (Linux lets read(2) see part of a write to a

@@ -740,6 +740,30 @@ CASES: list[tuple[str, Change, str]] = [
         "bals[0].address: jean@gmail.com is not an MSSanté address (*.mssante.fr)",
     ),
     (
+        # Without a liste blanche, the trust space is still « ends in mssante.fr ».
+        "bal-address-apicrypt-without-whitelist",
+        put("bals", 0, "address", value="jean@mssante.apicrypt.org"),
+        "bals[0].address: jean@mssante.apicrypt.org is not an MSSanté address (*.mssante.fr)",
+    ),
+    (
+        # With one, any domain may be configured (unlisted: a warning at
+        # start), but it must still be a domain name.
+        "bal-address-whitelist-not-a-domain",
+        both(
+            put("trust_space", value={"whitelist": "l.xml"}),
+            put("bals", 0, "address", value="jean@localhost"),
+        ),
+        "bals[0].address: 'jean@localhost' is not an e-mail address",
+    ),
+    (
+        "bal-address-whitelist-empty-label",
+        both(
+            put("trust_space", value={"whitelist": "l.xml"}),
+            put("bals", 0, "address", value="jean@mssante..apicrypt.org"),
+        ),
+        "bals[0].address: 'jean@mssante..apicrypt.org' is not an e-mail address",
+    ),
+    (
         "bal-address-not-address",
         put("bals", 0, "address", value="jean.dupont"),
         "bals[0].address: 'jean.dupont' is not an e-mail address",
@@ -1094,6 +1118,18 @@ def test_file_level_errors_name_the_file(tmp_path: Path) -> None:
         f"{tmp_path}/unclosed.yaml: not valid YAML: expected ',' or ']', but got"
         " '<stream end>' (line 2, column 1)"
     )
+
+
+def test_with_a_whitelist_a_bal_may_be_outside_mssante_fr(base: Path) -> None:
+    """Issue 16: the trust space is the liste blanche, which lists domains
+    such as mssante.apicrypt.org; whether it lists the BAL's is said at start."""
+    config = good()
+    config["trust_space"] = {"whitelist": "l.xml"}
+    config["bals"][0]["address"] = "Jean@MSSANTE.apicrypt.org."
+    config["bals"].append({"address": "accueil@gmail.com", "type": "organisationnelle"})
+    loaded = parse_config(config, base / "relay.yaml")
+    assert [b.address for b in loaded.bals] == ["Jean@MSSANTE.apicrypt.org.", "accueil@gmail.com"]
+    assert loaded.warnings == ()
 
 
 def test_warnings_are_exact(base: Path) -> None:
