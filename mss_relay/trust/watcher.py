@@ -19,7 +19,7 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.config import TrustSpaceConfig
-from mss_relay.core.addresses import domain_of
+from mss_relay.core.addresses import PATIENT_DOMAIN, domain_of
 from mss_relay.trust import source
 from mss_relay.trust.whitelist import InvalidWhitelist, Whitelist
 
@@ -86,6 +86,14 @@ def warn_unlisted_bals(
     error (a new domain takes days to be published by the ANS). Said at
     start, and again for each new list (or configuration) while one is
     missing, so the operator sees when the ANS has published it."""
+    if PATIENT_DOMAIN not in whitelist:
+        # With the list, the trust space is its domains exactly: patients too.
+        log.warning(
+            "config_warning",
+            message=f"trust_space.whitelist: {PATIENT_DOMAIN} is not in the liste blanche:"
+            " mail to and from patients is refused until a list holds it",
+            domains=[PATIENT_DOMAIN],
+        )
     missing = unlisted(bal_domains(bals), whitelist)
     if missing:
         log.warning(

@@ -19,6 +19,7 @@ ALWAYS = (
     "mssante.apicrypt.org",
     "interop-mssante.apicrypt.org",
     "UC-CMP.mssante.fr",
+    "patient.mssante.fr",  # the patients' domain (Mon espace santé)
 )
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mss_relay.trust.source import removed_share
+from mss_relay.trust.watcher import warn_unlisted_bals
 from mss_relay.trust.whitelist import InvalidWhitelist, normalize_dn, parse_whitelist
 from tests.support.whitelist import entries, whitelist_xml
 
@@ -111,3 +112,22 @@ def test_trust_space_rule_with_a_list(recipient: str, code: int | None) -> None:
     if verdict is not None and verdict.reply is not None:
         assert verdict.reply.enhanced == "5.7.1"
         assert verdict.reply.text == f"<{recipient}> : domaine absent de la liste blanche MSSante"
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = []
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.lines.append((event, fields))
+
+
+def test_a_list_without_the_patients_domain_is_warned_of() -> None:
+    listed = parse_whitelist(whitelist_xml(entries(100, 80, 10)))
+    log = _Log()
+    assert warn_unlisted_bals(["dpi@chu-b.mssante.fr"], listed, log) == []  # type: ignore[arg-type]
+    assert log.lines == []
+    without = [(n, dn) for n, dn in entries(100, 80, 10) if n != "patient.mssante.fr"]
+    warn_unlisted_bals(["dpi@chu-b.mssante.fr"], parse_whitelist(whitelist_xml(without)), log)  # type: ignore[arg-type]
+    assert [fields["domains"] for _, fields in log.lines] == [["patient.mssante.fr"]]
+    assert "mail to and from patients is refused" in str(log.lines[0][1]["message"])
