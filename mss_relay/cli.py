@@ -161,6 +161,11 @@ def _directory_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     load = actions.add_parser("import", help="load an Extraction_Correspondance_MSSante")
     _config_option(load)
     load.add_argument("file", metavar="FILE.zip|FILE.txt")
+    load.add_argument(
+        "--force",
+        action="store_true",
+        help="import even if it removes more than 20%% of the current import's addresses",
+    )
     find = actions.add_parser("search", help="BALs by name, first name, structure, address")
     _config_option(find)
     find.add_argument("text", metavar="TEXT", nargs="+")
@@ -478,7 +483,7 @@ def _directory(args: argparse.Namespace) -> int:
         config = load_config(path)
         database = config.database
         if args.action == "import":
-            imported = directory.import_extraction(Path(args.file), database)
+            imported = directory.import_extraction(Path(args.file), database, force=args.force)
             print("mss-relay: directory imported: " + "\n".join(imported.lines()))
             _directory_in_force(config.control.socket)
             return 0

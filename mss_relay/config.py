@@ -481,6 +481,11 @@ def _accepted(raw: object, where: Where) -> frozenset[str]:
     names = [v.strip() for v in items if isinstance(v, str) and v.strip()]
     if len(names) < len(items):
         where.fail("must be a list of addresses or domains")
+    for name in names:
+        local, at, domain = name.rpartition("@")
+        labels = domain.removesuffix(".").split(".")
+        if (at and not local) or " " in name or "@" in local or len(labels) < 2 or not all(labels):
+            where.fail(f"{name!r} is neither an address nor a domain")
     return frozenset(normalize_address(n) if "@" in n else normalize_domain(n) for n in names)
 
 

@@ -27,6 +27,9 @@ from mss_relay.state.database import connect, mark, refuse_lost
 from mss_relay.state.directory import ENTRY_COLUMNS, DirectoryLoader, DirectoryStore, Entry
 
 BATCH = 5000  # rows per executemany and transaction
+# The share of the current import's addresses an import may remove without
+# --force (as for the liste blanche: a cut or wrong file is no new Annuaire).
+MAX_SHRINK = 0.20
 KINDS = frozenset({"PER", "ORG"})  # applicative (APP) BALs are not in the extraction
 
 # Entry's fields (state/directory.py, search apart) -> the header naming it.
@@ -183,9 +186,14 @@ async def _prepare(database: Path) -> None:
     await asyncio.to_thread(mark, database)
 
 
-def import_extraction(path: Path, database: Path, batch: int = BATCH) -> Imported:
+def import_extraction(
+    path: Path, database: Path, batch: int = BATCH, *, force: bool = False
+) -> Imported:
     """Load the extraction as a new generation, then make it current; on any
-    error the previous import stays current. Blocking (the command line)."""
+    error the previous import stays current. An extraction that would remove
+    more than MAX_SHRINK of the current import's addresses is refused (a
+    truncated download, a wrong file: with mode refuse, every recipient
+    left out would get 550) unless force. Blocking (the command line)."""
     asyncio.run(_prepare(database))
     loader = DirectoryLoader(database)
     try:
@@ -202,6 +210,13 @@ def import_extraction(path: Path, database: Path, batch: int = BATCH) -> Importe
         if not reading.rows:
             raise ExtractionError(f"{path}: no row to import (the previous import is kept)")
         count, addresses = loader.counts()
+        previous = loader.current_addresses()
+        if not force and previous and addresses < previous * (1 - MAX_SHRINK):
+            raise ExtractionError(
+                f"{path}: {addresses} distinct addresses where the current import has"
+                f" {previous} (would remove {1 - addresses / previous:.0%}; more than"
+                f" {MAX_SHRINK:.0%} needs --force): the previous import is kept"
+            )
         removed = loader.finish(count, addresses)
         return Imported(count, addresses, reading.skipped, removed)
     except BaseException:

@@ -14,6 +14,7 @@ from mss_relay.core.reply import (
     DSN_ENVID_TOO_LONG,
     DSN_NOTIFY_INVALID,
     DSN_ORCPT_INVALID,
+    DSN_ORCPT_TOO_LONG,
     DSN_RET_INVALID,
     Reply,
     dsn_repeated,
@@ -31,6 +32,9 @@ _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _NOTIFY_EVENTS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 # RFC 3461 §4.4.
 ENVID_LIMIT = 100
+# RFC 3461 §4.2: an original recipient address of 500 characters at most
+# (the xtext checked here, a bound on what is passed on either way).
+ORCPT_LIMIT = 500
 
 # The transaction line's `dsn` field, for a transaction that had DSN parameters.
 PASSED = "passed"
@@ -116,6 +120,8 @@ def split_dsn(words: Sequence[str], keywords: Sequence[str]) -> DsnSplit | Verdi
             return _refused(reply, f"{keyword} value is not RFC 3461 syntax")
         if keyword == "ENVID" and len(value) > ENVID_LIMIT:
             return _refused(DSN_ENVID_TOO_LONG, f"ENVID of {len(value)} characters")
+        if keyword == "ORCPT" and len(value) > ORCPT_LIMIT:
+            return _refused(DSN_ORCPT_TOO_LONG, f"ORCPT of {len(value)} characters")
         dsn.append(f"{keyword}={value}")
     return DsnSplit(tuple(dsn), tuple(others))
 

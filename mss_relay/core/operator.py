@@ -41,16 +41,17 @@ Rdn = Sequence[tuple[str, str]]
 def normalize_dn(dn: str) -> str:
     """An operator certificate's subject DN in the form DNs are compared in:
     the spacing around commas and « = » dropped, attribute names in upper
-    case; values kept as written (case and inner spaces matter) and the
-    attributes in the order written (the liste blanche writes them as the
-    certificate does)."""
+    case, each run of white space inside a value (a line break: the
+    liste blanche has values written over two lines) one space; values
+    otherwise kept as written (case matters) and the attributes in the
+    order written (the liste blanche writes them as the certificate does)."""
     parts = []
     for rdn in _RDN_SEPARATOR.split(dn.strip()):
         name, equals, value = rdn.partition("=")
         if not equals:
             parts.append(rdn.strip())
             continue
-        parts.append(f"{name.strip().upper()}={value.strip()}")
+        parts.append(f"{name.strip().upper()}={' '.join(value.split())}")
     return ",".join(parts)
 
 

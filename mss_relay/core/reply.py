@@ -103,6 +103,7 @@ DSN_ENVID_INVALID = Reply(
 )
 # RFC 3461 §4.4: an ENVID is at most 100 characters.
 DSN_ENVID_TOO_LONG = Reply(501, "5.5.4", "Paramètre ENVID trop long : 100 caractères au plus")
+DSN_ORCPT_TOO_LONG = Reply(501, "5.5.4", "Paramètre ORCPT trop long : 500 caractères au plus")
 DSN_NOTIFY_INVALID = Reply(
     501,
     "5.5.4",

@@ -46,6 +46,16 @@ from mss_relay.front.smtp_setup import Introspection, aiosmtpd_init
 if TYPE_CHECKING:
     from mss_relay.front.smtp import RelayHandler
 
+
+def _path_of(arg: str) -> str:
+    """The path of a MAIL or RCPT argument, without its parameters (the log's
+    sender or recipient field)."""
+    path = arg.partition(":")[2].strip()
+    if path.startswith("<") and ">" in path:
+        return path[: path.index(">") + 1]
+    return path.split(" ", 1)[0]
+
+
 # DATA is read by chunks of up to this many octets.
 _DATA_CHUNK = 1 << 18
 
@@ -405,8 +415,7 @@ class RelaySMTP(SMTP):
         if command == "RCPT" and not (self.envelope and self.envelope.mail_from):
             return False  # aiosmtpd's 503: no MAIL yet
         what = "sender" if command == "MAIL" else "recipient"
-        path = printable(arg.partition(":")[2].strip())
-        self.relay.decision(command.lower(), verdict, **{what: path})
+        self.relay.decision(command.lower(), verdict, **{what: printable(_path_of(arg))})
         await self.push(str(verdict.reply))
         return True
 

@@ -262,6 +262,13 @@ class DirectoryLoader:
         ).fetchone()
         return int(rows), int(addresses)
 
+    def current_addresses(self) -> int:
+        """The distinct addresses of the import in force (0: none)."""
+        row = self._db.execute(
+            "SELECT addresses FROM directory_imports WHERE status = 'current'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def finish(self, rows: int, addresses: int) -> int:
         """The swap, one transaction; then the previous generations' rows
         removed in short transactions. Returns the rows removed."""

@@ -205,6 +205,33 @@ def test_bad_file_is_one_line_and_keeps_the_previous_import(
     assert mss_relay(config, "show", LISTED).returncode == 0  # the previous import is current
 
 
+def test_an_import_removing_over_a_fifth_needs_force(
+    directory_stack: Stack, tmp_path: Path
+) -> None:
+    stack = directory_stack
+    config = stack.relay.config_path
+    big = [*BALS[:1], *generated(99, duplicates_every=0)]
+    last = big[-1].address
+    assert mss_relay(config, "import", str(write(tmp_path / "big.txt", big))).returncode == 0
+    small = write(tmp_path / "small.txt", big[:70])  # a cut download: 30 % of the BALs gone
+    done = mss_relay(config, "import", str(small))
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"mss-relay: directory import: {small}: 70 distinct addresses where the current"
+        " import has 100 (would remove 30%; more than 20% needs --force): the previous"
+        " import is kept\n"
+    )
+    rcpt(stack, last)  # the previous import still in force
+    assert decision(stack, last)["directory"] == "listed"
+    done = mss_relay(config, "import", "--force", str(small))
+    assert done.returncode == 0, done.stderr
+    rcpt(stack, last)
+    both = stack.relay.wait_event(
+        "decision", count=2, where=lambda e: e.get("stage") == "rcpt" and e.get("recipient") == last
+    )
+    assert [e["directory"] for e in both] == ["listed", "unlisted"]
+
+
 def test_import_of_a_large_generated_extraction(directory_stack: Stack, tmp_path: Path) -> None:
     """600,000 rows are measured in bench/directory_cost.py; 60,000 here."""
     config = directory_stack.relay.config_path

@@ -145,6 +145,9 @@ def test_bad_dsn_parameters_are_501_5_5_4(
     assert [e["event"] for e in after[len(before) :]] == ["MAIL", "RCPT"]
     refused = dsn_stack.relay.wait_event("decision", where=lambda e: e["rule"] == "dsn_syntax")
     assert refused[-1]["reply"].startswith("501 5.5.4")
+    # The log names the path alone, not the parameters refused with it.
+    paths = {e.get("sender") or e.get("recipient") for e in refused}
+    assert paths <= {f"<{SENDER}>", f"<{DEST}>"}, paths
 
 
 def test_bad_dsn_parameter_before_mail_is_aiosmtpd_503(dsn_stack: Stack) -> None:

@@ -1068,6 +1068,16 @@ CASES: list[tuple[str, Change, str]] = [
         "directory.also_accept: must be a list of addresses or domains",
     ),
     (
+        "directory-also-accept-not-an-address",
+        put("directory", "also_accept", value=["x.fr", "not an address@@"]),
+        "directory.also_accept: 'not an address@@' is neither an address nor a domain",
+    ),
+    (
+        "directory-also-accept-one-label",
+        put("directory", "also_accept", value=["localhost"]),
+        "directory.also_accept: 'localhost' is neither an address nor a domain",
+    ),
+    (
         "directory-unknown",
         put("directory", "mod", value="warn"),
         "directory.mod: unknown key (expected one of: also_accept, mode)",

@@ -87,6 +87,7 @@ def test_split(words: list[str], keywords: tuple[str, ...], expected: DsnSplit) 
         (["ORCPT=rfc822;"], RCPT_KEYWORDS, "ORCPT invalide"),
         (["ORCPT=rfc 822;a"], RCPT_KEYWORDS, "ORCPT invalide"),
         (["ORCPT=rfc822;a", "ORCPT=rfc822;b"], RCPT_KEYWORDS, "ORCPT répété"),
+        (["ORCPT=rfc822;" + "a" * 494], RCPT_KEYWORDS, "ORCPT trop long"),
     ],
 )
 def test_refusals(words: list[str], keywords: tuple[str, ...], text: str) -> None:

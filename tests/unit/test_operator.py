@@ -44,6 +44,8 @@ LISTED = parse_whitelist(
         ("cn = a,o=b", "CN=a,O=b"),
         ("CN=a\\, b,O=c", "CN=a\\, b,O=c"),  # an escaped comma is in the value
         ("CN=a,\n    O=b", "CN=a,O=b"),  # a value over two lines in the file
+        ("CN=op2,O=Opérateur\n Deux,C=FR", "CN=op2,O=Opérateur Deux,C=FR"),  # a line break inside
+        ("CN=a,O=b \t  c", "CN=a,O=b c"),
     ],
 )
 def test_normalize_dn_drops_spacing_and_name_case_only(written: str, normal: str) -> None:

@@ -11,11 +11,12 @@ from mss_relay.core.verdict import Verdict
 
 def listed_in_directory(facts: RcptFacts, mode: DirectoryMode) -> Verdict | None:
     """None when not looked up (mode off, a patient, also_accept), listed,
-    or unlisted with mode warn (the session logs `directory: unlisted`).
-    Fail closed: a database that cannot answer is a 451, in warn mode too,
-    never an unchecked accept."""
+    or with mode warn (the session logs `directory: unlisted` or
+    `unavailable`): warn never refuses, so an answer missing changes
+    nothing. Fail closed with refuse: a database that cannot answer is a
+    451, never an unchecked accept."""
     answer = facts.directory
-    if answer is None or mode is DirectoryMode.OFF:
+    if answer is None or mode is not DirectoryMode.REFUSE:
         return None
     if answer.listed is None:
         return Verdict.tempfail(
@@ -23,7 +24,7 @@ def listed_in_directory(facts: RcptFacts, mode: DirectoryMode) -> Verdict | None
             rule="directory",
             reason=f"directory unavailable ({answer.unavailable})",
         )
-    if answer.listed or mode is DirectoryMode.WARN:
+    if answer.listed:
         return None
     return Verdict.reject(
         NOT_IN_DIRECTORY.with_text(f"<{facts.recipient}> : adresse absente de l'Annuaire Santé"),
