@@ -142,6 +142,13 @@ def test_warn_accepts_and_logs_unlisted(directory_stack: Stack, tmp_path: Path) 
     finally:
         config["directory"] = {"mode": "refuse"}
         stack.relay.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        # In force again for the tests that follow on this relay.
+        subprocess.run(
+            [sys.executable, "-m", "mss_relay", "reload", "--config", str(stack.relay.config_path)],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
 
 
 def test_search_with_and_without_accents_and_show(directory_stack: Stack, tmp_path: Path) -> None:
