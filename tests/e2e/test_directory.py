@@ -248,5 +248,6 @@ def test_import_of_a_large_generated_extraction(directory_stack: Stack, tmp_path
     assert (
         "60001 rows, 58802 distinct addresses, 1199 duplicate rows, 0 lines skipped" in done.stdout
     )
-    code, _ = rcpt(directory_stack, "bal59999@hopital-35.mssante.fr")
+    code, _ = rcpt(directory_stack, "bal59999@hopital-53.mssante.fr")  # the last row
     assert code == 250
+    assert decision(directory_stack, "bal59999@hopital-53.mssante.fr")["directory"] == "listed"
