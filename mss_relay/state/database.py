@@ -110,6 +110,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX directory_entries_address
             ON directory_entries (generation, address)""",
     ),
+    # 4: patients stored by pseudonym (mss_relay/pseudonym.py): the check of
+    # the key that made them. Rows of older versions, with INS in clear, are
+    # rewritten by the relay itself when it opens the conversations (the
+    # hash needs the key, which no SQL statement here has).
+    (
+        """CREATE TABLE pseudonym_key (
+            fingerprint TEXT NOT NULL,
+            set_at TEXT NOT NULL
+        )""",
+    ),
 )
 
 
