@@ -176,6 +176,9 @@ async def connect(path: Path, busy_timeout: float = 10.0) -> aiosqlite.Connectio
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = FULL")  # an accepted change survives power loss
         await db.execute("PRAGMA foreign_keys = ON")
+        # What is deleted or overwritten (a purged conversation, a row rewritten
+        # to a pseudonym) is zeroed in the file, not left in its free space.
+        await db.execute("PRAGMA secure_delete = ON")
         await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         await migrate(db)
     except BaseException:
