@@ -116,6 +116,8 @@ class ConversationStore:
         store = cls(db, reader, path, identity, clock, idle_days, pseudonyms)
         try:
             store.pseudonymized = await store._pseudonymize()
+            if store.pseudonymized:
+                await store._scrub()
         except BaseException:
             await store.close()
             raise
@@ -163,6 +165,16 @@ class ConversationStore:
                 replies,
             )
         return len(clear)
+
+    async def _scrub(self) -> None:
+        """After rows were rewritten: no INS left in the file's bytes. The
+        old values stay in the main file until a checkpoint copies the new
+        pages over them, and an older version (without secure_delete) left
+        those of purged rows in free pages: VACUUM rebuilds the file without
+        them, once, and the checkpoint empties the -wal."""
+        async with self._lock:
+            await self._db.execute("VACUUM")
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def vanished(self) -> str | None:
         """Whether the file at the path is still the one opened: None, or
