@@ -4,6 +4,7 @@ key file, and the state store's rows (by pseudonym, older ones migrated)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import multiprocessing
 import os
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from mss_relay.config import ConfigError
 from mss_relay.core.conversation import Change, Status
+from mss_relay.core.reply import ATTACHMENT_TOO_BIG, with_id
+from mss_relay.front.session import logged_reply
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.pseudonym import KEY_BYTES, Pseudonyms, load_key
 from mss_relay.state.conversations import ConversationStore, KeyMismatch
@@ -190,3 +193,16 @@ def test_an_older_database_is_migrated_to_pseudonyms(tmp_path: Path) -> None:
         if (tmp_path / name).exists():
             raw = (tmp_path / name).read_bytes().upper()
             assert INS1.encode() not in raw and CORSICA.encode() not in raw
+
+
+def test_a_reply_naming_a_file_is_logged_without_the_name() -> None:
+    name = "CR_DUPONT_Jean_2026.pdf"
+    reply = with_id(
+        ATTACHMENT_TOO_BIG.with_text(f"Pièce jointe « {name} » trop volumineuse", (name,)), "ID1"
+    )
+    assert name in str(reply)  # the client's
+    fields = logged_reply(reply)
+    assert fields["reply"] == "552 5.3.4 Pièce jointe [nom masque] trop volumineuse (id ID1)"
+    assert fields["attachment_sha256"] == hashlib.sha256(name.encode()).hexdigest()[:16]
+    assert logged_reply("relay stopping during DATA") == {"reply": "relay stopping during DATA"}
+    assert logged_reply(ATTACHMENT_TOO_BIG) == {"reply": str(ATTACHMENT_TOO_BIG)}
