@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mss_relay.pseudonym import Pseudonyms, load_key
 from mss_relay.state.conversations import ConversationStore
 
 # Not bench.harness's RESULTS: this module is imported by the harness
@@ -31,14 +32,25 @@ def patient(i: int) -> str:
     return f"1{i:012d}00@patient.mssante.fr"
 
 
+def key_beside(path: Path) -> Pseudonyms:
+    """The key where the relay looks by default (beside the database): made
+    here first, the relay then finds the stored pseudonyms under it."""
+    return load_key(path.parent / "pseudonym.key")
+
+
 def populate(path: Path, count: int) -> None:
+    """Patients stored as the relay stores them: by pseudonym."""
+    of = key_beside(path).of
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA synchronous = OFF")
         now = "2026-11-23T00:00:00.000Z"
         db.executemany(
             "INSERT INTO conversations (id, bal, patient, opened_at, opened_by,"
             " last_activity_at) VALUES (?, ?, ?, ?, 'professional', ?)",
-            ((i, f"bal{i % 500}@ch.mssante.fr", patient(i), now, now) for i in range(1, count + 1)),
+            (
+                (i, f"bal{i % 500}@ch.mssante.fr", of(patient(i)), now, now)
+                for i in range(1, count + 1)
+            ),
         )
         db.executemany(
             "INSERT INTO messages (message_id, conversation_id, direction, at)"
@@ -48,7 +60,7 @@ def populate(path: Path, count: int) -> None:
 
 
 async def measure(path: Path, count: int, lookups: int) -> dict[str, float]:
-    store = await ConversationStore.open(path, idle_days=30)
+    store = await ConversationStore.open(path, idle_days=30, pseudonyms=key_beside(path))
     rng = random.Random(42)
     timings = []
     try:
@@ -83,7 +95,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.sizes:
             path = Path(tmp) / f"state-{count}.sqlite3"
-            store = await ConversationStore.open(path)  # creates the schema
+            # Creates the schema.
+            store = await ConversationStore.open(path, pseudonyms=key_beside(path))
             await store.close()
             started = time.perf_counter()
             populate(path, count)

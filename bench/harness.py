@@ -443,10 +443,11 @@ def make_state(path: Path, conversations: int) -> float:
     """The state file, filled as bench/conversation_lookup.py fills it. Returns seconds."""
     from mss_relay.state.conversations import ConversationStore
 
-    from .conversation_lookup import populate
+    from .conversation_lookup import key_beside, populate
 
     async def create() -> None:
-        store = await ConversationStore.open(path)  # the relay's own schema
+        # The relay's own schema, and its key (default place) for populate.
+        store = await ConversationStore.open(path, pseudonyms=key_beside(path))
         await store.close()
 
     started = time.monotonic()

@@ -1,5 +1,10 @@
 """« mss-relay conversations ... »: look at and close patient conversations,
-while the relay runs (SQLite in WAL mode lets both at the file)."""
+while the relay runs (SQLite in WAL mode lets both at the file).
+
+Patients are given by address (or INS, or pseudonym) and shown by pseudonym:
+the store hashes what it is given with the relay's key (mss_relay/pseudonym.py),
+which these commands read but never make (one made by a command run as
+another user than the relay would be the wrong key, or one it cannot read)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from typing import TextIO
 from mss_relay.config import Config, ConfigError
 from mss_relay.core.addresses import normalize_address
 from mss_relay.log import LineWriter, make_logger
-from mss_relay.state.conversations import ConversationRow, ConversationStore
+from mss_relay.pseudonym import for_config
+from mss_relay.state.conversations import ConversationRow, ConversationStore, KeyMismatch
 from mss_relay.state.database import StateLost
 
 _HEADER = ("STATE", "BAL", "PATIENT", "OPENED", "LAST ACTIVITY", "CLOSED", "HOW", "MESSAGES")
@@ -36,10 +42,15 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
 
 
 async def _store(config: Config) -> ConversationStore:
+    pseudonyms = for_config(config, create=False)
     try:
         return await ConversationStore.open(
-            config.database, idle_days=config.conversations.close_after_days
+            config.database,
+            idle_days=config.conversations.close_after_days,
+            pseudonyms=pseudonyms,
         )
+    except KeyMismatch as error:
+        raise ConfigError("log.pseudonym_key_file", str(error)) from None
     except StateLost as error:  # not an empty database in its place, silently
         raise ConfigError("state.database", str(error)) from None
 
@@ -88,8 +99,9 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
         print(f"no open conversation between {bal} and {patient}", file=sys.stderr)
         return 1
     writer = LineWriter(config.log.file)
+    masking = [for_config(config, create=False).mask] if config.log.pseudonymize_patients else []
     try:
-        make_logger(writer).info(
+        make_logger(writer, finish=masking).info(
             "conversation_closed",
             conversation=closed,
             bal=normalize_address(bal),

@@ -14,7 +14,7 @@ from functools import partial
 
 from structlog.typing import FilteringBoundLogger
 
-from mss_relay import __version__
+from mss_relay import __version__, pseudonym
 from mss_relay.config import (
     Config,
     ConfigError,
@@ -36,7 +36,7 @@ from mss_relay.log import LineWriter, make_logger
 from mss_relay.notifier import Notifier
 from mss_relay.runtime import Runtime, Shared, listener_tls, prepare
 from mss_relay.state.activity import ActivityRecorder, ActivityStore
-from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.conversations import ConversationStore, KeyMismatch
 from mss_relay.state.database import StateLost
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.lock import StateLock
@@ -267,8 +267,18 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         )
     except OSError as error:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
+    try:
+        # Made by the first process to start (atomically: workers may race).
+        pseudonyms = pseudonym.for_config(config)
+    except ConfigError:
+        writer.close()
+        raise
     monitoring = Monitoring.open(config, worker)  # before the logger: it counts its events
-    log = make_logger(writer, tap=monitoring.tap if monitoring else None)
+    log = make_logger(
+        writer,
+        tap=monitoring.tap if monitoring else None,
+        finish=[pseudonyms.mask] if config.log.pseudonymize_patients else [],
+    )
     if config.workers > 1:
         log = log.bind(worker=worker)
     try:
@@ -278,7 +288,11 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
             # One write's wait for another process's lock; the reply does
             # not wait for it (Recorder), the writer retries.
             busy_timeout=config.record_timeout,
+            pseudonyms=pseudonyms,
         )
+    except KeyMismatch as error:
+        writer.close()
+        raise ConfigError(pseudonym.KEY_KEY, str(error)) from None
     except StateLost as error:
         log.error("state_lost", database=str(config.database), how="deleted", at="start")
         writer.close()
@@ -286,6 +300,8 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     except (OSError, sqlite3.Error) as error:
         writer.close()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    if store.pseudonymized:
+        log.info("patients_pseudonymized", count=store.pseudonymized)
     try:
         activity = ActivityRecorder(await ActivityStore.open(config.database), log)
     except (OSError, sqlite3.Error) as error:

@@ -72,7 +72,41 @@ def _parser() -> argparse.ArgumentParser:
     _report_parser(commands)
     _directory_parser(commands)
     _whitelist_parser(commands)
+    _audit_pseudonym_parser(_audit_parser(commands))
     return parser
+
+
+def _audit_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    audit = commands.add_parser("audit", help="what an auditor needs to read the log")
+    _config_option(audit)
+    return audit.add_subparsers(dest="action", required=True)
+
+
+def _audit_pseudonym_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pseudonym = actions.add_parser(
+        "pseudonym", help="a patient's pseudonym, as the log and the state show it"
+    )
+    _config_option(pseudonym)
+    pseudonym.add_argument("patient", metavar="ADDRESS_OR_INS")
+
+
+def _audit_pseudonym(args: argparse.Namespace) -> int:
+    """The pseudonym under the relay's key (read, never made): grep the log for it."""
+    from mss_relay.core.addresses import is_patient_address
+    from mss_relay.pseudonym import for_config
+
+    if "@" in args.patient and not is_patient_address(args.patient.strip()):
+        print(f"mss-relay: audit pseudonym: {args.patient} is no patient address", file=sys.stderr)
+        return 2
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        pseudonyms = for_config(load_config(path), create=False)
+    except ConfigError as error:
+        return _config_error(error)
+    print(pseudonyms.of(args.patient))
+    return 0
 
 
 def _control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -528,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _conversations(args)
     if args.command == "directory":
         return _directory(args)
+    if args.command == "audit" and args.action == "pseudonym":
+        return _audit_pseudonym(args)
     if args.command == "serve":
         return _serve(args.config, args.worker)
     if args.command == "check-config":

@@ -406,12 +406,18 @@ class LogConfig:
     # Traceability is a duty: while the log cannot be written, new
     # transactions get 451 4.3.0 (false: mail goes on, reported on stderr).
     required: bool
+    # Patients' INS as keyed pseudonyms (mss_relay/pseudonym.py); false writes
+    # them in clear (not recommended: the log then holds health data).
+    pseudonymize_patients: bool = True
+    pseudonym_key_file: Path | None = None  # None: beside the state database
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Log:
     file: str = "-"  # "-": standard output
     required: bool = True
+    pseudonymize_patients: bool = True
+    pseudonym_key_file: Annotated[Path | None, File()] = None
 
 
 def _domain_sizes(raw: object, where: Where) -> Mapping[str, int]:
@@ -791,6 +797,9 @@ def _runtime(file: _File, path: Path) -> Config:
         log=LogConfig(
             file=None if file.log.file == "-" else (path.parent / file.log.file).resolve(),
             required=file.log.required,
+            pseudonymize_patients=file.log.pseudonymize_patients,
+            pseudonym_key_file=file.log.pseudonym_key_file
+            or file.state.database.parent / "pseudonym.key",
         ),
         record_timeout=file.state.record_timeout,
         dkim=file.dkim,

@@ -7,11 +7,15 @@ them to health professionals; code, logs and documentation stay in English.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+# What the log's copy of a reply shows in place of a file's name (issue 17):
+# the names senders give are patients' names (<date>_<type>_<NOM>_<prénom>.pdf).
+MASKED_NAME = "[nom masque]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +23,9 @@ class Reply:
     code: int
     enhanced: str
     text: str
+    # The file names the text quotes, for the client only: the log's copy
+    # (logged()) shows MASKED_NAME instead. Not part of the reply's identity.
+    names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -36,8 +43,25 @@ class Reply:
     def is_temporary(self) -> bool:
         return 400 <= self.code < 500
 
-    def with_text(self, text: str) -> Reply:
-        return Reply(self.code, self.enhanced, text)
+    def with_text(self, text: str, names: tuple[str, ...] | None = None) -> Reply:
+        """Another text; the names it quotes (by default those of this reply:
+        a text with an id added still quotes them)."""
+        return Reply(self.code, self.enhanced, text, self.names if names is None else names)
+
+    def logged(self) -> str:
+        """The reply as the log writes it: each name it quotes masked."""
+        text = str(self)
+        for name in self.names:
+            if name:
+                text = text.replace(f"« {name} »", MASKED_NAME).replace(name, MASKED_NAME)
+        return text
+
+    def name_digest(self) -> str | None:
+        """A prefix of the SHA-256 of the (first) name quoted, to find the
+        same file in other lines without writing its name; None without one."""
+        if not self.names:
+            return None
+        return hashlib.sha256(self.names[0].encode("utf-8")).hexdigest()[:16]
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"

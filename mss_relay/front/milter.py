@@ -258,7 +258,7 @@ class MilterSession(ClientSession):
         ending = await self.finish(self._message([]))
         queue_id = self.macros.get("i")
         if ending.refusal is not None:
-            await self.settle(ending, "rejected", str(ending.refusal), queue_id=queue_id)
+            await self.settle(ending, "rejected", ending.refusal, queue_id=queue_id)
             self._end_transaction()
             return _reply(str(ending.refusal))
         actions = self._actions(ending)

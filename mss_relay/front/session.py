@@ -52,6 +52,18 @@ def new_id() -> str:
     return secrets.token_hex(6).upper()
 
 
+def logged_reply(reply: str | Reply | None) -> dict[str, str | None]:
+    """A reply's fields in the log: its text with the file names it quotes
+    masked, and the prefix of the first name's SHA-256 (issue 17: the client
+    gets the names, the log never does)."""
+    if not isinstance(reply, Reply):
+        return {"reply": reply}
+    digest = reply.name_digest()
+    if digest is None:
+        return {"reply": reply.logged()}
+    return {"reply": reply.logged(), "attachment_sha256": digest}
+
+
 def printable(text: str, limit: int = 255) -> str:
     return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "_" for c in text)[:limit]
 
@@ -280,14 +292,14 @@ class ClientSession:
             verdict=verdict.action.value,
             rule=verdict.rule,
             reason=verdict.reason,
-            reply=str(verdict.reply) if verdict.reply else None,
+            **logged_reply(verdict.reply),
             **fields,
         )
 
     def outcome(
         self,
         outcome: str,
-        reply: str,
+        reply: str | Reply,
         *,
         content: Fingerprint | None = None,
         info: MessageInfo | None = None,
@@ -312,7 +324,7 @@ class ClientSession:
             outcome=outcome,
             rule=verdict.rule if verdict else None,
             reason=verdict.reason if verdict else None,
-            reply=reply,
+            **logged_reply(reply),
             upstream=upstream,
             duration_ms=round((time.monotonic() - txn.started) * 1000, 1),
             **({"dsn": txn.dsn} if txn.dsn else {}),
@@ -404,7 +416,13 @@ class ClientSession:
         raise NotImplementedError
 
     async def settle(
-        self, ending: Ending, outcome: str, reply: str, *, delivered: bool = False, **extra: Any
+        self,
+        ending: Ending,
+        outcome: str,
+        reply: str | Reply,
+        *,
+        delivered: bool = False,
+        **extra: Any,
     ) -> None:
         """Once the front rendered the ending: the conversation state follows
         a message delivered (or accepted by the milter), never precedes it;

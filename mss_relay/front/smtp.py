@@ -405,7 +405,7 @@ class RelayHandler(ClientSession):
         ending = await self.finish(_take_content(envelope))
         if ending.refusal is not None:
             await self.upstream.reset()
-            await self.settle(ending, "rejected", str(ending.refusal))
+            await self.settle(ending, "rejected", ending.refusal)
             self.txn = None
             return str(ending.refusal)
         result = await self.upstream.data(ending.message, txn.txid)

@@ -7,6 +7,12 @@ transaction: one writes, one reads. With WAL a reader never waits for a
 writer, so a write waiting for another process's lock does not hold the
 look-ups behind it. Every change is one IMMEDIATE transaction: a kill -9
 leaves it whole or absent.
+
+Patients are stored by their pseudonym (mss_relay/pseudonym.py), the same
+string the log shows, never by their INS: every method taking a patient
+address hashes it here, so no caller can look up or write one in clear. A
+database of older versions, whose rows hold INS in clear, is rewritten at
+open (one way), and the key that made its pseudonyms is checked at every open.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ import aiosqlite
 
 from mss_relay.core.conversation import Change, ConversationFacts, Status
 from mss_relay.log import Clock, iso_ms, utc_now
+from mss_relay.pseudonym import Pseudonyms
 from mss_relay.state.database import FileId, connect, file_id, mark, refuse_lost
+
+
+class KeyMismatch(Exception):
+    """The pseudonym key is not the one that made the database's pseudonyms."""
+
 
 MAX_REFERENCES = 50  # the most recent Message-IDs a reply names are enough
 Event = tuple[str, dict[str, Any]]
@@ -63,6 +75,7 @@ class ConversationStore:
         identity: FileId,
         clock: Clock,
         idle_days: int | None,
+        pseudonyms: Pseudonyms,
     ) -> None:
         self._db = db
         self._reader = reader
@@ -72,12 +85,16 @@ class ConversationStore:
         self.idle_days = idle_days  # a reload may change it
         self._lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        self._pseudonyms = pseudonyms
+        # How many rows the opening found with an INS in clear (and rewrote).
+        self.pseudonymized = 0
 
     @classmethod
     async def open(
         cls,
         path: Path,
         *,
+        pseudonyms: Pseudonyms,
         clock: Clock = utc_now,
         idle_days: int | None = None,
         busy_timeout: float = 10.0,
@@ -96,11 +113,68 @@ class ConversationStore:
         except BaseException:
             await db.close()
             raise
-        return cls(db, reader, path, identity, clock, idle_days)
+        store = cls(db, reader, path, identity, clock, idle_days, pseudonyms)
+        try:
+            store.pseudonymized = await store._pseudonymize()
+            if store.pseudonymized:
+                await store._scrub()
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     async def close(self) -> None:
         await self._reader.close()
         await self._db.close()
+
+    async def _pseudonymize(self) -> int:
+        """The key's check, and the rows an older version wrote with INS in
+        clear rewritten to pseudonyms, in one transaction (two processes
+        opening at once: the second finds nothing left to do). A key other
+        than the one that made the stored pseudonyms would find no patient
+        again: refused (KeyMismatch), never silently."""
+        check = self._pseudonyms.check()
+        async with self._transaction() as db:
+            async with db.execute("SELECT fingerprint FROM pseudonym_key") as cursor:
+                row = await cursor.fetchone()
+            if row is not None and row[0] != check:
+                raise KeyMismatch(
+                    f"{self.path} holds pseudonyms made with another key (its check is"
+                    f" {row[0]}, this key's {check}): give the key it was made with"
+                )
+            if row is None:
+                await db.execute(
+                    "INSERT INTO pseudonym_key (fingerprint, set_at) VALUES (?, ?)",
+                    [check, self._now()],
+                )
+            of = self._pseudonyms.of
+            # The range excludes pseudonyms (« ins:... »): the index finds the
+            # rows to rewrite, none at all on a database already done.
+            async with db.execute(
+                "SELECT id, patient FROM conversations WHERE patient < 'ins:' OR patient >= 'ins;'"
+            ) as cursor:
+                clear = [(of(patient), i) for i, patient in await cursor.fetchall()]
+            await db.executemany("UPDATE conversations SET patient = ? WHERE id = ?", clear)
+            async with db.execute(
+                "SELECT message_id, conversation_id, reply_to FROM messages"
+                " WHERE reply_to LIKE '%@patient.mssante.fr'"
+            ) as cursor:
+                replies = [(of(r), m, c) for m, c, r in await cursor.fetchall()]
+            await db.executemany(
+                "UPDATE messages SET reply_to = ? WHERE message_id = ? AND conversation_id = ?",
+                replies,
+            )
+        return len(clear)
+
+    async def _scrub(self) -> None:
+        """After rows were rewritten: no INS left in the file's bytes. The
+        old values stay in the main file until a checkpoint copies the new
+        pages over them, and an older version (without secure_delete) left
+        those of purged rows in free pages: VACUUM rebuilds the file without
+        them, once, and the checkpoint empties the -wal."""
+        async with self._lock:
+            await self._db.execute("VACUUM")
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def vanished(self) -> str | None:
         """Whether the file at the path is still the one opened: None, or
@@ -158,6 +232,7 @@ class ConversationStore:
         the Message-IDs named, whatever the number of conversations stored).
         sent_only: among the Message-IDs sent to the patient only (a read
         receipt reports on one of those, not on the patient's own)."""
+        patient = self._pseudonyms.of(patient)
         cutoff = self._idle_cutoff() or ""
         direction = " AND m.direction = 'out'" if sent_only else ""
         refs = list(references)[:MAX_REFERENCES] or [""]
@@ -207,6 +282,8 @@ class ConversationStore:
         return [ConversationRow(*r) for r in rows]
 
     async def history(self, patient: str) -> list[tuple[ConversationRow, list[Any]]]:
+        """A patient's conversations, by address, INS or pseudonym."""
+        patient = self._pseudonyms.of(patient)
         rows = await self._all(
             f"SELECT {_COLUMNS} FROM conversations c WHERE c.patient = ? ORDER BY c.id", [patient]
         )
@@ -247,8 +324,10 @@ class ConversationStore:
         now = self._now()
         events: list[Event] = []
         base = {"bal": change.bal, "patient": change.patient, "message_id": change.message_id}
+        patient = self._pseudonyms.of(change.patient)
+        reply_to = self._pseudonyms.of(change.reply_to) if change.reply_to else None
         async with self._transaction() as db:
-            conversation = await self._open_id(db, change.bal, change.patient, now)
+            conversation = await self._open_id(db, change.bal, patient, now)
             if conversation is None:
                 if change.direction == "in" and not change.opened_by_patient:
                     return []  # nothing open to continue (closed meanwhile)
@@ -256,7 +335,7 @@ class ConversationStore:
                 cursor = await db.execute(
                     "INSERT INTO conversations (bal, patient, opened_at, opened_by,"
                     " last_activity_at) VALUES (?, ?, ?, ?, ?)",
-                    [change.bal, change.patient, now, opened_by, now],
+                    [change.bal, patient, now, opened_by, now],
                 )
                 conversation = int(cursor.lastrowid or 0)
                 events.append(("conversation_opened", {**base, "opened_by": opened_by}))
@@ -270,7 +349,7 @@ class ConversationStore:
                 await db.execute(
                     "INSERT OR IGNORE INTO messages (message_id, conversation_id, direction,"
                     " reply_to, at) VALUES (?, ?, ?, ?, ?)",
-                    [change.message_id, conversation, change.direction, change.reply_to, now],
+                    [change.message_id, conversation, change.direction, reply_to, now],
                 )
             if change.close:
                 await db.execute(
@@ -285,6 +364,7 @@ class ConversationStore:
 
     async def close_conversation(self, bal: str, patient: str, how: str, actor: str) -> int | None:
         now = self._now()
+        patient = self._pseudonyms.of(patient)
         async with self._transaction() as db:
             cursor = await db.execute(
                 "UPDATE conversations SET closed_at = ?, closed_by = ?, close_reason = ?"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mss_relay.pseudonym import load_key
 from tests.conftest import Pki, Stack, two_sided
 from tests.support import files
 from tests.support.mail import connect, make_message, send, wire_data
@@ -44,6 +45,11 @@ class Conversations:
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.relay.workdir / "var" / "state.sqlite3")
+
+    def pseudonym(self, patient: str) -> str:
+        """How the log and the state show a patient (issue 17), under the
+        relay's key (made at its first start beside the state database)."""
+        return load_key(self.relay.workdir / "var" / "pseudonym.key", create=False).of(patient)
 
     def professional_sends(
         self, to: str, subject: str = "Résultats", sender: str = DR, **headers: str
@@ -195,7 +201,9 @@ def test_officine_accepts_a_patients_first_message(conv: Conversations) -> None:
     assert code == 250
     code, _ = conv.professional_sends(P2, sender=PHARMACY, subject="[FIN]")
     assert code == 250
-    opened = [e for e in conv.relay.events("conversation_opened") if e["patient"] == P2]
+    # The log shows the patient by pseudonym (issue 17).
+    shown = conv.pseudonym(P2)
+    opened = [e for e in conv.relay.events("conversation_opened") if e["patient"] == shown]
     assert opened[0]["opened_by"] == "patient"
     # An ordinary BAL still refuses the same patient.
     code, _ = conv.patient_sends(P2, to=DR)
@@ -247,7 +255,9 @@ def test_retention_purge(conv: Conversations) -> None:
     purged = conv.relay.wait_event("conversations_purged")
     assert purged and purged[-1]["conversations"] == 1 and purged[-1]["message_ids"] == 2
     with conv.db() as db:
-        assert [r[0] for r in db.execute("SELECT patient FROM conversations")] == [P2]
+        # Stored by pseudonym (issue 17).
+        patients = [r[0] for r in db.execute("SELECT patient FROM conversations")]
+        assert patients == [conv.pseudonym(P2)]
 
 
 def _cli(conv: Conversations, *args: str) -> subprocess.CompletedProcess[str]:
@@ -275,9 +285,11 @@ def test_admin_cli_while_the_relay_runs(conv: Conversations) -> None:
     conv.professional_sends(P2, subject="[FIN]")
     listing = _cli(conv, "list", "--open")
     assert listing.returncode == 0, listing.stderr
-    assert P1 in listing.stdout and P2 not in listing.stdout
-    assert P2 in _cli(conv, "list", "--closed").stdout
-    assert P1 in _cli(conv, "list", "--bal", DR).stdout
+    # Listed by pseudonym (issue 17), never by INS; show and close take the address.
+    s1, s2 = conv.pseudonym(P1), conv.pseudonym(P2)
+    assert s1 in listing.stdout and s2 not in listing.stdout and P1 not in listing.stdout
+    assert s2 in _cli(conv, "list", "--closed").stdout
+    assert s1 in _cli(conv, "list", "--bal", DR).stdout
     shown = _cli(conv, "show", P1)
     assert shown.returncode == 0 and mid in shown.stdout
     closed = _cli(conv, "close", DR, P1)

@@ -93,12 +93,14 @@ def test_refusals_quote_their_transaction_and_why_tells_it(desk: Stack) -> None:
     told = why(relay, data_id.lower())  # as a user may type it
     assert told.returncode == 0, told.stderr
     steps = told.stdout.splitlines()[1:]
-    assert [s.split("]")[0].split("[")[-1] for s in steps if "[" in s] == [
+    # A step's line: its time, then its [name] (a masked file name is no step).
+    assert [s.split("]")[0].split("[")[-1] for s in steps if "  [" in s] == [
         "MAIL FROM",
         "RCPT TO",
         "fin du DATA",
     ], told.stdout
-    assert "refusé" in steps[2] and "facture.exe" in steps[2]
+    # The log never held the file's name (issue 17): why cannot tell it.
+    assert "refusé" in steps[2] and "[nom masque]" in steps[2] and "facture" not in steps[2]
     assert steps[-1].strip().split("  ", 1)[1].startswith("Résultat: refusé"), told.stdout
 
 

@@ -152,14 +152,17 @@ class Sides:
             return client.getreply()
 
     def conversations(self) -> list[tuple[str, str | None, int]]:
-        """(patient, close_reason, messages) of every conversation."""
+        """(patient, close_reason, messages) of every conversation. The state
+        holds pseudonyms (issue 17): shown by the address they stand for."""
+        address = {self.relay.pseudonym(p): p for p in (P1, P2)}
         with sqlite3.connect(self.relay.workdir / "var" / "state.sqlite3") as db:
-            return list(
-                db.execute(
+            return [
+                (address.get(patient, patient), how, count)
+                for patient, how, count in db.execute(
                     "SELECT c.patient, c.close_reason, (SELECT count(*) FROM messages m"
                     " WHERE m.conversation_id = c.id) FROM conversations c ORDER BY c.id"
                 )
-            )
+            ]
 
 
 @pytest.fixture(scope="module")

@@ -186,6 +186,14 @@ class Relay:
             check=False,
         )
 
+    def pseudonym(self, patient: str) -> str:
+        """How the log and the state show a patient (issue 17): under the key
+        the relay made at its first start, beside its state database."""
+        from mss_relay.pseudonym import load_key
+
+        database = self.workdir / self.config.get("state", {}).get("database", "var/state.sqlite3")
+        return load_key(database.parent / "pseudonym.key", create=False).of(patient)
+
     def log_text(self) -> str:
         """The log's whole lines. A reader may catch the writer thread in the
         middle of its write(2) (Linux lets read(2) see part of a write to a

@@ -573,9 +573,20 @@ CASES: list[tuple[str, Change, str]] = [
         "log.required: must be true or false",
     ),
     (
+        "log-pseudonymize-type",
+        put("log", "pseudonymize_patients", value="yes"),
+        "log.pseudonymize_patients: must be true or false",
+    ),
+    (
+        "log-pseudonym-key-type",
+        put("log", "pseudonym_key_file", value=1),
+        "log.pseudonym_key_file: must be a string",
+    ),
+    (
         "log-unknown",
         put("log", "level", value="x"),
-        "log.level: unknown key (expected one of: file, required)",
+        "log.level: unknown key (expected one of: file, pseudonym_key_file,"
+        " pseudonymize_patients, required)",
     ),
     # lifecycle
     (

@@ -17,6 +17,7 @@ from mss_relay.health import Endpoint, problems
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.metrics import EventTap, Instruments, Slots, label
 from mss_relay.state.conversations import ConversationStore
+from tests.support.keys import TEST_PSEUDONYMS
 
 Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -228,7 +229,7 @@ def test_health_is_read_in_process(tmp_path: Path) -> None:
     seen: list[int] = []
 
     async def run() -> tuple[int, list[list[str]]]:
-        store = await ConversationStore.open(tmp_path / "state.sqlite3")
+        store = await ConversationStore.open(tmp_path / "state.sqlite3", pseudonyms=TEST_PSEUDONYMS)
         tcp = await asyncio.start_server(lambda r, w: seen.append(1), "127.0.0.1", 0)
         path = tmp_path / "milter.sock"
         unix = await asyncio.start_unix_server(lambda r, w: seen.append(1), str(path))

@@ -18,6 +18,7 @@ from mss_relay.core.reply import ascii_text
 from mss_relay.core.reports import Automatic, automatic_kind, reported_ids
 from mss_relay.front.smtp import null_path
 from mss_relay.state.conversations import ConversationStore
+from tests.support.keys import TEST_PSEUDONYMS
 
 DR = "jean.dupont@ch.mssante.fr"
 OFFICINE = "officine@ph.mssante.fr"
@@ -278,7 +279,7 @@ def test_null_sender_messages_open_and_continue_nothing() -> None:
 
 def test_lookup_of_sent_message_ids_only(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = await ConversationStore.open(tmp_path / "s.db")
+        store = await ConversationStore.open(tmp_path / "s.db", pseudonyms=TEST_PSEUDONYMS)
         try:
             await store.apply(Change(DR, P, "<sent@x>", "out"), "jd")
             await store.apply(Change(DR, P, "<own@x>", "in"), "patient")

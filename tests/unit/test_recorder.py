@@ -16,6 +16,7 @@ from mss_relay.core.rules.inbound import patient_conversation
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import StateLost, marker_path
 from mss_relay.state.recorder import Recorder
+from tests.support.keys import TEST_PSEUDONYMS
 from tests.unit.test_conversation import BALS, _facts
 
 P = "295109912611193@patient.mssante.fr"
@@ -51,7 +52,7 @@ class Log:
 
 
 async def _recorder(path: Path, log: Log, **settings: Any) -> Recorder:
-    store = await ConversationStore.open(path, busy_timeout=0.05)
+    store = await ConversationStore.open(path, busy_timeout=0.05, pseudonyms=TEST_PSEUDONYMS)
     recorder = Recorder(store, log, **settings)  # type: ignore[arg-type]
     recorder.start()
     return recorder
@@ -164,7 +165,7 @@ def test_a_deleted_database_is_lost_until_restart(tmp_path: Path) -> None:
         await _stop(recorder)
         # No new empty database in its place.
         with pytest.raises(StateLost, match="marker"):
-            await ConversationStore.open(path)
+            await ConversationStore.open(path, pseudonyms=TEST_PSEUDONYMS)
         assert not path.exists()
 
     asyncio.run(scenario())

@@ -12,6 +12,7 @@ import pytest
 from mss_relay.core.conversation import Change, Status
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.database import MIGRATIONS
+from tests.support.keys import TEST_PSEUDONYMS
 
 P = "295109912611193@patient.mssante.fr"
 DR = "dr@ch.mssante.fr"
@@ -35,7 +36,9 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_open_continue_close_and_lookup(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = Clock()
-        store = await ConversationStore.open(tmp_path / "s.db", clock=clock)
+        store = await ConversationStore.open(
+            tmp_path / "s.db", clock=clock, pseudonyms=TEST_PSEUDONYMS
+        )
         try:
             events = await store.apply(Change(DR, P, "<m1@x>", "out"), "dr")
             assert [e for e, _ in events] == ["conversation_opened"]
@@ -62,7 +65,9 @@ def test_open_continue_close_and_lookup(tmp_path: Path) -> None:
 def test_idle_and_purge(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = Clock()
-        store = await ConversationStore.open(tmp_path / "s.db", clock=clock, idle_days=30)
+        store = await ConversationStore.open(
+            tmp_path / "s.db", clock=clock, idle_days=30, pseudonyms=TEST_PSEUDONYMS
+        )
         try:
             await store.apply(Change(DR, P, "<m1@x>", "out"), "dr")
             clock.advance(days=29)
@@ -84,7 +89,7 @@ def test_idle_and_purge(tmp_path: Path) -> None:
 def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     async def twice() -> None:
         for _ in range(2):
-            store = await ConversationStore.open(tmp_path / "s.db")
+            store = await ConversationStore.open(tmp_path / "s.db", pseudonyms=TEST_PSEUDONYMS)
             await store.close()
 
     run(twice())
@@ -95,7 +100,7 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
 
 def test_concurrent_changes_keep_one_open_conversation(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = await ConversationStore.open(tmp_path / "s.db")
+        store = await ConversationStore.open(tmp_path / "s.db", pseudonyms=TEST_PSEUDONYMS)
         try:
             await asyncio.gather(
                 *(store.apply(Change(DR, P, f"<m{i}@x>", "out"), "dr") for i in range(20))
@@ -111,7 +116,7 @@ def test_concurrent_changes_keep_one_open_conversation(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["admin"])
 def test_administrative_close(tmp_path: Path, how: str) -> None:
     async def scenario() -> None:
-        store = await ConversationStore.open(tmp_path / "s.db")
+        store = await ConversationStore.open(tmp_path / "s.db", pseudonyms=TEST_PSEUDONYMS)
         try:
             await store.apply(Change(DR, P, "<m1@x>", "out"), "dr")
             assert await store.close_conversation(DR, P, how, "admin:root") is not None

@@ -23,7 +23,9 @@ def mime_structure(facts: MessageFacts) -> Verdict | None:
                 " des données suivent la fin de son encodage base64"
             )
             return Verdict.reject(
-                MIME_UNREADABLE.with_text(text), rule="mime_structure", reason=part.structure_error
+                MIME_UNREADABLE.with_text(text, (printable(part.display_name),)),
+                rule="mime_structure",
+                reason=part.structure_error,
             )
     return None
 
@@ -56,7 +58,9 @@ def dangerous_attachments(facts: MessageFacts, rules: AttachmentRules) -> Verdic
         if why is not None:
             text = f"Pièce jointe « {name} » refusée : type de fichier interdit"
             return Verdict.reject(
-                DANGEROUS_ATTACHMENT.with_text(text), rule="dangerous_attachment", reason=why
+                DANGEROUS_ATTACHMENT.with_text(text, (name,)),
+                rule="dangerous_attachment",
+                reason=why,
             )
         inner = _inner(part, rules)
         if inner is None:
@@ -71,7 +75,7 @@ def dangerous_attachments(facts: MessageFacts, rules: AttachmentRules) -> Verdic
         else:
             text = f"Pièce jointe « {name} » refusée : elle contient « {member} », type interdit"
         return Verdict.reject(
-            DANGEROUS_ATTACHMENT.with_text(text),
+            DANGEROUS_ATTACHMENT.with_text(text, (name, member) if member else (name,)),
             rule="dangerous_attachment",
             reason=f"{where}: {found.why}",
         )

@@ -97,7 +97,8 @@ def attachment_sizes(
                 ATTACHMENT_TOO_BIG.with_text(
                     f"Pièce jointe « {printable(part.display_name)} » trop volumineuse :"
                     f" {_measured(part.decoded_size, max_attachment_size)},"
-                    f" maximum {_limit(max_attachment_size)} par pièce jointe"
+                    f" maximum {_limit(max_attachment_size)} par pièce jointe",
+                    (printable(part.display_name),),
                 ),
                 rule="attachment_size",
                 reason=f"{part.decoded_size} > {max_attachment_size}",
