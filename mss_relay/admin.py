@@ -7,9 +7,9 @@ import getpass
 import sys
 from typing import TextIO
 
+from mss_relay.audit.trail import command_log
 from mss_relay.config import Config, ConfigError
 from mss_relay.core.addresses import normalize_address
-from mss_relay.log import LineWriter, make_logger
 from mss_relay.state.conversations import ConversationRow, ConversationStore
 from mss_relay.state.database import StateLost
 
@@ -87,9 +87,8 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
     if closed is None:
         print(f"no open conversation between {bal} and {patient}", file=sys.stderr)
         return 1
-    writer = LineWriter(config.log.file)
-    try:
-        make_logger(writer).info(
+    async with command_log(config) as log:  # the « cli » stream of the audit chain
+        log.info(
             "conversation_closed",
             conversation=closed,
             bal=normalize_address(bal),
@@ -97,7 +96,5 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
             how="admin",
             by=actor,
         )
-    finally:
-        writer.close()
     print(f"closed conversation {closed} between {bal} and {patient}")
     return 0

@@ -15,6 +15,7 @@ from functools import partial
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay import __version__
+from mss_relay.audit.trail import Trail
 from mss_relay.config import (
     Config,
     ConfigError,
@@ -258,16 +259,19 @@ async def serve(config: Config, worker: int = 0) -> int:
 
 async def _run(config: Config, worker: int, early: list[str]) -> int:
     prepared = prepare(config, create_keys=worker == 0)
+    trail = await Trail.prepare(config, worker)  # where this worker's chain goes on
     try:
         writer = LineWriter(
-            config.log.file,
+            trail.path,
             required=config.log.required,
             fields={"worker": worker} if config.workers > 1 else None,
+            current_path=trail.current_path,
         )
     except OSError as error:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
+    writer.seal = trail.chain
     monitoring = Monitoring.open(config, worker)  # before the logger: it counts its events
-    log = make_logger(writer, tap=monitoring.tap if monitoring else None)
+    log = make_logger(writer, tap=monitoring.tap if monitoring else None, finish=[trail.chain])
     if config.workers > 1:
         log = log.bind(worker=worker)
     try:
@@ -298,6 +302,14 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await store.close()
         writer.close()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    try:
+        await trail.start(log)
+    except (OSError, sqlite3.Error) as error:
+        await directory.close()
+        await activity.store.close()
+        await store.close()
+        writer.close()
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     state = Recorder(store, log, timeout=config.record_timeout)
     state.start()
     activity.start()
@@ -316,6 +328,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         SendingRates(config.throttle),
         activity=activity,
         directory=directory,
+        log_reopened=trail.reopened,
     )
     runtime = Runtime(config, prepared, shared, worker)
     control = Control(runtime, worker)
@@ -425,5 +438,6 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await store.close()
         await activity.store.close()
         await directory.close()
+        await trail.close()
         writer.close()
     return 0

@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why, bals, report, directory, whitelist."""
+reload, unlock, why, bals, report, directory, whitelist, audit."""
 
 from __future__ import annotations
 
@@ -71,7 +71,30 @@ def _parser() -> argparse.ArgumentParser:
     _report_parser(commands)
     _directory_parser(commands)
     _whitelist_parser(commands)
+    _audit_parser(commands)
     return parser
+
+
+def _audit_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="the audit trail of the log")
+    actions = audit.add_subparsers(dest="action", required=True)
+    verify = actions.add_parser(
+        "verify", help="check the chain of log files given in rotation order (oldest first)"
+    )
+    verify.add_argument("files", metavar="FILE", nargs="+", help="log files, .gz or not")
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mss_relay.audit.verification import verify
+
+    verdict = verify(Path(name) for name in args.files)
+    # The verdict on standard output, a failure's reason on standard error.
+    for line in verdict.starts:
+        print(line)
+    print(verdict.message, file=sys.stdout if verdict.code == 0 else sys.stderr)
+    return verdict.code
 
 
 def _control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -505,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _conversations(args)
     if args.command == "directory":
         return _directory(args)
+    if args.command == "audit" and args.action == "verify":
+        return _audit_verify(args)
     if args.command == "serve":
         return _serve(args.config, args.worker)
     if args.command == "check-config":
