@@ -12,9 +12,9 @@ import getpass
 import sys
 from typing import TextIO
 
+from mss_relay.audit.trail import command_log
 from mss_relay.config import Config, ConfigError
 from mss_relay.core.addresses import normalize_address
-from mss_relay.log import LineWriter, make_logger
 from mss_relay.pseudonym import for_config
 from mss_relay.state.conversations import ConversationRow, ConversationStore, KeyMismatch
 from mss_relay.state.database import StateLost
@@ -98,10 +98,9 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
     if closed is None:
         print(f"no open conversation between {bal} and {patient}", file=sys.stderr)
         return 1
-    writer = LineWriter(config.log.file)
     masking = [for_config(config, create=False).mask] if config.log.pseudonymize_patients else []
-    try:
-        make_logger(writer, finish=masking).info(
+    async with command_log(config, masking) as log:  # the « cli » stream of the audit chain
+        log.info(
             "conversation_closed",
             conversation=closed,
             bal=normalize_address(bal),
@@ -109,7 +108,5 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
             how="admin",
             by=actor,
         )
-    finally:
-        writer.close()
     print(f"closed conversation {closed} between {bal} and {patient}")
     return 0

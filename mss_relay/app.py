@@ -15,6 +15,7 @@ from functools import partial
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay import __version__, pseudonym
+from mss_relay.audit.trail import Trail
 from mss_relay.config import (
     Config,
     ConfigError,
@@ -259,14 +260,17 @@ async def serve(config: Config, worker: int = 0) -> int:
 
 async def _run(config: Config, worker: int, early: list[str]) -> int:
     prepared = prepare(config, create_keys=worker == 0)
+    trail = await Trail.prepare(config, worker)  # where this worker's chain goes on
     try:
         writer = LineWriter(
-            config.log.file,
+            trail.path,
             required=config.log.required,
             fields={"worker": worker} if config.workers > 1 else None,
+            current_path=trail.current_path,
         )
     except OSError as error:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
+    writer.seal = trail.chain
     try:
         # Made by the first process to start (atomically: workers may race).
         pseudonyms = pseudonym.for_config(config)
@@ -274,10 +278,10 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         writer.close()
         raise
     monitoring = Monitoring.open(config, worker)  # before the logger: it counts its events
+    # The masking of patients first, the chain last: it seals the bytes written.
+    masking = [pseudonyms.mask] if config.log.pseudonymize_patients else []
     log = make_logger(
-        writer,
-        tap=monitoring.tap if monitoring else None,
-        finish=[pseudonyms.mask] if config.log.pseudonymize_patients else [],
+        writer, tap=monitoring.tap if monitoring else None, finish=[*masking, trail.chain]
     )
     if config.workers > 1:
         log = log.bind(worker=worker)
@@ -315,6 +319,14 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await store.close()
         writer.close()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    try:
+        await trail.start(log)
+    except (OSError, sqlite3.Error) as error:
+        await directory.close()
+        await activity.store.close()
+        await store.close()
+        writer.close()
+        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
     state = Recorder(store, log, timeout=config.record_timeout)
     state.start()
     activity.start()
@@ -333,6 +345,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         SendingRates(config.throttle),
         activity=activity,
         directory=directory,
+        log_reopened=trail.reopened,
     )
     runtime = Runtime(config, prepared, shared, worker)
     control = Control(runtime, worker)
@@ -450,5 +463,6 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await store.close()
         await activity.store.close()
         await directory.close()
+        await trail.close()
         writer.close()
     return 0

@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why, bals, report, directory, whitelist."""
+reload, unlock, why, bals, report, directory, whitelist, audit."""
 
 from __future__ import annotations
 
@@ -72,14 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     _report_parser(commands)
     _directory_parser(commands)
     _whitelist_parser(commands)
-    _audit_pseudonym_parser(_audit_parser(commands))
+    audit = _audit_parser(commands)
+    _audit_pseudonym_parser(audit)
+    _audit_verify_parser(audit)
     return parser
 
 
 def _audit_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    audit = commands.add_parser("audit", help="what an auditor needs to read the log")
+    audit = commands.add_parser(
+        "audit", help="the audit trail: a patient's pseudonym, the chain of the log files"
+    )
     _config_option(audit)
     return audit.add_subparsers(dest="action", required=True)
 
@@ -107,6 +111,26 @@ def _audit_pseudonym(args: argparse.Namespace) -> int:
         return _config_error(error)
     print(pseudonyms.of(args.patient))
     return 0
+
+
+def _audit_verify_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = actions.add_parser(
+        "verify", help="check the chain of log files given in rotation order (oldest first)"
+    )
+    verify.add_argument("files", metavar="FILE", nargs="+", help="log files, .gz or not")
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mss_relay.audit.verification import verify
+
+    verdict = verify(Path(name) for name in args.files)
+    # The verdict on standard output, a failure's reason on standard error.
+    for line in verdict.starts:
+        print(line)
+    print(verdict.message, file=sys.stdout if verdict.code == 0 else sys.stderr)
+    return verdict.code
 
 
 def _control_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -564,6 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _directory(args)
     if args.command == "audit" and args.action == "pseudonym":
         return _audit_pseudonym(args)
+    if args.command == "audit" and args.action == "verify":
+        return _audit_verify(args)
     if args.command == "serve":
         return _serve(args.config, args.worker)
     if args.command == "check-config":

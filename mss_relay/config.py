@@ -81,6 +81,11 @@ class VerifyClient(StrEnum):
     NONE = "none"
 
 
+class LogRotation(StrEnum):
+    DAILY = "daily"
+    EXTERNAL = "external"
+
+
 class DkimAlgorithm(StrEnum):
     RSA_SHA256 = "rsa-sha256"
     ED25519_SHA256 = "ed25519-sha256"
@@ -410,6 +415,10 @@ class LogConfig:
     # them in clear (not recommended: the log then holds health data).
     pseudonymize_patients: bool = True
     pseudonym_key_file: Path | None = None  # None: beside the state database
+    # Days the relay's daily files are kept (log.rotate: daily), six months
+    # by default (the ANS guidance for MSSanté logs).
+    retention_days: int = 183
+    rotate: LogRotation = LogRotation.EXTERNAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,6 +427,21 @@ class _Log:
     required: bool = True
     pseudonymize_patients: bool = True
     pseudonym_key_file: Annotated[Path | None, File()] = None
+    retention_days: Annotated[int, Range(1, 36500)] = 183
+    # external: logrotate and SIGUSR1 (contrib/logrotate), as before; daily:
+    # the relay's own dated files (mss_relay/audit/rotation.py).
+    rotate: LogRotation = LogRotation.EXTERNAL
+
+    def validate(self, where: Where) -> None:
+        if self.rotate == LogRotation.DAILY and self.file == "-":
+            where.key("rotate").fail("daily needs log.file (a directory for the daily files)")
+
+
+def _log_path(path: Path) -> Path:
+    """Absolute, its directory resolved but not the name itself: with
+    log.rotate: daily, log.file is a symbolic link to today's file, and the
+    path kept must stay the link's."""
+    return path.parent.resolve() / path.name
 
 
 def _domain_sizes(raw: object, where: Where) -> Mapping[str, int]:
@@ -795,11 +819,13 @@ def _runtime(file: _File, path: Path) -> Config:
         database=file.state.database,
         control=ControlConfig(file.control.socket or file.state.database.parent / "control.socket"),
         log=LogConfig(
-            file=None if file.log.file == "-" else (path.parent / file.log.file).resolve(),
+            file=None if file.log.file == "-" else _log_path(path.parent / file.log.file),
             required=file.log.required,
             pseudonymize_patients=file.log.pseudonymize_patients,
             pseudonym_key_file=file.log.pseudonym_key_file
             or file.state.database.parent / "pseudonym.key",
+            retention_days=file.log.retention_days,
+            rotate=file.log.rotate,
         ),
         record_timeout=file.state.record_timeout,
         dkim=file.dkim,

@@ -28,6 +28,10 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 Clock = Callable[[], datetime]
+# A step applied to each rendered line, in order, before it is written: it
+# takes the line's text and returns the text to write (the masking of health
+# data, then the audit chain, which must see the bytes as written).
+Finish = Callable[[str], str]
 # Lines written at once at most (a write of a few tens of KB).
 _BATCH = 64
 # Lines waiting for the writer at most. While the log cannot be written they
@@ -92,8 +96,15 @@ class LineWriter:
         limit: int = MAX_QUEUED,
         required: bool = False,
         fields: Mapping[str, Any] | None = None,
+        current_path: Callable[[], Path] | None = None,
     ) -> None:
-        self.path = path
+        # current_path: where to write now, asked before each batch (the
+        # relay's daily files: mss_relay/audit/rotation.py).
+        self._current_path = current_path
+        self.path = current_path() if current_path is not None else path
+        # The last finish step (the audit chain), for the lines the writer
+        # makes itself (log_recovered): they join the chain too.
+        self.seal: Finish | None = None
         self._limit = limit
         self._required = required  # only for what stderr says
         self._fields = dict(fields or {})
@@ -205,6 +216,9 @@ class LineWriter:
     def _deliver(self, data: bytes) -> bool:
         """Write the lines, however long it takes; then, after an outage or
         drops, the log_recovered line. False: given up (closing)."""
+        if self._current_path is not None and (path := self._current_path()) != self.path:
+            self.path = path  # a new day: the next lines go to its file
+            self._let_go()
         if self._reopen_asked:
             self._reopen_asked = False
             self._let_go()
@@ -222,7 +236,8 @@ class LineWriter:
             line["outage_s"] = round(time.monotonic() - outage.started, 3)
             line["since"] = iso_ms(outage.since)
             line["error"] = ", ".join(outage.errors)
-        report = json.dumps(line, ensure_ascii=False) + "\n"
+        report = json.dumps(line, ensure_ascii=False)
+        report = (self.seal(report) if self.seal is not None else report) + "\n"
         if not self._write_all(report.encode("utf-8")):
             return False
         self._reported, self._cut, self._outage = dropped, 0, None
@@ -391,12 +406,6 @@ def _encoder() -> Callable[[dict[str, Any]], str]:
         return "".join(chunks(line, 0))
 
     return fast
-
-
-# A step applied to each rendered line, in order, before it is written: it
-# takes the line's text and returns the text to write (the masking of health
-# data, then the audit chain, which must see the bytes as written).
-Finish = Callable[[str], str]
 
 
 def _render(

@@ -1,5 +1,5 @@
 """The log file and its rotated copies, for the commands that read the log
-back (why, report): logrotate's numbered names (FILE.1, FILE.2.gz) and its
+back (why, report, audit verify): logrotate's numbered names (FILE.1, FILE.2.gz) and its
 dateext names (FILE-20261201, FILE-20261201.gz, as contrib/logrotate sets)."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from mss_relay.audit.rotation import dated_files
+
 _ROTATED = re.compile(r"\A\.(\d+)(\.gz)?\Z|\A-\d{8}(\d{2})?(\.gz)?\Z")
 # What reading a rotated file can raise: unreadable, a truncated or corrupt
 # archive. What came before in that file is kept.
@@ -17,7 +19,11 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def log_files(path: Path) -> list[Path]:
-    """The log and its rotated copies beside it, oldest first."""
+    """The log and its rotated copies beside it, oldest first. With
+    log.rotate: daily, log.file is a link to today's file: the relay's dated
+    files (audit/rotation.py), today's last."""
+    if path.is_symlink():
+        return dated_files(path.parent)
     rotated: list[tuple[tuple[int, str], Path]] = []
     if path.parent.is_dir():
         for candidate in path.parent.iterdir():

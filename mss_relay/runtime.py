@@ -284,6 +284,8 @@ class Shared:
     auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
     activity: ActivityRecorder | None = None  # the BAL lifecycle's dates
     directory: DirectoryStore | None = None  # the Annuaire Santé's look-ups
+    # Told when the log is reopened (the audit chain saves its head then).
+    log_reopened: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -515,3 +517,5 @@ class Runtime:
     def reopen_log(self) -> None:
         if self.shared.writer.reopen():
             self.shared.log.info("log_reopened", file=str(self.shared.writer.path))
+            if self.shared.log_reopened is not None:
+                self.shared.log_reopened()

@@ -120,6 +120,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             set_at TEXT NOT NULL
         )""",
     ),
+    # 5: the audit trail's heads (state/heads.py): the last seq and chain of
+    # each log stream, so that the chain continues across restarts.
+    (
+        """CREATE TABLE log_heads (
+            stream TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            chain TEXT NOT NULL,
+            saved_at TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 

@@ -586,7 +586,27 @@ CASES: list[tuple[str, Change, str]] = [
         "log-unknown",
         put("log", "level", value="x"),
         "log.level: unknown key (expected one of: file, pseudonym_key_file,"
-        " pseudonymize_patients, required)",
+        " pseudonymize_patients, required, retention_days, rotate)",
+    ),
+    (
+        "log-retention-low",
+        put("log", "retention_days", value=0),
+        "log.retention_days: must be between 1 and 36500",
+    ),
+    (
+        "log-retention-type",
+        put("log", "retention_days", value="six months"),
+        "log.retention_days: must be a whole number",
+    ),
+    (
+        "log-rotate-value",
+        put("log", "rotate", value="weekly"),
+        "log.rotate: must be one of daily, external",
+    ),
+    (
+        "log-rotate-daily-stdout",
+        put("log", value={"file": "-", "rotate": "daily"}),
+        "log.rotate: daily needs log.file (a directory for the daily files)",
     ),
     # lifecycle
     (

@@ -11,8 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mss_relay.core.directory import DirectoryAnswer, DirectoryMode, DirectorySettings
-from mss_relay.core.facts import MailFacts, RcptFacts, SessionFacts
-from mss_relay.core.rules.directory import listed_in_directory
 from mss_relay.directory import ExtractionError, Reading, fold, rows
 from tests.support.extraction import COLUMNS, HEADER, Bal
 
@@ -109,24 +107,3 @@ def test_answer_labels() -> None:
     assert DirectoryAnswer(True).label == "listed"
     assert DirectoryAnswer(False).label == "unlisted"
     assert DirectoryAnswer(None, "never imported").label == "unavailable"
-
-
-@pytest.mark.parametrize(
-    ("mode", "answer", "code"),
-    [
-        (DirectoryMode.REFUSE, DirectoryAnswer(True), None),
-        (DirectoryMode.REFUSE, DirectoryAnswer(False), 550),
-        (DirectoryMode.REFUSE, DirectoryAnswer(None, unavailable="never imported"), 451),
-        (DirectoryMode.WARN, DirectoryAnswer(False), None),
-        # warn never refuses: an answer missing changes nothing (logged `unavailable`)
-        (DirectoryMode.WARN, DirectoryAnswer(None, unavailable="never imported"), None),
-        (DirectoryMode.OFF, DirectoryAnswer(False), None),
-    ],
-)
-def test_the_rule_by_mode(mode: DirectoryMode, answer: DirectoryAnswer, code: int | None) -> None:
-    mail = MailFacts(
-        SessionFacts("127.0.0.1", "h", True, "jd", "submission"), "a@b.mssante.fr", None
-    )
-    facts = RcptFacts(mail, "x@chu-b.mssante.fr", 0, directory=answer)
-    verdict = listed_in_directory(facts, mode)
-    assert (verdict.reply.code if verdict and verdict.reply else None) == code

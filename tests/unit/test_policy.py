@@ -192,7 +192,8 @@ def test_header_alignment(
         (DirectoryMode.REFUSE, DirectoryAnswer(True), None),
         (DirectoryMode.REFUSE, DirectoryAnswer(False), 550),
         (DirectoryMode.WARN, DirectoryAnswer(False), None),
-        (DirectoryMode.WARN, DirectoryAnswer(None, "never imported"), 451),
+        # warn never refuses: an answer missing changes nothing (logged `unavailable`)
+        (DirectoryMode.WARN, DirectoryAnswer(None, "never imported"), None),
         (DirectoryMode.REFUSE, DirectoryAnswer(None, "look-up timed out"), 451),
         (DirectoryMode.REFUSE, None, None),  # not looked up (a patient, also_accept)
         (DirectoryMode.OFF, DirectoryAnswer(False), None),

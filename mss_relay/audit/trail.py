@@ -1,0 +1,154 @@
+"""The audit trail of one process: its stream's chain, where it starts, its
+head kept in the state, and (worker 0, log.rotate: daily) the upkeep of the
+daily files. The wiring (app.py, admin.py) only asks this module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from structlog.typing import FilteringBoundLogger
+
+from mss_relay.audit.chain import Chain, Head, last_head, stream_name
+from mss_relay.audit.rotation import DailyFiles, keep_up
+from mss_relay.config import Config, LogRotation
+from mss_relay.log import Finish, LineWriter, make_logger
+from mss_relay.state.heads import HeadStore, saved_head
+
+# How often a changed head is saved: at most one small write per interval,
+# never one per line. A crash loses at most this much of the state's copy,
+# and the log file's own last line is preferred at start anyway.
+SAVE_EVERY = 10.0
+# How often worker 0 compresses and purges the daily files.
+UPKEEP_EVERY = 3600.0
+
+CLI_STREAM = "cli"
+
+
+def _daily(config: Config) -> DailyFiles | None:
+    if config.log.rotate == LogRotation.DAILY and config.log.file is not None:
+        return DailyFiles(config.log.file)
+    return None
+
+
+async def _start_head(config: Config, stream: str, path: Path | None) -> Head:
+    def read() -> Head:
+        in_file = last_head(path, stream) if path is not None else None
+        return Head.later(in_file, saved_head(config.database, stream))
+
+    return await asyncio.to_thread(read)
+
+
+class Trail:
+    def __init__(self, config: Config, worker: int, chain: Chain, daily: DailyFiles | None):
+        self.config = config
+        self.worker = worker
+        self.chain = chain
+        self.daily = daily
+        self._store: HeadStore | None = None
+        self._saved = chain.head
+        self._tasks: list[asyncio.Task[None]] = []
+        self._save_now = asyncio.Event()
+
+    @classmethod
+    async def prepare(cls, config: Config, worker: int) -> Trail:
+        daily = _daily(config)
+        path = daily.current() if daily is not None else config.log.file
+        stream = stream_name(worker)
+        return cls(config, worker, Chain(stream, await _start_head(config, stream, path)), daily)
+
+    @property
+    def path(self) -> Path | None:
+        """Where the writer writes first."""
+        return self.daily.current() if self.daily is not None else self.config.log.file
+
+    @property
+    def current_path(self) -> Callable[[], Path] | None:
+        return self.daily.current if self.daily is not None else None
+
+    async def start(self, log: FilteringBoundLogger) -> None:
+        """Once the state is open (after the conversation store's checks)."""
+        self._store = await HeadStore.open(self.config.database, self.config.record_timeout)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._keep_head(log)))
+        if self.daily is not None and self.worker == 0:
+            self._tasks.append(loop.create_task(self._keep_files(log)))
+
+    def reopened(self) -> None:
+        """The log was reopened (logrotate): save the head now."""
+        self._save_now.set()
+
+    async def _save(self) -> None:
+        head = self.chain.head
+        if self._store is not None and head != self._saved:
+            await self._store.save(self.chain.stream, head)
+            self._saved = head
+
+    async def _keep_head(self, log: FilteringBoundLogger) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SAVE_EVERY):
+                    await self._save_now.wait()
+            self._save_now.clear()
+            try:
+                await self._save()
+            except Exception as error:  # the database busy: next round
+                log.warning("log_head_error", error=type(error).__name__)
+
+    async def _keep_files(self, log: FilteringBoundLogger) -> None:
+        assert self.daily is not None
+        directory, retention = self.daily.directory, self.config.log.retention_days
+        while True:
+            try:
+                done = await asyncio.to_thread(keep_up, directory, retention)
+            except Exception as error:
+                log.error("log_upkeep_error", error=type(error).__name__)
+            else:
+                if done.purged:
+                    log.info("log_purged", count=done.purged, retention_days=retention)
+                if done.compressed:
+                    log.info("log_compressed", count=done.compressed)
+            await asyncio.sleep(UPKEEP_EVERY)
+
+    async def close(self) -> None:
+        """After the last line: its head saved."""
+        for task in self._tasks:
+            task.cancel()
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self._save()
+            await self._store.close()
+            self._store = None
+
+
+@contextlib.asynccontextmanager
+async def command_log(
+    config: Config, masking: Sequence[Finish] = ()
+) -> AsyncIterator[FilteringBoundLogger]:
+    """A logger for the lines a CLI command logs, in the « cli » stream: the
+    stream's head taken and saved under the state database's write lock (one
+    IMMEDIATE transaction), so two commands at once make one sequence.
+    masking: the steps before the chain (the patients' pseudonyms)."""
+    daily = _daily(config)
+    path = daily.current() if daily is not None else config.log.file
+    store = await HeadStore.open(config.database)
+    try:
+        await store.db.execute("BEGIN IMMEDIATE")
+        try:
+            in_file = await asyncio.to_thread(last_head, path, CLI_STREAM) if path else None
+            chain = Chain(CLI_STREAM, Head.later(in_file, await store.load(CLI_STREAM)))
+            writer = LineWriter(path, current_path=daily.current if daily else None)
+            writer.seal = chain
+            try:
+                yield make_logger(writer, finish=[*masking, chain])
+            finally:
+                writer.close()  # written before the head is saved and the lock let go
+            await store.save(CLI_STREAM, chain.head)
+            await store.db.execute("COMMIT")
+        except BaseException:
+            await store.db.execute("ROLLBACK")
+            raise
+    finally:
+        await store.close()

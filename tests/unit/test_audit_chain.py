@@ -1,0 +1,92 @@
+"""The audit chain's pure core: sealing, the start head, verification, the
+daily files' upkeep (mss_relay/audit/)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mss_relay.audit.chain import Chain, Head, last_head
+from mss_relay.audit.rotation import keep_up
+from mss_relay.audit.verification import BROKEN, INTACT, verify
+
+
+def sealed_lines(stream: str, count: int, head: Head | None = None) -> list[str]:
+    chain = Chain(stream, head or Head())
+    return [chain(json.dumps({"ts": "t", "event": "e", "n": i})) + "\n" for i in range(count)]
+
+
+def test_the_chain_is_what_the_documentation_says() -> None:
+    # docs/audit-trail.md: SHA-256 of the previous chain's hex and the line
+    # up to « , "chain": " », a third party's re-implementation.
+    first, second = sealed_lines("w0", 2)
+    for previous, line in (("", first), (json.loads(first)["chain"], second)):
+        body = line[: line.rindex(', "chain": "')]
+        expected = hashlib.sha256((previous + body).encode()).hexdigest()
+        assert json.loads(line)["chain"] == expected
+    assert json.loads(second)["seq"] == 2 and json.loads(second)["stream"] == "w0"
+
+
+def test_the_start_head_is_the_streams_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    w0, w1 = sealed_lines("w0", 3), sealed_lines("w1", 2)
+    path.write_text("".join([w0[0], w1[0], w0[1], w0[2], w1[1]]))
+    assert last_head(path, "w0") == Head(3, json.loads(w0[2])["chain"])
+    assert last_head(path, "cli") is None
+    assert Head.later(None, Head(2, "a"), Head(5, "b")) == Head(5, "b")
+
+
+def test_interleaved_streams_pass_and_a_gap_is_named(tmp_path: Path) -> None:
+    w0, w1 = sealed_lines("w0", 4), sealed_lines("w1", 4)
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(x for pair in zip(w0, w1, strict=True) for x in pair))
+    assert verify([path]).code == INTACT
+    path.write_text("".join([w0[0], w1[0], w0[2], w0[3]]))  # w0's seq 2 lost
+    verdict = verify([path])
+    assert verdict.code == BROKEN and f"{path}:3 (flux w0, seq 3)" in verdict.message
+    assert "log_recovered" in verdict.message  # the relay's own drops are named as a cause
+
+
+def test_a_chain_going_on_in_a_later_gz_file(tmp_path: Path) -> None:
+    lines = sealed_lines("w0", 6)
+    first, second = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl"
+    first.write_bytes(gzip.compress("".join(lines[:3]).encode()))
+    second.write_text("".join(lines[3:]))
+    assert verify([first, second]).message == "6 lignes, chaîne intacte"
+    alone = verify([second])
+    assert alone.code == INTACT and "n'est plus présent" in alone.starts[0]
+
+
+@pytest.mark.parametrize("retention", [1, 183])
+def test_keep_up_compresses_past_days_and_purges_old_ones(tmp_path: Path, retention: int) -> None:
+    now = time.mktime((2026, 6, 1, 12, 0, 0, 0, 0, -1))
+    names = ["2026-06-01", "2026-05-31", "2026-05-30", "2025-11-30", "2025-11-29"]
+    for name in names:
+        (tmp_path / f"mss-relay-{name}.jsonl").write_text("{}\n")
+    done = keep_up(tmp_path, retention, now)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if retention == 183:
+        assert done.purged == 1 and done.compressed == 3
+        assert "mss-relay-2025-11-29.jsonl" not in " ".join(left)
+        assert "mss-relay-2025-11-30.jsonl.gz" in left
+    else:
+        assert done.purged == 3 and left[0] == "mss-relay-2026-05-31.jsonl.gz"
+    assert "mss-relay-2026-06-01.jsonl" in left  # today's, as it is
+
+
+def test_the_commands_reading_the_log_find_the_daily_files(tmp_path: Path) -> None:
+    from mss_relay.logfiles import log_files
+
+    for name in ("mss-relay-2026-05-31.jsonl.gz", "mss-relay-2026-06-01.jsonl"):
+        (tmp_path / name).write_text("")
+    link = tmp_path / "mss-relay.jsonl"
+    link.symlink_to("mss-relay-2026-06-01.jsonl")
+    assert [p.name for p in log_files(link)] == [
+        "mss-relay-2026-05-31.jsonl.gz",
+        "mss-relay-2026-06-01.jsonl",
+    ]
