@@ -340,7 +340,7 @@ def relay_config(
         ],
         "trusted_clients": {"127.0.0.1": DPI_USER},
         "state": {"database": str(work / "state.sqlite3")},
-        "log": {"file": str(work / "relay.jsonl")},
+        "log": {"file": str(work / "relay.jsonl"), "rotate": "external"},
     }
     if tls:
         config["tls"] = {

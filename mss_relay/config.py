@@ -428,9 +428,11 @@ class _Log:
     pseudonymize_patients: bool = True
     pseudonym_key_file: Annotated[Path | None, File()] = None
     retention_days: Annotated[int, Range(1, 36500)] = 183
-    # external: logrotate and SIGUSR1 (contrib/logrotate), as before; daily:
-    # the relay's own dated files (mss_relay/audit/rotation.py).
-    rotate: LogRotation = LogRotation.EXTERNAL
+    # daily: the relay's own dated files, purged past retention_days
+    # (mss_relay/audit/rotation.py); external: logrotate and SIGUSR1
+    # (contrib/logrotate). Unset: daily for a file, nothing to rotate on
+    # standard output (journald's or Docker's).
+    rotate: LogRotation | None = None
 
     def validate(self, where: Where) -> None:
         if self.rotate == LogRotation.DAILY and self.file == "-":
@@ -825,7 +827,8 @@ def _runtime(file: _File, path: Path) -> Config:
             pseudonym_key_file=file.log.pseudonym_key_file
             or file.state.database.parent / "pseudonym.key",
             retention_days=file.log.retention_days,
-            rotate=file.log.rotate,
+            rotate=file.log.rotate
+            or (LogRotation.EXTERNAL if file.log.file == "-" else LogRotation.DAILY),
         ),
         record_timeout=file.state.record_timeout,
         dkim=file.dkim,

@@ -80,6 +80,16 @@ class DailyFiles:
         temporary = self.link.with_name(f".{self.link.name}.{os.getpid()}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if self.link.is_file() and not self.link.is_symlink():
+                # The log of an installation rotated by logrotate until now:
+                # kept under logrotate's dateext name (the commands reading
+                # the log find it there), never replaced by the link.
+                kept = self.link.with_name(f"{self.link.name}-{time.strftime('%Y%m%d%H')}")
+                with contextlib.suppress(FileNotFoundError):  # another worker was first
+                    if not kept.exists():
+                        os.rename(self.link, kept)
+                if self.link.is_file() and not self.link.is_symlink():
+                    return  # not moved: left as it is, the dated files written beside
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
             temporary.symlink_to(self._path.name)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import Pki, Stack, base_config, two_sided
 from tests.e2e.test_lifecycle import LIBFAKETIME
@@ -204,7 +205,8 @@ def _faked(relay: Relay, start: str) -> None:
 
 def _daily(tmp_path: Path, pki: Pki, hashes: dict[str, str], port: int) -> Relay:
     config = base_config(pki, hashes, port)
-    config["log"] = {"file": "var/log/mss-relay.jsonl", "rotate": "daily", "retention_days": 183}
+    # log.rotate unset: daily is the default for a log file.
+    config["log"] = {"file": "var/log/mss-relay.jsonl", "retention_days": 183}
     return Relay(tmp_path, config)
 
 
@@ -262,4 +264,37 @@ def test_a_day_change_switches_files_and_the_chain_goes_on(
     assert before.exists() and lines(before) and lines(after)
     assert relay.log_path.resolve() == after.resolve()
     done = verify(before, after)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_logrotate_installation_moving_to_daily_keeps_its_log(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """log.file a plain file (log.rotate: external until now), then the
+    default: the old log is kept under logrotate's dateext name, never
+    replaced by the link, and the chain goes on from it into the daily file."""
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    relay = Relay(tmp_path, base_config(pki, password_hashes, upstream.port))
+    try:
+        relay.start()
+        sends(relay, upstream, pki, 1)
+        relay.stop()
+        old_lines = relay.log_path.read_bytes()
+        assert not relay.log_path.is_symlink() and old_lines
+        relay.config["log"] = {"file": "var/log/mss-relay.jsonl"}
+        relay.config_path.write_text(yaml.safe_dump(relay.config, sort_keys=False))
+        relay.start()
+        sends(relay, upstream, pki, 1)
+        relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    logs = relay.log_path.parent
+    kept = [p for p in logs.iterdir() if p.name.startswith("mss-relay.jsonl-")]
+    assert len(kept) == 1 and kept[0].read_bytes() == old_lines, sorted(logs.iterdir())
+    assert relay.log_path.is_symlink()
+    today = relay.log_path.resolve()
+    assert today.name.startswith("mss-relay-") and lines(today)
+    done = verify(kept[0], today)
     assert done.returncode == 0, done.stderr
