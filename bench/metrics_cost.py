@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from .state_cost import one_run
 from .targets import RELAY_SECTIONS
 
 RECIPIENT = "dr.martin@chu-b.mssante.fr"
+WARM_UP = 60_000_000  # the warm-up's first number (patients: state_cost.patient)
 
 
 def professional(_: int) -> str:
@@ -68,11 +70,21 @@ class Subject:
     scrape_ms: float | None = None  # the relay's CPU for one scrape, idle otherwise
 
 
-def prepare(name: str, work: Path, sink: Sink, metrics: bool) -> Subject:
+def prepare(
+    name: str,
+    work: Path,
+    sink: Sink,
+    metrics: bool,
+    recipient: Callable[[int], str] = professional,
+    **extra: Any,
+) -> Subject:
+    """One relay started and warmed up (100 messages to `recipient`, from
+    WARM_UP up: numbers no run uses); `extra`: more sections of its
+    configuration (bench/audit_cost.py's « log »)."""
     directory = work / name
     directory.mkdir()
     port, metrics_port = free_port(), free_port() if metrics else None
-    sections = dict(RELAY_SECTIONS)
+    sections = {**RELAY_SECTIONS, **extra}
     if metrics_port is not None:
         sections["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
     config = relay_config(
@@ -84,7 +96,7 @@ def prepare(name: str, work: Path, sink: Sink, metrics: bool) -> Subject:
     )
     relay = RelayProcess(directory, config)
     relay.start()
-    one_run(port, relay.pids(), 100, 0, professional)  # warm-up, not recorded
+    one_run(port, relay.pids(), 100, WARM_UP, recipient)  # warm-up, not recorded
     return Subject(name, relay, port, metrics_port)
 
 
@@ -184,6 +196,20 @@ def summary(s: Subject) -> dict[str, Any]:
     }
 
 
+def ratios(on: dict[str, Any], off: dict[str, Any]) -> dict[str, float]:
+    """The CPU per message of `on` to `off` (summary()'s): each repeat's pair
+    of runs, next to each other in time, gives a ratio; their median is less
+    at the mercy of the box's load than the ratio of the two medians (also
+    given)."""
+    pairs = zip(on["runs"], off["runs"], strict=True)
+    return {
+        "cpu_ratio_on_to_off": round(
+            statistics.median(a["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for a, b in pairs), 3
+        ),
+        "cpu_ratio_of_medians": round(on["cpu_ms_per_msg"] / off["cpu_ms_per_msg"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="600 messages, 3 repeats")
@@ -213,17 +239,7 @@ def main() -> None:
         "machine": report.machine(),
         "off": off,
         "on": on,
-        # Each repeat's pair of runs, next to each other in time, gives a
-        # ratio: their median is less at the mercy of the box's load than
-        # the ratio of the two medians (also given).
-        "cpu_ratio_on_to_off": round(
-            statistics.median(
-                a["cpu_ms_per_msg"] / b["cpu_ms_per_msg"]
-                for a, b in zip(on["runs"], off["runs"], strict=True)
-            ),
-            3,
-        ),
-        "cpu_ratio_of_medians": round(on["cpu_ms_per_msg"] / off["cpu_ms_per_msg"], 3),
+        **ratios(on, off),
         "tap_us_per_msg": round(tap_us, 2),
         "tap_share_of_off_cpu": round(tap_us / 1000 / off["cpu_ms_per_msg"], 4),
         "scrape_errors": errors[:5],
