@@ -106,7 +106,14 @@ async def lookups(database: Path, rows: int, count: int) -> dict[str, float]:
             "lookup_database_median_us": round(statistics.median(database_times) * 1e6, 1),
             "lookup_database_p99_us": round(database_times[int(len(times) * 0.99)] * 1e6, 1),
             "index_load_s": round(load_s, 2),
-            "index_mb": round(len(loaded) * loaded.digests.itemsize / 1e6, 1),
+            "index_mb": round(
+                (
+                    len(loaded) * loaded.digests.itemsize
+                    + len(loaded.starts) * loaded.starts.itemsize
+                )
+                / 1e6,
+                1,
+            ),
             "search_ms": round(max(searches) * 1000, 1),
         }
     finally:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from array import array
 from pathlib import Path
 
 from mss_relay.directory import import_extraction
 from mss_relay.state.directory import DirectoryStore
-from mss_relay.state.directory_index import digest, load_index
+from mss_relay.state.directory_index import BUCKET_BITS, AddressIndex, digest, load_index
 from tests.support.extraction import Bal, write
 
 ONE = Bal("PER", "a.martin@chu-b.mssante.fr", "Martin", "Anne", "Médecin", "CHU B", "69003 LYON")
@@ -64,3 +65,13 @@ def test_the_store_answers_from_memory_and_follows_a_new_import(tmp_path: Path) 
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_every_address_is_found_in_its_bucket_and_no_other() -> None:
+    listed = [f"bal{i}@hopital-{i % 97}.mssante.fr" for i in range(20_000)]
+    index = AddressIndex.of(1, array("Q", sorted(digest(a) for a in listed)))
+    assert len(index.starts) == (1 << BUCKET_BITS) + 1 and index.starts[-1] == len(listed)
+    assert all(a in index for a in listed)
+    assert not any(f"absent{i}@hopital-{i % 97}.mssante.fr" in index for i in range(20_000))
+    edges = AddressIndex.of(1, array("Q", [0, 2**48 - 1, 2**48, 2**64 - 1]))
+    assert list(edges.starts[:3]) == [0, 2, 3] and edges.starts[-2:].tolist() == [3, 4]
