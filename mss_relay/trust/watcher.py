@@ -178,7 +178,8 @@ async def follow(
 ) -> None:
     """Every interval, for ever: a changed file parsed off the event loop and
     swapped in (whitelist_reloaded, then loaded(new list)); one that does not
-    parse is logged once (whitelist_invalid) and the list in force kept."""
+    parse, or a file gone, is logged once (whitelist_invalid) and the list
+    in force kept."""
     while True:
         await asyncio.sleep(interval)
         current = view()
