@@ -294,6 +294,11 @@ def _whitelist(args: argparse.Namespace) -> int:
         print(f"mss-relay: whitelist update refused: {error}", file=sys.stderr)
         return 1
     print(done.whitelist.summary())
+    if done.whitelist.bad_names:
+        print(
+            f"attention : {done.whitelist.bad_names} entrée(s) dont le Nom n'est pas un nom"
+            " de domaine, laissée(s) de côté"
+        )
     if done.whitelist.truncated_end:
         print(
             "attention : balise de fin </ListeBlancheMSSante> absente après le dernier"
@@ -317,8 +322,9 @@ def _config_error(error: ConfigError) -> int:
 
 
 def _check_config(path: str) -> int:
-    from mss_relay.runtime import make_signer, make_upstream, make_verifier
+    from mss_relay.runtime import make_signer, make_upstream, make_verifier, open_whitelist
     from mss_relay.tls import inbound_context, server_context
+    from mss_relay.trust.watcher import list_warnings, stale_days
 
     try:
         config = load_config(path)
@@ -331,9 +337,21 @@ def _check_config(path: str) -> int:
         make_verifier(config)
         if config.inbound_delivery:
             make_upstream(config, config.inbound_delivery)
+        # The list is opened and parsed as serve does: what serve refuses, refused here.
+        listed = open_whitelist(config)
     except ConfigError as error:
         return _config_error(error)
-    for warning in config.warnings:
+    warnings = list(config.warnings)
+    if listed is not None:  # what worker 0 says at start
+        bals = (bal.address for bal in config.bals)
+        warnings += [message for message, _ in list_warnings(bals, listed.current)]
+        age = stale_days(listed.current, config.trust_space.max_age)
+        if age is not None:
+            warnings.append(
+                f"trust_space.whitelist: the list was generated {age:.1f} days ago"
+                f" ({listed.current.generated}), more than trust_space.max_age"
+            )
+    for warning in warnings:
         print(f"mss-relay: warning: {warning}", file=sys.stderr)
     print(config.summary())
     return 0

@@ -52,6 +52,7 @@ from mss_relay.schema import (
 )
 from mss_relay.schema import ConfigError as ConfigError  # raised by the loader, caught by callers
 from mss_relay.sizes import parse_size
+from mss_relay.trust.url import url_problem
 
 
 class Role(StrEnum):
@@ -326,6 +327,10 @@ class TimeoutsConfig:
     shutdown: Seconds = 30.0
 
 
+# The issue: « any duration from 1 s »; below, worker 0 would hammer the ANS.
+MIN_REFRESH = 1.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrustSpaceConfig:
     """The ANS liste blanche (mss_relay/trust/): absent, the trust space is
@@ -339,10 +344,13 @@ class TrustSpaceConfig:
 
     def validate(self, where: Where) -> None:
         if self.whitelist_url is not None:
-            if not self.whitelist_url.lower().startswith("https://"):
-                where.key("whitelist_url").fail("must be an https:// URL")
+            problem = url_problem(self.whitelist_url)
+            if problem is not None:
+                where.key("whitelist_url").fail(problem)
             if self.whitelist is None:
                 where.key("whitelist").fail("is required with whitelist_url (the file it updates)")
+        if self.refresh < MIN_REFRESH:
+            where.key("refresh").fail("must be at least 1s")
 
 
 # The keys and defaults of throttle are ThrottleSettings' own (core/throttle.py).

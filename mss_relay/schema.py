@@ -214,7 +214,9 @@ def _read(
         file = next(m for m in meta if isinstance(m, File))
         resolved = (where.base / text).resolve()
         if file.must_exist and not resolved.is_file():
-            where.fail(f"file not found: {resolved}")
+            # A folder given for a file is a different mistake from a typo.
+            what = "is a directory, not a file" if resolved.is_dir() else "file not found"
+            where.fail(f"{what}: {resolved}")
         return resolved
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         choices = [str(member.value) for member in hint]

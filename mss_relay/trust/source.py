@@ -8,13 +8,16 @@ Used by « mss-relay whitelist update » and by the running relay's own refresh
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import ssl
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from mss_relay.trust.url import url_problem
 from mss_relay.trust.whitelist import InvalidWhitelist, Whitelist, parse_whitelist
 
 # The published list is about 2 MB; anything far larger is not it.
@@ -36,23 +39,59 @@ def https_context(ca: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
 
+class _HttpsRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another valid https:// URL (urllib would
+    follow one to plain http://, and the list would come unverified)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        problem = url_problem(newurl)
+        if problem is not None:
+            raise UpdateRefused(f"{req.full_url}: redirected to {newurl!r}, which {problem}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download(url: str, ca: Path | None, timeout: float) -> bytes:
+    problem = url_problem(url)
+    if problem is not None:
+        raise UpdateRefused(f"{url}: {problem}")
+    # Every hop goes through this HTTPS handler: whitelist_ca alone, each time.
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=https_context(ca)), _HttpsRedirects()
+    )
+    request = urllib.request.Request(url, headers={"User-Agent": "mss-relay"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            data: bytes = response.read(MAX_BYTES + 1)
+            declared = response.headers.get("Content-Length", "")
+    except OSError as error:  # URLError, ssl.SSLError, TimeoutError are OSErrors
+        reason = getattr(error, "reason", error)
+        raise UpdateRefused(f"{url}: download failed: {reason}") from None
+    except (http.client.HTTPException, ValueError) as error:
+        # IncompleteRead (a chunked body ended early), InvalidURL, a bad
+        # header: what the network did, not a list to look at.
+        raise UpdateRefused(f"{url}: download failed: {error!r}") from None
+    # A body ended before its Content-Length is a connection cut, not a
+    # published file: its missing end tags are not the tolerated defect.
+    if declared.isdigit() and len(data) < int(declared):
+        raise UpdateRefused(f"{url}: download cut short: {len(data)} of {declared} bytes received")
+    return data
+
+
 def fetch(source: str, ca: Path | None, timeout: float = DOWNLOAD_TIMEOUT) -> bytes:
     """The bytes of a file path or an https:// URL (blocking: call it in a thread)."""
     if "://" not in source:
         with open(source, "rb") as file:
             data = file.read(MAX_BYTES + 1)
     else:
-        if not source.lower().startswith("https://"):
-            raise UpdateRefused(f"{source}: only https:// URLs are downloaded")
-        request = urllib.request.Request(source, headers={"User-Agent": "mss-relay"})
-        try:
-            with urllib.request.urlopen(
-                request, timeout=timeout, context=https_context(ca)
-            ) as response:
-                data = response.read(MAX_BYTES + 1)
-        except OSError as error:  # URLError, ssl.SSLError, TimeoutError are OSErrors
-            reason = getattr(error, "reason", error)
-            raise UpdateRefused(f"{source}: download failed: {reason}") from None
+        data = _download(source, ca, timeout)
     if len(data) > MAX_BYTES:
         raise UpdateRefused(f"{source}: larger than {MAX_BYTES} bytes")
     return data

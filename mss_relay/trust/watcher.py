@@ -11,7 +11,9 @@ trust_space.whitelist_url is set; the other workers pick the file up.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +26,11 @@ from mss_relay.trust import source
 from mss_relay.trust.whitelist import InvalidWhitelist, Whitelist
 
 CHECK_INTERVAL = 2.0  # seconds between two looks at the file: a new list in force within 10 s
+# The longest sleep of the refresh loop between two reads of its settings.
+REFRESH_STEP = 5.0
 
 Signature = tuple[int, int, int, int]
+MISSING: Signature = (-1, -1, -1, -1)  # the failure of a file that is not there
 
 
 def signature(path: Path) -> Signature:
@@ -60,13 +65,22 @@ class WhitelistView:
         return self.current.is_operator(dn)
 
     def changed(self) -> tuple[Whitelist, Signature] | None:
-        """In a thread: the new list when the file changed since, else None."""
-        now = signature(self.path)
-        if now == self.seen or now == self.failed:
+        """In a thread: the new list when the file changed since, else None.
+        A failure (OSError, InvalidWhitelist) is raised once for a given file,
+        or once for as long as it is missing; after one, the file is read
+        again even if it is back as it was (so its return is logged)."""
+        try:
+            now = signature(self.path)
+        except OSError:
+            if self.failed == MISSING:
+                return None
+            self.failed = MISSING
+            raise
+        if now == self.failed or (now == self.seen and self.failed is None):
             return None
         try:
             return source.load(self.path), now
-        except InvalidWhitelist:
+        except (OSError, InvalidWhitelist):
             self.failed = now
             raise
 
@@ -79,32 +93,52 @@ def bal_domains(addresses: Iterable[str]) -> list[str]:
     return sorted({domain_of(a) for a in addresses})
 
 
-def warn_unlisted_bals(
-    bals: Iterable[str], whitelist: Whitelist, log: FilteringBoundLogger
-) -> list[str]:
-    """The structure's own BAL domains not in the list: a warning, not an
-    error (a new domain takes days to be published by the ANS). Said at
-    start, and again for each new list (or configuration) while one is
-    missing, so the operator sees when the ANS has published it."""
+def list_warnings(bals: Iterable[str], whitelist: Whitelist) -> list[tuple[str, list[str]]]:
+    """What is wrong with the list for this structure, as (message, domains):
+    patient.mssante.fr missing, the structure's own BAL domains not listed.
+    Warnings, not errors (a new domain takes days to be published by the ANS)."""
+    found: list[tuple[str, list[str]]] = []
     if PATIENT_DOMAIN not in whitelist:
         # With the list, the trust space is its domains exactly: patients too.
-        log.warning(
-            "config_warning",
-            message=f"trust_space.whitelist: {PATIENT_DOMAIN} is not in the liste blanche:"
-            " mail to and from patients is refused until a list holds it",
-            domains=[PATIENT_DOMAIN],
+        found.append(
+            (
+                f"trust_space.whitelist: {PATIENT_DOMAIN} is not in the liste blanche:"
+                " mail to and from patients is refused until a list holds it",
+                [PATIENT_DOMAIN],
+            )
         )
     missing = unlisted(bal_domains(bals), whitelist)
     if missing:
-        log.warning(
-            "config_warning",
-            message="trust_space.whitelist: the BAL domain(s) "
-            + ", ".join(missing)
-            + " are not in the liste blanche (mail from them may be refused"
-            " by other operators until the ANS publishes them)",
-            domains=missing,
+        found.append(
+            (
+                "trust_space.whitelist: the BAL domain(s) "
+                + ", ".join(missing)
+                + " are not in the liste blanche (mail from them may be refused"
+                " by other operators until the ANS publishes them)",
+                missing,
+            )
         )
+    return found
+
+
+def warn_unlisted_bals(
+    bals: Iterable[str], whitelist: Whitelist, log: FilteringBoundLogger
+) -> list[str]:
+    """list_warnings as config_warning lines: said at start, and again for
+    each new list (or configuration) while one is missing, so the operator
+    sees when the ANS has published it. The BAL domains missing."""
+    missing: list[str] = []
+    for message, domains in list_warnings(bals, whitelist):
+        log.warning("config_warning", message=message, domains=domains)
+        if domains != [PATIENT_DOMAIN]:
+            missing = domains
     return missing
+
+
+def stale_days(whitelist: Whitelist, max_age: float, now: datetime | None = None) -> float | None:
+    """The list's age in days when DateDeGeneration is older than max_age."""
+    age = whitelist.age_days(now or datetime.now(UTC))
+    return age if age * 86400 > max_age else None
 
 
 def warn_if_stale(
@@ -112,8 +146,8 @@ def warn_if_stale(
 ) -> bool:
     """whitelist_stale when DateDeGeneration is older than max_age (the list
     is still used: an old list is better than none)."""
-    age = whitelist.age_days(now or datetime.now(UTC))
-    if age * 86400 <= max_age:
+    age = stale_days(whitelist, max_age, now)
+    if age is None:
         return False
     log.warning(
         "whitelist_stale",
@@ -144,7 +178,8 @@ async def follow(
 ) -> None:
     """Every interval, for ever: a changed file parsed off the event loop and
     swapped in (whitelist_reloaded, then loaded(new list)); one that does not
-    parse is logged once (whitelist_invalid) and the list in force kept."""
+    parse, or a file gone, is logged once (whitelist_invalid) and the list
+    in force kept."""
     while True:
         await asyncio.sleep(interval)
         current = view()
@@ -163,40 +198,88 @@ async def follow(
                 loaded(found[0])
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None  # missing: due at once (the download makes it)
+
+
 async def refresh(
     settings: Callable[[], TrustSpaceConfig],
     view: Callable[[], WhitelistView | None],
     log: FilteringBoundLogger,
+    step: float = REFRESH_STEP,
 ) -> None:
-    """Worker 0, for ever: download trust_space.whitelist_url every refresh
-    (the same checks as « mss-relay whitelist update »), then say whether the
-    list in force is stale."""
+    """Worker 0, for ever: download trust_space.whitelist_url when due (the
+    same checks as « mss-relay whitelist update »), then say whether the list
+    in force is stale; without a URL, say so every refresh all the same.
+
+    Due: one refresh after the file's modification time (a relay restarted
+    daily with refresh: 1d still refreshes; a file older than refresh is
+    fetched at start), and one refresh after the last attempt (an unchanged
+    or refused download is not retried at once). The settings are read again
+    at least every step, so a reload shortening refresh is in force at once.
+    Nothing stops the loop: an unexpected failure is logged and it goes on."""
+    tried = -math.inf  # the last download attempt (wall clock, as the mtime)
+    warned = time.time()  # the age was said (keep_current says it at start)
     while True:
         config = settings()
-        await asyncio.sleep(config.refresh)
-        config = settings()
-        if config.whitelist_url is None or config.whitelist is None:
-            continue
-        current = view()
-        in_force = current.current if current is not None else None
         try:
-            done = await asyncio.to_thread(
-                source.update, config.whitelist, config.whitelist_url, config.whitelist_ca
-            )
-        except (source.UpdateRefused, OSError) as error:
-            log.error("whitelist_refresh_failed", url=config.whitelist_url, error=str(error))
-        else:
-            in_force = done.whitelist  # every worker swaps it in within CHECK_INTERVAL
-            log.info(
-                "whitelist_refreshed",
-                url=config.whitelist_url,
-                entries=done.whitelist.entries,
-                domains=len(done.whitelist.operators),
-                generated=done.whitelist.generated,
-                replaced=done.replaced,
-            )
+            wait = await _refresh_once(config, view, log, tried, warned)
+        except Exception as error:  # logged, and the loop goes on: the list in force is kept
+            log.error("whitelist_refresh_failed", url=config.whitelist_url, error=repr(error))
+            wait = None
+        if wait is None:  # attempted (or the age said): the next one is a refresh away
+            tried = warned = time.time()
+            continue
+        await asyncio.sleep(min(step, wait))
+
+
+async def _refresh_once(
+    config: TrustSpaceConfig,
+    view: Callable[[], WhitelistView | None],
+    log: FilteringBoundLogger,
+    tried: float,
+    warned: float,
+) -> float | None:
+    """Seconds until something is due (nothing done), or None: downloaded
+    (or tried to) and said whether the list in force is stale."""
+    if config.whitelist is None:
+        return math.inf
+    now = time.time()
+    current = view()
+    in_force = current.current if current is not None else None
+    if config.whitelist_url is None:
+        if now < warned + config.refresh:
+            return warned + config.refresh - now
         if in_force is not None:
             warn_if_stale(in_force, config.max_age, log)
+        return None
+    mtime = await asyncio.to_thread(_mtime, config.whitelist)
+    due = max(-math.inf if mtime is None else mtime, tried) + config.refresh
+    if now < due:
+        return due - now
+    try:
+        done = await asyncio.to_thread(
+            source.update, config.whitelist, config.whitelist_url, config.whitelist_ca
+        )
+    except (source.UpdateRefused, OSError) as error:
+        log.error("whitelist_refresh_failed", url=config.whitelist_url, error=str(error))
+    else:
+        log.info(
+            "whitelist_refreshed",
+            url=config.whitelist_url,
+            entries=done.whitelist.entries,
+            domains=len(done.whitelist.operators),
+            generated=done.whitelist.generated,
+            replaced=done.replaced,
+        )
+        if done.replaced:
+            return None  # every worker loads it within CHECK_INTERVAL; worker 0 then says its age
+    if in_force is not None:
+        warn_if_stale(in_force, config.max_age, log)
+    return None
 
 
 async def keep_current(
@@ -217,7 +300,9 @@ async def keep_current(
     if current is not None:
         warn_unlisted_bals(bals(), current.current, log)
         warn_if_stale(current.current, settings().max_age, log)
-    await asyncio.gather(
-        follow(view, log, loaded=lambda new: warn_unlisted_bals(bals(), new, log)),
-        refresh(settings, view, log),
-    )
+
+    def loaded(new: Whitelist) -> None:
+        warn_unlisted_bals(bals(), new, log)
+        warn_if_stale(new, settings().max_age, log)
+
+    await asyncio.gather(follow(view, log, loaded=loaded), refresh(settings, view, log))

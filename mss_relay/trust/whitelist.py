@@ -16,6 +16,7 @@ accepted (truncated_end says so); one cut anywhere else is refused.
 from __future__ import annotations
 
 import io
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ _ENTRY = _NS + "Domaine"
 _GENERATED = _NS + "DateDeGeneration"
 _NAME = _NS + "Nom"
 _DN = _NS + "DNCertificatOperateur"
+# A host name (RFC 1123 labels, two at least, 253 characters at most): a Nom
+# that is not one can name no recipient's domain.
+_DOMAIN_NAME = re.compile(
+    r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z"
+)
 # expat's « no element found »: the input ended with elements still open.
 _NO_ELEMENTS = 3
 
@@ -53,6 +59,8 @@ class Whitelist:
     operators: Mapping[str, tuple[str, ...]]
     # The file lacked end tags after its last complete Domaine (accepted).
     truncated_end: bool = False
+    # Entries left out: their Nom is not a domain name (not counted in entries).
+    bad_names: int = 0
     # Every operator's normalized DN, whatever its domain (computed once: a
     # null sender's MAIL asks whether its certificate is any operator's).
     _all_dns: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -111,6 +119,7 @@ class _Reader:
         self.open: list[str] = []  # the elements open, outermost first
         self.generated: str | None = None
         self.entries = 0
+        self.bad_names = 0
         self.operators: dict[str, list[str]] = {}
         self.entry: dict[str, str] = {}
 
@@ -138,12 +147,19 @@ class _Reader:
             element.clear()
 
     def _entry_done(self) -> None:
-        self.entries += 1
         name, dn = self.entry.get(_NAME, ""), self.entry.get(_DN, "")
         if not name or not dn:
             missing = "Nom" if not name else "DNCertificatOperateur"
-            raise InvalidWhitelist(f"Domaine entry {self.entries} has no {missing}")
-        self.operators.setdefault(normalize_domain(name), []).append(dn)
+            number = self.entries + self.bad_names + 1
+            raise InvalidWhitelist(f"Domaine entry {number} has no {missing}")
+        domain = normalize_domain(name)
+        if not _DOMAIN_NAME.match(domain):
+            # One bad entry does not cost the whole list; the count is shown,
+            # and the shrink guard still weighs the domains left out.
+            self.bad_names += 1
+            return
+        self.entries += 1
+        self.operators.setdefault(domain, []).append(dn)
 
     def between_entries(self) -> bool:
         """Stopped with only the root and ListeDomaines open: after a whole
@@ -154,13 +170,15 @@ class _Reader:
         if self.generated is None:
             raise InvalidWhitelist("no DateDeGeneration")
         if not self.entries:
-            raise InvalidWhitelist("no Domaine entry")
+            valid = " with a domain name as Nom" if self.bad_names else ""
+            raise InvalidWhitelist(f"no Domaine entry{valid}")
         return Whitelist(
             generated=self.generated,
             generated_at=_generated_at(self.generated),
             entries=self.entries,
             operators=MappingProxyType({k: tuple(v) for k, v in self.operators.items()}),
             truncated_end=truncated_end,
+            bad_names=self.bad_names,
         )
 
 
@@ -186,7 +204,7 @@ def parse_whitelist(data: bytes) -> Whitelist:
         # Elements left open at the end of the input, after a whole entry:
         # only end tags are missing (the published defect). Cut in a tag or
         # inside an entry, expat stops elsewhere or with another error.
-        if code == _NO_ELEMENTS and reader.entries and reader.between_entries():
+        if code == _NO_ELEMENTS and reader.entries + reader.bad_names and reader.between_entries():
             return reader.whitelist(truncated_end=True)
         raise InvalidWhitelist(f"not well-formed XML: {error}") from None
     except DefusedXmlException as error:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 
 from tests.conftest import Pki, Stack, _stack, base_config
@@ -39,10 +42,19 @@ def update(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @contextlib.contextmanager
 def whitelisted(
-    tmp: Path, pki: Pki, hashes: dict[str, str], data: bytes, workers: int = 1, **trust: Any
+    tmp: Path,
+    pki: Pki,
+    hashes: dict[str, str],
+    data: bytes,
+    workers: int = 1,
+    age: float = 0.0,
+    **trust: Any,
 ) -> Iterator[Stack]:
+    """age: the file's modification time that many seconds ago."""
     listed = tmp / "listeblanchemssante.xml"
     listed.write_bytes(data)
+    if age:
+        os.utime(listed, (time.time() - age, time.time() - age))
     trust_space = {"whitelist": str(listed), **trust}
     yield from _stack(tmp, pki, hashes, trust_space=trust_space, workers=workers)
 
@@ -162,28 +174,52 @@ def test_a_new_list_is_in_force_in_every_worker_with_a_session_open(
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     body = b""
+    location = ""  # a redirect there instead of the body
+    # "": the body whole; "length": a Content-Length above the bytes sent;
+    # "chunked": one chunk, then the connection closed without the last one.
+    cut = ""
 
     def do_GET(self) -> None:
+        if self.location:
+            self.send_response(302)
+            self.send_header("Location", self.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
+        if self.cut == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(self.body), self.body))
+            self.close_connection = True
+            return
+        extra = 1000 if self.cut == "length" else 0
+        self.send_header("Content-Length", str(len(self.body) + extra))
         self.end_headers()
         self.wfile.write(self.body)
+        self.close_connection = True
 
     def log_message(self, *_args: object) -> None:
         pass
 
 
 @contextlib.contextmanager
-def https_server(pki: Pki, body: bytes) -> Iterator[str]:
-    handler = type("Handler", (_Handler,), {"body": body})
+def https_server(pki: Pki | None, body: bytes, **behaviour: str) -> Iterator[str]:
+    """An HTTPS server with the test PKI's certificate (pki None: plain HTTP)
+    serving body at any path; behaviour: _Handler's location or cut."""
+    handler = type("Handler", (_Handler,), {"body": body, **behaviour})
+    if behaviour.get("cut") == "chunked":
+        handler.protocol_version = "HTTP/1.1"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pki.cert, pki.key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if pki is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.cert, pki.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if pki is not None else "http"
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}/listeblanchemssante.xml"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/listeblanchemssante.xml"
     finally:
         server.shutdown()
         server.server_close()
@@ -232,3 +268,163 @@ def test_the_relay_refreshes_from_the_url_and_warns_of_a_stale_list(
         assert relay.wait_event("whitelist_refreshed", where=lambda e: e["replaced"])
         assert relay.wait_event("whitelist_reloaded")
         assert [c for c, _ in rcpt(stack, "a@fresh.mssante.fr")] == [250]
+
+
+def _configured(tmp: Path, pki: Pki, hashes: dict[str, str], **trust: Any) -> Relay:
+    """A configuration written (the relay not started)."""
+    trust.setdefault("whitelist", str(tmp / "l.xml"))
+    return Relay(tmp, base_config(pki, hashes, 25, trust_space=trust))
+
+
+def test_update_refuses_a_redirect_to_plain_http(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    ca = tmp_path / "ca.pem"
+    pki.ca.cert_pem.write_to_path(str(ca))
+    listed = tmp_path / "l.xml"
+    old = whitelist_xml()
+    listed.write_bytes(old)
+    newer = with_domains(["fresh.mssante.fr"])
+    with (
+        https_server(None, newer) as plain,
+        https_server(pki, b"", location=plain) as to_plain,
+        https_server(pki, newer) as good,
+        https_server(pki, b"", location=good) as to_https,
+    ):
+        trust = {"whitelist_url": to_plain, "whitelist_ca": str(ca)}
+        done = update(_configured(tmp_path, pki, password_hashes, **trust).config_path)
+        assert done.returncode == 1, done.stdout
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        assert f"redirected to '{plain}', which must be an https:// URL" in done.stderr
+        assert listed.read_bytes() == old
+        # https to https is still followed, with the same CA.
+        trust = {"whitelist_url": to_https, "whitelist_ca": str(ca)}
+        done = update(_configured(tmp_path, pki, password_hashes, **trust).config_path)
+        assert done.returncode == 0, done.stderr
+        assert listed.read_bytes() == newer
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://exa mple/lb.xml", "must not contain spaces or control characters"),
+        ("https://[::1/x", "is not a valid URL: Invalid IPv6 URL"),
+    ],
+)
+def test_update_from_a_bad_url_is_one_line(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str], url: str, why: str
+) -> None:
+    done = update(_configured(tmp_path, pki, password_hashes).config_path, "--from", url)
+    assert done.returncode == 1
+    assert done.stderr == f"mss-relay: whitelist update refused: {url}: {why}\n"
+
+
+@pytest.mark.parametrize(
+    ("cut", "why"), [("length", "download cut short"), ("chunked", "IncompleteRead")]
+)
+def test_update_refuses_a_download_cut_short(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str], cut: str, why: str
+) -> None:
+    ca = tmp_path / "ca.pem"
+    pki.ca.cert_pem.write_to_path(str(ca))
+    full = whitelist_xml()
+    # Cut between two entries: alone, it would pass for a file lacking its end tags.
+    half = full[: full.index(b"    <Domaine>", len(full) // 2)]
+    listed = tmp_path / "l.xml"
+    listed.write_bytes(full)
+    with https_server(pki, half, cut=cut) as url:
+        trust = {"whitelist_url": url, "whitelist_ca": str(ca)}
+        done = update(_configured(tmp_path, pki, password_hashes, **trust).config_path)
+    assert done.returncode == 1, done.stdout
+    assert len(done.stderr.splitlines()) == 1 and why in done.stderr, done.stderr
+    assert listed.read_bytes() == full
+
+
+def test_the_relay_refreshes_at_start_a_list_older_than_refresh(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    ca = tmp_path / "ca.pem"
+    pki.ca.cert_pem.write_to_path(str(ca))
+    with (
+        https_server(pki, with_domains(["fresh.mssante.fr"])) as url,
+        whitelisted(
+            tmp_path,
+            pki,
+            password_hashes,
+            whitelist_xml(),
+            age=2 * 3600,  # written two hours ago, refresh: 1h: due now
+            whitelist_url=url,
+            whitelist_ca=str(ca),
+            refresh="1h",
+        ) as stack,
+    ):
+        relay = stack.relay
+        assert relay.wait_event("whitelist_refreshed", where=lambda e: e["replaced"], timeout=20)
+        assert relay.wait_event("whitelist_reloaded")
+        assert [c for c, _ in rcpt(stack, "a@fresh.mssante.fr")] == [250]
+
+
+def test_a_deleted_list_is_said_once_and_again_when_back(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    with whitelisted(tmp_path, pki, password_hashes, whitelist_xml()) as stack:
+        relay = stack.relay
+        listed, away = tmp_path / "listeblanchemssante.xml", tmp_path / "away.xml"
+        listed.rename(away)
+        assert relay.wait_event("whitelist_invalid")
+        away.rename(listed)  # back as it was
+        assert relay.wait_event("whitelist_reloaded")
+        assert len(relay.events("whitelist_invalid")) == 1
+        assert [c for c, _ in rcpt(stack, "a@chu-b.mssante.fr")] == [250]
+
+
+def test_update_leaves_out_an_entry_whose_nom_is_not_a_domain(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    source = tmp_path / "published.xml"
+    source.write_bytes(whitelist_xml([*entries(), ("bad domain!", "CN=x,C=FR")]))
+    done = update(_configured(tmp_path, pki, password_hashes).config_path, "--from", str(source))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "6500 entrées, 5000 domaines, 400 certificats d'opérateur,"
+        " générée le 2024-05-02T03:15:00+02:00",
+        "attention : 1 entrée(s) dont le Nom n'est pas un nom de domaine, laissée(s) de côté",
+    ]
+
+
+def test_check_config_opens_the_list_as_serve_does(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    relay = _configured(tmp_path, pki, password_hashes)
+    listed = tmp_path / "l.xml"
+    full = whitelist_xml()
+    for what, why in (
+        (None, "no such file"),
+        ("folder", "Is a directory"),
+        (b"not xml", "not well-formed XML"),
+        (full[: full.index(b"<Nom>", len(full) // 2) + 8], "not well-formed XML"),
+    ):
+        if what == "folder":
+            listed.mkdir()
+        elif isinstance(what, bytes):
+            if listed.is_dir():
+                listed.rmdir()
+            listed.write_bytes(what)
+        done = relay.cli("check-config")
+        assert done.returncode == 78, (what, done.stdout)
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"mss-relay: configuration error: trust_space.whitelist: {listed}")
+        assert why in line, line
+        served = relay.cli("serve", timeout=30)
+        assert served.returncode == 78 and served.stderr == done.stderr
+    # A list without the BAL's domain nor the patients': the start warnings.
+    gone = ("ch-exemple.mssante.fr", "patient.mssante.fr")
+    rows = [(n, dn) for n, dn in entries() if n not in gone]
+    listed.write_bytes(whitelist_xml(rows))
+    done = relay.cli("check-config")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "liste blanche" in line]
+    assert len(warnings) == 2, done.stderr
+    assert all(line.startswith("mss-relay: warning: trust_space.whitelist: ") for line in warnings)
+    assert "patient.mssante.fr is not in the liste blanche" in warnings[0]
+    assert "ch-exemple.mssante.fr are not in the liste blanche" in warnings[1]

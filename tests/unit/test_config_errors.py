@@ -145,6 +145,36 @@ CASES: list[tuple[str, Change, str]] = [
         "trust_space.whitelist_ca: file not found: {base}/nowhere.pem",
     ),
     (
+        "trust-space-ca-directory",
+        put("trust_space", value={"whitelist_ca": "."}),
+        "trust_space.whitelist_ca: is a directory, not a file: {base}",
+    ),
+    (
+        "trust-space-url-space",
+        put("trust_space", value={"whitelist": "l.xml", "whitelist_url": "https://exa mple/l.xml"}),
+        "trust_space.whitelist_url: must not contain spaces or control characters",
+    ),
+    (
+        "trust-space-url-bracket",
+        put("trust_space", value={"whitelist": "l.xml", "whitelist_url": "https://[::1/x"}),
+        "trust_space.whitelist_url: is not a valid URL: Invalid IPv6 URL",
+    ),
+    (
+        "trust-space-url-no-host",
+        put("trust_space", value={"whitelist": "l.xml", "whitelist_url": "https:///l.xml"}),
+        "trust_space.whitelist_url: must name a host (https://HOST/...)",
+    ),
+    (
+        "trust-space-url-port",
+        put("trust_space", value={"whitelist": "l.xml", "whitelist_url": "https://x:99999/"}),
+        "trust_space.whitelist_url: is not a valid URL: Port out of range 0-65535",
+    ),
+    (
+        "trust-space-refresh-short",
+        put("trust_space", value={"refresh": "0.5s"}),
+        "trust_space.refresh: must be at least 1s",
+    ),
+    (
         "trust-space-unknown",
         put("trust_space", value={"white_list": "l.xml"}),
         "trust_space.white_list: unknown key (expected one of: max_age, refresh, whitelist,"

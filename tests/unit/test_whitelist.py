@@ -131,3 +131,11 @@ def test_a_list_without_the_patients_domain_is_warned_of() -> None:
     warn_unlisted_bals(["dpi@chu-b.mssante.fr"], parse_whitelist(whitelist_xml(without)), log)  # type: ignore[arg-type]
     assert [fields["domains"] for _, fields in log.lines] == [["patient.mssante.fr"]]
     assert "mail to and from patients is refused" in str(log.lines[0][1]["message"])
+
+
+def test_an_entry_whose_nom_is_not_a_domain_name_is_left_out_and_counted() -> None:
+    rows = [*entries(12, 8, 5), ("bad domain!", "CN=x,C=FR"), ("-x-.mssante.fr", "CN=y,C=FR")]
+    listed = parse_whitelist(whitelist_xml(rows))
+    assert (listed.entries, listed.bad_names) == (12, 2)
+    assert "bad domain!" not in listed and "-x-.mssante.fr" not in listed
+    assert "chu-b.mssante.fr" in listed
