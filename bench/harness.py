@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -456,6 +457,16 @@ def make_state(path: Path, conversations: int) -> float:
     with sqlite3.connect(path) as db:  # no -wal file left to copy
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return time.monotonic() - started
+
+
+def copy_state(state: Path, to: Path) -> None:
+    """A state file and its pseudonym key beside it (the relay refuses a
+    database of pseudonyms without the key that made them)."""
+    shutil.copyfile(state, to)
+    key = state.parent / "pseudonym.key"
+    if key.exists():
+        (to.parent / key.name).write_bytes(key.read_bytes())
+        (to.parent / key.name).chmod(0o600)
 
 
 def workers_supported(work: Path, workers: int) -> str | None:

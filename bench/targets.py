@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections import Counter as Tally
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from .harness import (
     Server,
     Sink,
     bench_postfix,
+    copy_state,
     free_port,
     listener,
     postfix_version,
@@ -238,7 +238,7 @@ class RelayTarget(Target):
             self.label += ", liste blanche + Annuaire"
         self.work = workdir / self.key
         self.work.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trust.state if trust else state, self.work / "state.sqlite3")
+        copy_state(trust.state if trust else state, self.work / "state.sqlite3")
         self.port = free_port()
         config = relay_config(
             self.work,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from tests.support.extraction import Bal, generated, write
 from tests.support.whitelist import with_domains
 
 from .directory_cost import import_extraction
-from .harness import DOMAIN
+from .harness import DOMAIN, copy_state
 from .load import RECIPIENT, SENDER
 
 WHITELIST_ENTRIES = 6500
@@ -71,7 +70,7 @@ def make_trust_space(
         raise RuntimeError(f"generated whitelist lacks {', '.join(missing)}")
 
     trust_state = folder / "state.sqlite3"
-    shutil.copyfile(state, trust_state)
+    copy_state(state, trust_state)
     recipient = Bal("PER", RECIPIENT, "Martin", "Jean", "Médecin", "CHU B", "69003 LYON")
     extraction = write(folder / "extraction.txt", itertools.chain(generated(rows - 1), [recipient]))
     figures = import_extraction(extraction, trust_state)
