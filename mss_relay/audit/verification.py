@@ -12,7 +12,8 @@ archive), so nothing could be concluded about it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,10 @@ class _Seen:
     where: str  # file:line of that line
 
 
+# The streams the relay writes (audit/chain.py): a worker's, the commands'.
+_RELAY_STREAM = re.compile(r"\Aw(0|[1-9][0-9]*)\Z|\Acli\Z")
+
+
 @dataclass
 class Verdict:
     code: int
@@ -36,9 +41,26 @@ class Verdict:
     message: str
     # Streams whose first line given follows lines no longer there.
     starts: list[str] = field(default_factory=list)
+    # Every stream seen, in the order of streams_line (an auditor sees a
+    # stream that should not be there: lines forged as a new stream's).
+    streams: list[str] = field(default_factory=list)
 
-    def text(self) -> list[str]:
-        return [*self.starts, self.message]
+    def streams_line(self) -> str | None:
+        return f"flux : {', '.join(self.streams)}" if self.streams else None
+
+    def warnings(self) -> list[str]:
+        return [
+            f"attention : flux « {name} » inattendu (le relais n'écrit que w0, w1... et cli)"
+            for name in self.streams
+            if not _RELAY_STREAM.match(name)
+        ]
+
+
+def _stream_order(name: str) -> tuple[int, int, str]:
+    # w0, w1, ... w10 by number, then cli, then anything else.
+    if _RELAY_STREAM.match(name) and name != "cli":
+        return (0, int(name[1:]), "")
+    return (1, 0, "") if name == "cli" else (2, 0, name)
 
 
 def _sealed(raw: bytes) -> tuple[str, int, str, str] | str:
@@ -62,28 +84,42 @@ def _sealed(raw: bytes) -> tuple[str, int, str, str] | str:
     return stream, seq, chain, text[:cut]
 
 
-def verify(files: Iterable[Path]) -> Verdict:
+def _lines(files: list[Path], problems: list[str]) -> Iterator[tuple[int, Path, int, bytes]]:
+    """(index of the file, file, 1-based line number, raw line) of every line."""
+    for index, path in enumerate(files):
+        for number, raw in enumerate(raw_lines(path, problems), start=1):
+            yield index, path, number, raw
+
+
+def verify(given: Iterable[Path]) -> Verdict:
+    files = list(given)
     streams: dict[str, _Seen] = {}
     starts: list[str] = []
     count = 0
-    for path in files:
+
+    def verdict(code: int, message: str) -> Verdict:
+        return Verdict(code, count, message, starts, sorted(streams, key=_stream_order))
+
+    for index, path in enumerate(files):
         if not path.is_file():
-            return Verdict(UNREADABLE, count, f"{path}: fichier absent ou illisible", starts)
+            return verdict(UNREADABLE, f"{path}: fichier absent ou illisible")
         problems: list[str] = []
         number = 0
         for number, raw in enumerate(raw_lines(path, problems), start=1):
-            if raw in (b"\n", b""):
-                continue
             where = f"{path}:{number}"
+            if raw == b"\n":
+                # The relay never writes one (whole JSON lines only): it was
+                # made afterwards, as a line emptied by hand would be.
+                return verdict(BROKEN, f"{where}: ligne vide (le relais n'en écrit jamais)")
             parsed = _sealed(raw)
             if isinstance(parsed, str):
-                return Verdict(BROKEN, count, f"{where}: {parsed}", starts)
+                return verdict(BROKEN, f"{where}: {parsed}")
             stream, seq, chain, sealed = parsed
             at = f"{where} (flux {stream}, seq {seq})"
             seen = streams.get(stream)
             if seen is None:
                 previous = ""
-                if seq != 1:
+                if seq != 1 and index == 0:
                     # Its predecessors are in a file no longer given (retention).
                     starts.append(
                         f"flux {stream} : la chaîne commence à {where} (seq {seq}),"
@@ -92,31 +128,68 @@ def verify(files: Iterable[Path]) -> Verdict:
                     streams[stream] = _Seen(seq, chain, where)
                     count += 1
                     continue
+                if seq != 1:
+                    # Only the first file given may follow files gone: here
+                    # the stream's earlier lines were in the files given.
+                    streams[stream] = _Seen(seq, chain, where)
+                    return verdict(BROKEN, _absent(at, seq, files[0]))
             elif seq == seen.seq + 1:
                 previous = seen.chain
             else:
-                return Verdict(BROKEN, count, _order(at, seq, seen), starts)
+                later = None
+                if seq > seen.seq + 1:  # the line expected moved further, or gone?
+                    later = _later(files, index, number, stream, seen.seq + 1, seq)
+                return verdict(BROKEN, _order(at, seq, seen, later))
             if seal(previous, sealed) != chain:
-                return Verdict(
-                    BROKEN, count, f"{at}: ligne modifiée (son chaînage ne correspond pas)", starts
-                )
+                streams[stream] = _Seen(seq, chain, where)
+                return verdict(BROKEN, f"{at}: ligne modifiée (son chaînage ne correspond pas)")
             streams[stream] = _Seen(seq, chain, where)
             count += 1
         if problems:
             # Nothing read: not a log at all (2); a truncated archive: what
             # came before was checked, the rest is missing (1).
             code = UNREADABLE if number == 0 else BROKEN
-            return Verdict(code, count, f"{path}: lecture interrompue : {problems[0]}", starts)
-    return Verdict(INTACT, count, f"{count} lignes, chaîne intacte", starts)
+            return verdict(code, f"{path}: lecture interrompue : {problems[0]}")
+    return verdict(INTACT, f"{count} lignes, chaîne intacte")
 
 
-def _order(at: str, seq: int, seen: _Seen) -> str:
-    if seq > seen.seq + 1:
+def _later(
+    files: list[Path], index: int, number: int, stream: str, low: int, high: int
+) -> str | None:
+    """Where, after (file index, line number), a line of `stream` with a seq
+    in [low, high) is: the line expected was moved further, not deleted.
+    Read again only once a break is found."""
+    for at_index, path, at_number, raw in _lines(files[index:], []):
+        if at_index == 0 and at_number <= number:
+            continue
+        parsed = _sealed(raw)
+        if not isinstance(parsed, str) and parsed[0] == stream and low <= parsed[1] < high:
+            return f"{path}:{at_number}"
+    return None
+
+
+def _absent(at: str, seq: int, first: Path) -> str:
+    return (
+        f"{at}: {seq - 1} ligne(s) manquante(s) avant celle-ci (seq 1 à {seq - 1}) : le flux"
+        f" n'est dans aucun fichier donné avant ; seul le premier ({first}) peut suivre des"
+        " fichiers qui ne sont plus là. Lignes supprimées, ou le flux n'a rien écrit dans"
+        " les fichiers donnés avant : donnez aussi celui de sa ligne précédente"
+    )
+
+
+def _order(at: str, seq: int, seen: _Seen, later: str | None) -> str:
+    if seq > seen.seq + 1 and later is None:
         missing = seq - seen.seq - 1
         return (
             f"{at}: {missing} ligne(s) manquante(s) avant celle-ci (seq {seen.seq + 1}"
             f" à {seq - 1}, après {seen.where}) : supprimées, un fichier manquant au milieu,"
             " ou des lignes que le relais n'a pas pu écrire (log_recovered, champ dropped)"
+        )
+    if later is not None:
+        return (
+            f"{at}: ligne hors d'ordre (la précédente du flux, {seen.where}, avait le seq"
+            f" {seen.seq} ; la ligne attendue est plus loin, {later}) : lignes déplacées,"
+            " ou fichiers donnés dans le désordre"
         )
     return (
         f"{at}: ligne hors d'ordre (la précédente du flux, {seen.where}, avait le seq"

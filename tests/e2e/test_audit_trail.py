@@ -76,7 +76,11 @@ def test_an_intact_log_of_two_workers_and_the_cli_passes(two_workers_log: Path) 
     assert {e["event"] for e in every if e["stream"] == "cli"} == {"conversation_closed"}
     done = verify(two_workers_log)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"{len(every)} lignes, chaîne intacte"
+    # The streams seen first (outside check, 6), then the verdict, as it was.
+    assert done.stdout.splitlines() == [
+        "flux : w0, w1, cli",
+        f"{len(every)} lignes, chaîne intacte",
+    ]
 
 
 def _tampered(log: Path, tmp: Path, change: str) -> tuple[Path, int]:
@@ -114,6 +118,9 @@ def test_a_tampered_log_fails_naming_the_line(
     assert "Traceback" not in done.stderr
     if change != "truncate":
         assert "flux w0" in done.stderr
+    # A swap is said as one, not as lines missing (outside check, 2).
+    expected = {"delete": "manquante", "alter": "modifiée", "swap": "hors d'ordre"}
+    assert expected.get(change, "tronquée") in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -164,7 +171,7 @@ def test_rotation_and_restarts_keep_one_chain(rotated: list[Path]) -> None:
     done = verify(*rotated)
     assert done.returncode == 0, done.stderr
     total = sum(len(lines(p)) for p in rotated)
-    assert done.stdout.strip() == f"{total} lignes, chaîne intacte"
+    assert done.stdout.splitlines() == ["flux : w0", f"{total} lignes, chaîne intacte"]
     # Compressed by logrotate: the same.
     packed = first.with_name(first.name + ".gz")
     packed.write_bytes(gzip.compress(first.read_bytes()))

@@ -90,3 +90,72 @@ def test_the_commands_reading_the_log_find_the_daily_files(tmp_path: Path) -> No
         "mss-relay-2026-05-31.jsonl.gz",
         "mss-relay-2026-06-01.jsonl",
     ]
+
+
+def test_a_stream_first_seen_mid_chain_after_the_first_file_is_lines_missing(
+    tmp_path: Path,
+) -> None:
+    # w1 writes in the second and third files; every w1 line of the second
+    # is deleted: w1 then starts at seq 4 in the third, a file that follows
+    # ones given, so its earlier lines were there (outside check, 1).
+    w0, w1 = sealed_lines("w0", 6), sealed_lines("w1", 6)
+    files = [tmp_path / f"{name}.jsonl" for name in "abc"]
+    files[0].write_text("".join(w0[:2]))
+    files[1].write_text("".join([w0[2], w0[3]]))  # w1[0:3] deleted from here
+    files[2].write_text("".join([w0[4], w1[3], w0[5], *w1[4:]]))
+    verdict = verify(files)
+    assert verdict.code == BROKEN, verdict.message
+    assert verdict.message.startswith(f"{files[2]}:2 (flux w1, seq 4): 3 ligne(s) manquante(s)")
+    # A stream that starts at seq 1 in a later file (a worker added) is fine.
+    files[1].write_text("".join([w0[2], *w1[:3], w0[3]]))
+    assert verify(files).code == INTACT
+    files[1].write_text("".join([w0[2], w0[3]]))
+    files[2].write_text("".join([w0[4], *w1[:3], w0[5]]))
+    assert verify(files).code == INTACT
+
+
+def test_two_lines_swapped_are_out_of_order_not_missing(tmp_path: Path) -> None:
+    w0 = sealed_lines("w0", 5)
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join([w0[0], w0[2], w0[1], w0[3], w0[4]]))
+    verdict = verify([path])
+    assert verdict.code == BROKEN
+    assert verdict.message.startswith(f"{path}:2 (flux w0, seq 3): ligne hors d'ordre")
+    assert f"plus loin, {path}:3" in verdict.message and "manquante" not in verdict.message
+    # Moved into the next file: the same.
+    later = tmp_path / "later.jsonl"
+    path.write_text("".join([w0[0], w0[2]]))
+    later.write_text("".join([w0[1], *w0[3:]]))
+    assert "hors d'ordre" in verify([path, later]).message
+    # Really gone: missing.
+    path.write_text("".join([w0[0], w0[2], *w0[3:]]))
+    assert "1 ligne(s) manquante(s)" in verify([path]).message
+
+
+def test_a_blank_line_is_a_break(tmp_path: Path) -> None:
+    # The relay never writes one: a line emptied by hand (its content gone,
+    # the seq of the next would show it only if it was not the last).
+    w0 = sealed_lines("w0", 2)
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join([w0[0], w0[1], "\n"]))
+    verdict = verify([path])
+    assert (
+        verdict.code == BROKEN
+        and verdict.message == f"{path}:3: ligne vide (le relais n'en écrit jamais)"
+    )
+
+
+def test_verify_names_the_streams_it_saw_and_warns_of_a_strange_one(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    lines = [*sealed_lines("cli", 1), *sealed_lines("w10", 1), *sealed_lines("w1", 1)]
+    path.write_text("".join([*lines, *sealed_lines("w0", 1)]))
+    verdict = verify([path])
+    assert verdict.code == INTACT and verdict.streams_line() == "flux : w0, w1, w10, cli"
+    assert verdict.warnings() == []
+    # Lines forged as a new stream's pass the chain, but show.
+    path.write_text("".join([*lines, *sealed_lines("w9", 1), *sealed_lines("admin", 1)]))
+    verdict = verify([path])
+    assert verdict.code == INTACT and verdict.streams_line() == "flux : w1, w9, w10, cli, admin"
+    assert verdict.warnings() == [
+        "attention : flux « admin » inattendu (le relais n'écrit que w0, w1... et cli)"
+    ]
