@@ -12,7 +12,7 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.audit.chain import Chain, Head, last_head, stream_name
-from mss_relay.audit.rotation import DailyFiles, keep_up
+from mss_relay.audit.rotation import DailyFiles, keep_up, upkeep_delay
 from mss_relay.config import Config, LogRotation
 from mss_relay.log import Finish, LineWriter, make_logger
 from mss_relay.state.heads import HeadStore, saved_head
@@ -21,8 +21,6 @@ from mss_relay.state.heads import HeadStore, saved_head
 # never one per line. A crash loses at most this much of the state's copy,
 # and the log file's own last line is preferred at start anyway.
 SAVE_EVERY = 10.0
-# How often worker 0 compresses and purges the daily files.
-UPKEEP_EVERY = 3600.0
 
 CLI_STREAM = "cli"
 
@@ -100,9 +98,10 @@ class Trail:
     async def _keep_files(self, log: FilteringBoundLogger) -> None:
         assert self.daily is not None
         directory, retention = self.daily.directory, self.config.log.retention_days
+        link = self.daily.link.name
         while True:
             try:
-                done = await asyncio.to_thread(keep_up, directory, retention)
+                done = await asyncio.to_thread(keep_up, directory, retention, None, link)
             except Exception as error:
                 log.error("log_upkeep_error", error=type(error).__name__)
             else:
@@ -110,7 +109,9 @@ class Trail:
                     log.info("log_purged", count=done.purged, retention_days=retention)
                 if done.compressed:
                     log.info("log_compressed", count=done.compressed)
-            await asyncio.sleep(UPKEEP_EVERY)
+            # At start, then five minutes past each hour: 00:05 compresses
+            # the day just ended (docs/audit-trail.md).
+            await asyncio.sleep(upkeep_delay())
 
     async def close(self) -> None:
         """After the last line: its head saved."""

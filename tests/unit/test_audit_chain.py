@@ -6,13 +6,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
 from mss_relay.audit.chain import Chain, Head, last_head
-from mss_relay.audit.rotation import keep_up
+from mss_relay.audit.rotation import keep_up, upkeep_delay
 from mss_relay.audit.verification import BROKEN, INTACT, verify
 
 
@@ -159,3 +161,50 @@ def test_verify_names_the_streams_it_saw_and_warns_of_a_strange_one(tmp_path: Pa
     assert verdict.warnings() == [
         "attention : flux « admin » inattendu (le relais n'écrit que w0, w1... et cli)"
     ]
+
+
+def test_a_compressed_day_keeps_the_files_mode(tmp_path: Path) -> None:
+    now = time.mktime((2026, 6, 1, 12, 0, 0, 0, 0, -1))
+    day = tmp_path / "mss-relay-2026-05-31.jsonl"
+    day.write_text("{}\n")
+    day.chmod(0o640)
+    before = os.umask(0o022)
+    try:
+        assert keep_up(tmp_path, 183, now).compressed == 1
+    finally:
+        os.umask(before)
+    packed = tmp_path / "mss-relay-2026-05-31.jsonl.gz"
+    assert stat.S_IMODE(packed.stat().st_mode) == 0o640
+    assert gzip.decompress(packed.read_bytes()) == b"{}\n"
+
+
+def test_the_old_plain_log_kept_is_purged_by_its_date(tmp_path: Path) -> None:
+    # Kept as logrotate's dateext name when moving to daily rotation
+    # (rotation.py, DailyFiles): purged past retention like a day's file.
+    now = time.mktime((2026, 6, 1, 12, 0, 0, 0, 0, -1))
+    old, kept = "mss-relay.jsonl-2025112923", "mss-relay.jsonl-2025113000"
+    for name in (old, kept, "mss-relay.jsonl-20251101.gz", "other.jsonl-2025112923"):
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "mss-relay-2025-11-29.jsonl.gz").write_bytes(gzip.compress(b""))
+    done = keep_up(tmp_path, 183, now, link="mss-relay.jsonl")
+    assert done.purged == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept, "other.jsonl-2025112923"]
+    assert keep_up(tmp_path, 183, now).purged == 0  # without the link's name: none
+
+
+@pytest.mark.parametrize(
+    ("clock", "delay"),
+    [
+        ((12, 0, 0), 300),
+        ((12, 5, 0), 3600),
+        ((23, 6, 0), 3540),
+        ((0, 4, 59), 1),
+        ((23, 59, 0), 360),
+    ],
+)
+def test_the_upkeep_runs_five_minutes_past_each_hour(
+    clock: tuple[int, int, int], delay: int
+) -> None:
+    # docs/audit-trail.md: at start, then 00:05 (the day just ended), hourly.
+    now = time.mktime((2026, 6, 1, *clock, 0, 0, -1))
+    assert upkeep_delay(now) == delay
