@@ -15,10 +15,12 @@ streams interleave in the file in no fixed order (concurrent writers).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,11 @@ END = '"}'
 # (past that, the state's head is taken: see Head).
 TAIL_SCAN = 16 * 1024**2
 _BLOCK = 64 * 1024
+# How many files, newest first, the start looks through for its stream's
+# last line: the state's head is at most SAVE_EVERY old (trail.py), so only
+# the newest file the stream wrote to matters; a stream silent longer than
+# this many files has its head in the state long since.
+START_FILES = 8
 
 
 def stream_name(worker: int) -> str:
@@ -127,3 +134,37 @@ def last_head(path: Path, stream: str, limit: int = TAIL_SCAN) -> Head | None:
         return None
     finally:
         os.close(fd)
+
+
+def newest_head(files: Iterable[Path], stream: str, bound: int = START_FILES) -> Head | None:
+    """The stream's last line in the newest of `files` (newest first, .gz or
+    not) that has one, looking at `bound` files at most. Blocking: at start.
+
+    After a crash the state's head may be behind the log, and the file the
+    writer goes on with may hold nothing yet (a new day, or log.file moved
+    aside by logrotate while the relay was down): the last line is found in
+    the file before (outside check, 3)."""
+    for count, path in enumerate(files):
+        if count >= bound:
+            break
+        head = (
+            _last_in_archive(path, stream) if path.name.endswith(".gz") else last_head(path, stream)
+        )
+        if head is not None:
+            return head
+    return None
+
+
+def _last_in_archive(path: Path, stream: str) -> Head | None:
+    # A gzip file cannot be read backwards: read through (a past day's file,
+    # once, at start).
+    needle = f'"stream": {json.dumps(stream)}, "seq": '.encode()
+    found = None
+    try:
+        with gzip.open(path, "rb") as lines:
+            for raw in lines:
+                if needle in raw:
+                    found = parse_head(raw, stream) or found
+    except (OSError, EOFError, ValueError):
+        pass  # a corrupt or cut archive: what was read before counts
+    return found

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
-from mss_relay.audit.chain import Chain, Head, last_head, stream_name
-from mss_relay.audit.rotation import DailyFiles, keep_up, upkeep_delay
+from mss_relay.audit.chain import Chain, Head, newest_head, stream_name
+from mss_relay.audit.rotation import DailyFiles, dated_files, keep_up, upkeep_delay
 from mss_relay.config import Config, LogRotation
 from mss_relay.log import Finish, LineWriter, make_logger
+from mss_relay.logfiles import log_files, rotated_copies
 from mss_relay.state.heads import HeadStore, saved_head
 
 # How often a changed head is saved: at most one small write per interval,
@@ -31,10 +32,25 @@ def _daily(config: Config) -> DailyFiles | None:
     return None
 
 
-async def _start_head(config: Config, stream: str, path: Path | None) -> Head:
+def _written(config: Config, daily: DailyFiles | None) -> list[Path]:
+    """The files the log went to, newest first: daily, the dated files (today's
+    may not exist yet) then the copies of log.file kept from before; external,
+    log.file then logrotate's copies. After daily.current() (which moves a
+    plain log.file aside, under a kept name)."""
+    if config.log.file is None:
+        return []
+    if daily is not None:
+        return [*reversed(dated_files(daily.directory)), *reversed(rotated_copies(daily.link))]
+    return list(reversed(log_files(config.log.file)))
+
+
+def _file_head(config: Config, daily: DailyFiles | None, stream: str) -> Head | None:
+    return newest_head(_written(config, daily), stream)
+
+
+async def _start_head(config: Config, stream: str, daily: DailyFiles | None) -> Head:
     def read() -> Head:
-        in_file = last_head(path, stream) if path is not None else None
-        return Head.later(in_file, saved_head(config.database, stream))
+        return Head.later(_file_head(config, daily, stream), saved_head(config.database, stream))
 
     return await asyncio.to_thread(read)
 
@@ -53,9 +69,10 @@ class Trail:
     @classmethod
     async def prepare(cls, config: Config, worker: int) -> Trail:
         daily = _daily(config)
-        path = daily.current() if daily is not None else config.log.file
+        if daily is not None:
+            daily.current()  # today's link, a plain log.file moved aside first
         stream = stream_name(worker)
-        return cls(config, worker, Chain(stream, await _start_head(config, stream, path)), daily)
+        return cls(config, worker, Chain(stream, await _start_head(config, stream, daily)), daily)
 
     @property
     def path(self) -> Path | None:
@@ -138,7 +155,7 @@ async def command_log(
     try:
         await store.db.execute("BEGIN IMMEDIATE")
         try:
-            in_file = await asyncio.to_thread(last_head, path, CLI_STREAM) if path else None
+            in_file = await asyncio.to_thread(_file_head, config, daily, CLI_STREAM)
             chain = Chain(CLI_STREAM, Head.later(in_file, await store.load(CLI_STREAM)))
             writer = LineWriter(path, current_path=daily.current if daily else None)
             writer.seal = chain

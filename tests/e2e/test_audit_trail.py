@@ -305,3 +305,77 @@ def test_a_logrotate_installation_moving_to_daily_keeps_its_log(
     assert today.name.startswith("mss-relay-") and lines(today)
     done = verify(kept[0], today)
     assert done.returncode == 0, done.stderr
+
+
+def _saved_seq(relay: Relay, stream: str) -> int:
+    import sqlite3
+
+    database = relay.workdir / relay.config.get("state", {}).get("database", "var/state.sqlite3")
+    with sqlite3.connect(database) as db:
+        row = db.execute("SELECT seq FROM log_heads WHERE stream = ?", (stream,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_crash_then_a_restart_on_a_later_day_goes_on_with_the_chain(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """kill -9 just after some mail (the state's head, saved every 10 s, is
+    behind the file), the restart two days later: today's file does not
+    exist yet, the stream's last line is found in the newest file that has
+    it (outside check, 3)."""
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    relay = _daily(tmp_path, pki, password_hashes, upstream.port)
+    logs = tmp_path / "var" / "log"
+    plain = list(relay.process.args)
+    crashed, restarted = logs / "mss-relay-2026-06-01.jsonl", logs / "mss-relay-2026-06-03.jsonl"
+    _faked(relay, "2026-06-01 12:00:00")
+    try:
+        relay.start()
+        sends(relay, upstream, pki, 3)
+        assert relay.wait_event("transaction", count=3)
+        relay.stop(signal.SIGKILL)
+        last = lines(crashed)[-1]
+        # What makes the case: the state does not know the file's last line.
+        assert _saved_seq(relay, "w0") < last["seq"], "the head was saved before the kill"
+        relay.process.args = plain
+        _faked(relay, "2026-06-03 12:00:00")
+        relay.start()
+        sends(relay, upstream, pki, 1)
+        packed = crashed.with_name(crashed.name + ".gz")  # the start's upkeep
+        assert wait_for(lambda: packed.exists() and not crashed.exists())
+        relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    assert lines(restarted)[0]["seq"] == last["seq"] + 1
+    done = verify(packed, restarted)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_crash_then_the_log_moved_by_logrotate_goes_on_with_the_chain(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """log.rotate: external. kill -9, then logrotate moves log.file aside
+    before the restart: the last line is found in the copy."""
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    relay = Relay(tmp_path, base_config(pki, password_hashes, upstream.port))
+    try:
+        relay.start()
+        sends(relay, upstream, pki, 2)
+        assert relay.wait_event("transaction", count=2)
+        relay.stop(signal.SIGKILL)
+        last = lines(relay.log_path)[-1]
+        assert _saved_seq(relay, "w0") < last["seq"], "the head was saved before the kill"
+        moved = relay.log_path.with_name("mss-relay.jsonl-20260101")
+        relay.log_path.rename(moved)
+        relay.start()
+        sends(relay, upstream, pki, 1)
+        relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    assert lines(relay.log_path)[0]["seq"] == last["seq"] + 1
+    done = verify(moved, relay.log_path)
+    assert done.returncode == 0, done.stderr

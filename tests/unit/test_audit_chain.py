@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mss_relay.audit.chain import Chain, Head, last_head
+from mss_relay.audit.chain import Chain, Head, last_head, newest_head
 from mss_relay.audit.rotation import keep_up, upkeep_delay
 from mss_relay.audit.verification import BROKEN, INTACT, verify
 
@@ -208,3 +208,18 @@ def test_the_upkeep_runs_five_minutes_past_each_hour(
     # docs/audit-trail.md: at start, then 00:05 (the day just ended), hourly.
     now = time.mktime((2026, 6, 1, *clock, 0, 0, -1))
     assert upkeep_delay(now) == delay
+
+
+def test_the_start_head_is_found_in_the_newest_file_that_has_the_stream(tmp_path: Path) -> None:
+    w0, w1 = sealed_lines("w0", 4), sealed_lines("w1", 2)
+    today, packed, older = (tmp_path / n for n in ("c.jsonl", "b.jsonl.gz", "a.jsonl"))
+    older.write_text("".join([w0[0], w1[0], w1[1]]))
+    packed.write_bytes(gzip.compress("".join([w0[1], w0[2]]).encode()))
+    missing = tmp_path / "not-yet.jsonl"  # today's file, not written yet
+    newest_first = [missing, today, packed, older]
+    today.write_text("")
+    assert newest_head(newest_first, "w0") == Head(3, json.loads(w0[2])["chain"])
+    assert newest_head(newest_first, "w1") == Head(2, json.loads(w1[1])["chain"])
+    assert newest_head(newest_first, "w1", bound=3) is None
+    today.write_text(w0[3])
+    assert newest_head(newest_first, "w0") == Head(4, json.loads(w0[3])["chain"])
