@@ -4,7 +4,8 @@ by line, over the files given in rotation order (oldest first, .gz or not).
 The first problem found is named (file, line number, stream, seq) and ends
 the check: what follows a break cannot be trusted to the same degree.
 Exit codes: 0 intact; 1 broken (a line deleted, altered, reordered, added,
-truncated, a file missing or out of order, a line that is no sealed line);
+truncated, a file missing or out of order, a line that is no sealed line,
+a blank line, a stream first seen mid-chain after the first file);
 2 a file given cannot be read at all (missing, not readable, a corrupt
 archive), so nothing could be concluded about it.
 """
