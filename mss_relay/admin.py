@@ -98,7 +98,8 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
     if closed is None:
         print(f"no open conversation between {bal} and {patient}", file=sys.stderr)
         return 1
-    masking = [for_config(config, create=False).mask] if config.log.pseudonymize_patients else []
+    pseudonyms = for_config(config, create=False)
+    masking = [pseudonyms.mask] if config.log.pseudonymize_patients else []
     async with command_log(config, masking) as log:  # the « cli » stream of the audit chain
         log.info(
             "conversation_closed",
@@ -108,5 +109,7 @@ async def close_conversation(config: Config, bal: str, patient: str) -> int:
             how="admin",
             by=actor,
         )
-    print(f"closed conversation {closed} between {bal} and {patient}")
+    # The pseudonym, as the log and « list » show it: the terminal's
+    # scrollback and the logs of scripts are no place for an INS.
+    print(f"closed conversation {closed} between {bal} and {pseudonyms.of(patient)}")
     return 0

@@ -97,11 +97,18 @@ def _audit_pseudonym_parser(actions: argparse._SubParsersAction[argparse.Argumen
 
 
 def _audit_pseudonym(args: argparse.Namespace) -> int:
-    """The pseudonym under the relay's key (read, never made): grep the log for it."""
-    from mss_relay.core.addresses import is_patient_address
+    """The pseudonym under the relay's key (read, never made, and checked
+    against the state database's): grep the log for it."""
+    from mss_relay.core.addresses import is_patient_address, normalize_address, split_address
     from mss_relay.pseudonym import for_config
 
-    if "@" in args.patient and not is_patient_address(args.patient.strip()):
+    # As the relay takes an address (normalize_address; of() unquotes the
+    # local part as aiosmtpd does): the pseudonym it logged for it.
+    patient = normalize_address(args.patient)
+    if not split_address(patient)[0]:
+        print("mss-relay: audit pseudonym: give a patient's address or INS", file=sys.stderr)
+        return 2
+    if "@" in patient and not is_patient_address(patient):
         print(f"mss-relay: audit pseudonym: {args.patient} is no patient address", file=sys.stderr)
         return 2
     path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
@@ -109,7 +116,7 @@ def _audit_pseudonym(args: argparse.Namespace) -> int:
         pseudonyms = for_config(load_config(path), create=False)
     except ConfigError as error:
         return _config_error(error)
-    print(pseudonyms.of(args.patient))
+    print(pseudonyms.of(patient))
     return 0
 
 
@@ -326,6 +333,7 @@ def _config_error(error: ConfigError) -> int:
 
 
 def _check_config(path: str) -> int:
+    from mss_relay import pseudonym
     from mss_relay.runtime import make_signer, make_upstream, make_verifier, open_whitelist
     from mss_relay.tls import inbound_context, server_context
     from mss_relay.trust.watcher import list_warnings, stale_days
@@ -338,6 +346,7 @@ def _check_config(path: str) -> int:
         if config.upstream:
             make_upstream(config, config.upstream)
         make_signer(config, create=False)
+        pseudonym.check_config(config)  # refused as serve refuses it, never made
         make_verifier(config)
         if config.inbound_delivery:
             make_upstream(config, config.inbound_delivery)

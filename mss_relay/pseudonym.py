@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -29,7 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mss_relay.config import Config, ConfigError
-from mss_relay.core.addresses import PATIENT_DOMAIN, split_address
+from mss_relay.core.addresses import (
+    PATIENT_DOMAIN,
+    is_valid_ins_matricule,
+    split_address,
+    unquoted_local_part,
+)
+from mss_relay.state.database import stored_fingerprint
 
 KEY_BYTES = 32
 PREFIX = "ins:"
@@ -37,7 +44,7 @@ HEX_CHARS = 16
 KEY_KEY = "log.pseudonym_key_file"
 _KNOWN = 4096  # pseudonyms kept computed, at most
 
-# What a log line must hold for anything to be masked: one case-folded
+# What a log line must hold for an address to be masked: one case-folded
 # search of a literal, before any regular expression (most lines are about
 # professionals' mail only and pay for this search alone).
 _QUICK = "@" + PATIENT_DOMAIN
@@ -52,7 +59,26 @@ _DOMAIN = re.compile(r"@patient\.mssante\.fr", re.IGNORECASE)
 _LOCAL = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~.-"
 )
+# A quoted local part as the JSON line writes it (« \"1850578 00608400\" »),
+# ending where the domain starts: JSON-escaped quoted-pairs (« \\\" »,
+# « \\\\ »), other JSON escapes, any character but a quote or a backslash.
+_QUOTED = re.compile(r'\\"(?:\\\\(?:\\["\\]|[^"\\])|\\[/bfnrtu]|[^"\\])*\\"\Z')
 _PSEUDONYM = re.compile(rf"\Ains:[0-9a-f]{{{HEX_CHARS}}}\Z")
+# A matricule anywhere else (a lookalike domain, a source route, a
+# Message-ID): its last 8 characters are digits, Corsica's too. The bytes
+# with every digit made NUL (JSON escapes a NUL: a line holds none), searched
+# for 8 NULs, cost a microsecond a line; a pattern tried at every position,
+# ten.
+_DIGITS_TO_NUL = bytes(0 if 0x30 <= i <= 0x39 else i or 1 for i in range(256))
+_EIGHT_DIGITS = b"\0" * 8
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_MATRICULE = re.compile(r"(?<![0-9A-Za-z])[0-9]{5}(?:[0-9]{2}|2[AaBb])[0-9]{8}(?![0-9A-Za-z])")
+# A JSON string's quotes (the escaped ones skipped): on which side of them a
+# matricule stands, on the rare lines holding one.
+_JSON_QUOTE = re.compile(r'\\.|"')
+# Outside a string, digits beside these are a part of a float's digits.
+_NUMBER_BEFORE = frozenset(".-+")
+_NUMBER_AFTER = frozenset(".eE")
 
 
 class Pseudonyms:
@@ -79,11 +105,13 @@ class Pseudonyms:
     def of_ins(self, ins: str) -> str:
         """`ins:` + 16 hex of HMAC-SHA256(key, INS): the matricule stripped and
         in capitals (2A and 2B, Corsica's departments, as « 2a » after an
-        address was lower-cased for comparison). A pseudonym is returned as is."""
+        address was lower-cased for comparison); a quoted local part as the
+        relay receives it (« "185057800608491" » is « 185057800608491 »). A
+        pseudonym is returned as is."""
         known = self._known.get(ins)
         if known is not None:
             return known
-        given, ins = ins, ins.strip()
+        given, ins = ins, unquoted_local_part(ins.strip())
         if _PSEUDONYM.match(ins):
             return ins
         digest = hmac.new(self._key, ins.upper().encode("utf-8"), hashlib.sha256).hexdigest()
@@ -105,7 +133,20 @@ class Pseudonyms:
 
     def mask(self, line: str) -> str:
         """The finish step of the log: every patient address in the rendered
-        line (any field, reply texts included) by its pseudonym."""
+        line (any field, reply texts included) by its pseudonym, and every
+        matricule INS standing on its own (not inside a longer run of letters
+        and digits, such as a hash) by its own, whatever surrounds it."""
+        return self._mask_matricules(self._mask_addresses(line))
+
+    def mask_text(self, text: str) -> str:
+        """A value (a Message-ID) as the log shows it once masked: the state
+        keeps it so, and finds it again by it."""
+        if _QUICK not in text.lower() and not _has_eight_digits(text):
+            return text
+        masked = self.mask(_JSON.encode(text))
+        return text if masked is text else str(json.loads(masked))
+
+    def _mask_addresses(self, line: str) -> str:
         exact = line.count(_QUICK)
         folded = line.lower().count(_QUICK)
         if not folded:
@@ -120,16 +161,79 @@ class Pseudonyms:
             while start > done and line[start - 1] in _LOCAL:
                 start -= 1
             if start == end:
-                continue  # no local part: nothing to hide
-            local = line[start:end]
-            if line[start - 4 : start].lower() == "ins:" and _PSEUDONYM.match("ins:" + local):
-                continue  # a pseudonym already
+                quoted = _QUOTED.search(line, done, end) if line[end - 2 : end] == '\\"' else None
+                if quoted is None:
+                    continue  # no local part: nothing to hide
+                start = quoted.start()
+                local = str(json.loads(f'"{quoted[0]}"'))
+            else:
+                local = line[start:end]
+                if line[start - 4 : start].lower() == "ins:" and _PSEUDONYM.match("ins:" + local):
+                    continue  # a pseudonym already
             pieces += [line[done:start], self.of_ins(local)]
             done = end
         if not pieces:
             return line
         pieces.append(line[done:])
         return "".join(pieces)
+
+    def _mask_matricules(self, line: str) -> str:
+        flat = _flat(line)
+        if _EIGHT_DIGITS not in flat:
+            return line
+        pieces: list[str] = []
+        done = 0
+        for start, end in _matricules(line, flat):
+            if _in_json_string(line, start):
+                pseudonym = self.of_ins(line[start:end])
+            elif line[start - 1 : start] in _NUMBER_BEFORE or line[end : end + 1] in _NUMBER_AFTER:
+                continue  # a part of a JSON number (a float), no matricule
+            else:  # a JSON number: a string in its place, the line stays JSON
+                pseudonym = f'"{self.of_ins(line[start:end])}"'
+            pieces += [line[done:start], pseudonym]
+            done = end
+        if not pieces:
+            return line
+        pieces.append(line[done:])
+        return "".join(pieces)
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
+def _flat(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_NUL)
+
+
+def _has_eight_digits(text: str) -> bool:
+    return _EIGHT_DIGITS in _flat(text)
+
+
+def _matricules(line: str, flat: bytes) -> Iterator[tuple[int, int]]:
+    """Where valid matricules stand on their own in the line. An ASCII line
+    (nearly all: its bytes are its characters) is read from each run of 8
+    digits outwards, to the ends of its run of letters and digits; another,
+    by the pattern."""
+    if not line.isascii():
+        for match in _MATRICULE.finditer(line):
+            if is_valid_ins_matricule(match[0]):
+                yield match.span()
+        return
+    at = flat.find(_EIGHT_DIGITS)
+    while at >= 0:
+        start, end = at, at + len(_EIGHT_DIGITS)
+        while start > 0 and line[start - 1] in _ALNUM:
+            start -= 1
+        while end < len(line) and line[end] in _ALNUM:
+            end += 1
+        if end - start == 15 and is_valid_ins_matricule(line[start:end]):
+            yield start, end
+        at = flat.find(_EIGHT_DIGITS, end)
+
+
+def _in_json_string(line: str, at: int) -> bool:
+    quotes = sum(1 for m in _JSON_QUOTE.finditer(line, 0, at) if m[0] == '"')
+    return quotes % 2 == 1
 
 
 def _exact(line: str) -> Iterator[int]:
@@ -159,10 +263,31 @@ def _create(path: Path) -> None:
             os.unlink(temporary)
 
 
+def _refuse_odd(path: Path) -> None:
+    """A key file that can be no key file, named so (rather than as the
+    error of a read or a mkdir)."""
+    if path.is_dir():
+        raise ConfigError(KEY_KEY, f"{path} is a directory, not a key file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(KEY_KEY, f"{path}: {parent} is a file, not a directory")
+            return
+
+
+def mismatch(database: Path, stored: str, check: str) -> str:
+    """Why a key is refused for a database (the store, serve, the commands)."""
+    return (
+        f"{database} holds pseudonyms made with another key (its check is"
+        f" {stored}, this key's {check}): give the key it was made with"
+    )
+
+
 def load_key(path: Path, *, create: bool = True) -> Pseudonyms:
     """The pseudonyms under the key at `path`, made first if missing (create).
     A key readable by others than its owner, unreadable or too short is a
     configuration error naming the file (never its content)."""
+    _refuse_odd(path)
     if create and not path.exists():
         try:
             _create(path)
@@ -190,7 +315,41 @@ def load_key(path: Path, *, create: bool = True) -> Pseudonyms:
     return Pseudonyms(key)
 
 
+def key_file(config: Config) -> Path:
+    """log.pseudonym_key_file, by default beside the state database."""
+    return config.log.pseudonym_key_file or config.database.parent / "pseudonym.key"
+
+
+def _refuse_lost(path: Path, database: Path, stored: str | None) -> None:
+    """No key, but a database whose pseudonyms a key made: a new key would
+    find none of its patients again (and be refused by the store after being
+    made): refused before anything is created."""
+    if stored is not None and not path.exists():
+        raise ConfigError(
+            KEY_KEY,
+            f"{path}: no such key file, and the state database {database} holds pseudonyms"
+            f" made with a key: restore log.pseudonym_key_file from a backup",
+        )
+
+
 def for_config(config: Config, *, create: bool = True) -> Pseudonyms:
-    """The key of log.pseudonym_key_file (by default beside the state database)."""
-    path = config.log.pseudonym_key_file or config.database.parent / "pseudonym.key"
-    return load_key(path, create=create)
+    """The key of log.pseudonym_key_file, checked against the state database's
+    record of the key that made its pseudonyms, when there is one."""
+    path = key_file(config)
+    stored = stored_fingerprint(config.database)
+    _refuse_lost(path, config.database, stored)
+    pseudonyms = load_key(path, create=create)
+    if stored is not None and stored != pseudonyms.check():
+        raise ConfigError(KEY_KEY, mismatch(config.database, stored, pseudonyms.check()))
+    return pseudonyms
+
+
+def check_config(config: Config) -> None:
+    """check-config: the key file refused as serve would refuse it, but
+    never made (a missing one is made at the first start)."""
+    path = key_file(config)
+    if path.exists():
+        for_config(config, create=False)
+        return
+    _refuse_odd(path)
+    _refuse_lost(path, config.database, stored_fingerprint(config.database))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Container
+from email._header_value_parser import get_addr_spec
+from email.errors import HeaderParseError
 
 from stdnum.fr import nir
 
@@ -46,6 +48,20 @@ def split_address(address: str) -> tuple[str, str]:
     if not at:
         return address, ""
     return local, domain
+
+
+def unquoted_local_part(local: str) -> str:
+    """A quoted local part as the email package's addr_spec writes it, which is
+    how aiosmtpd hands the relay its addresses: « "185057800608491" » needs no
+    quotes and is « 185057800608491 », « "1850578 00608400" » keeps them.
+    Anything else is returned as is."""
+    if len(local) < 2 or local[0] != '"' or local[-1] != '"':
+        return local
+    try:
+        parsed, rest = get_addr_spec(local + "@x")
+    except HeaderParseError:
+        return local
+    return local if rest else parsed.addr_spec.rpartition("@")[0]
 
 
 def normalize_domain(domain: str) -> str:

@@ -13,6 +13,8 @@ string the log shows, never by their INS: every method taking a patient
 address hashes it here, so no caller can look up or write one in clear. A
 database of older versions, whose rows hold INS in clear, is rewritten at
 open (one way), and the key that made its pseudonyms is checked at every open.
+Message-IDs are stored and looked up as the log shows them: an INS in one
+(« <295109912611193@patient.mssante.fr> ») masked the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import aiosqlite
 
 from mss_relay.core.conversation import Change, ConversationFacts, Status
 from mss_relay.log import Clock, iso_ms, utc_now
-from mss_relay.pseudonym import Pseudonyms
+from mss_relay.pseudonym import Pseudonyms, mismatch
 from mss_relay.state.database import FileId, connect, file_id, mark, refuse_lost
 
 
@@ -138,10 +140,7 @@ class ConversationStore:
             async with db.execute("SELECT fingerprint FROM pseudonym_key") as cursor:
                 row = await cursor.fetchone()
             if row is not None and row[0] != check:
-                raise KeyMismatch(
-                    f"{self.path} holds pseudonyms made with another key (its check is"
-                    f" {row[0]}, this key's {check}): give the key it was made with"
-                )
+                raise KeyMismatch(mismatch(self.path, row[0], check))
             if row is None:
                 await db.execute(
                     "INSERT INTO pseudonym_key (fingerprint, set_at) VALUES (?, ?)",
@@ -164,7 +163,27 @@ class ConversationStore:
                 "UPDATE messages SET reply_to = ? WHERE message_id = ? AND conversation_id = ?",
                 replies,
             )
+            if row is None:  # the first open under a key: older Message-IDs too
+                await self._mask_message_ids(db)
         return len(clear)
+
+    async def _mask_message_ids(self, db: aiosqlite.Connection) -> None:
+        """The Message-IDs an older version stored as sent, rewritten as the
+        log shows them (an INS in one masked): SQLite picks the few that may
+        hold one (the patient domain, or 8 digits in a row, which every
+        matricule ends with), the masking decides."""
+        mask = self._pseudonyms.mask_text
+        async with db.execute(
+            "SELECT message_id, conversation_id FROM messages"
+            " WHERE message_id LIKE '%patient.mssante.fr%'"
+            " OR message_id GLOB '*[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]*'"
+        ) as cursor:
+            rows = [(mask(m), m, c) for m, c in await cursor.fetchall()]
+        await db.executemany(
+            "UPDATE OR REPLACE messages SET message_id = ? WHERE message_id = ?"
+            " AND conversation_id = ?",
+            [r for r in rows if r[0] != r[1]],
+        )
 
     async def _scrub(self) -> None:
         """After rows were rewritten: no INS left in the file's bytes. The
@@ -235,7 +254,9 @@ class ConversationStore:
         patient = self._pseudonyms.of(patient)
         cutoff = self._idle_cutoff() or ""
         direction = " AND m.direction = 'out'" if sent_only else ""
-        refs = list(references)[:MAX_REFERENCES] or [""]
+        # Stored as the log shows them (masked): looked up so too.
+        mask = self._pseudonyms.mask_text
+        refs = [mask(r) for r in list(references)[:MAX_REFERENCES]] or [""]
         marks = ",".join("?" * len(refs))
         # One statement, one trip to the database thread: the conversations the
         # Message-IDs belong to, then one row saying whether any is open.
@@ -326,6 +347,8 @@ class ConversationStore:
         base = {"bal": change.bal, "patient": change.patient, "message_id": change.message_id}
         patient = self._pseudonyms.of(change.patient)
         reply_to = self._pseudonyms.of(change.reply_to) if change.reply_to else None
+        # As the log shows it: an INS in a Message-ID masked there, and here.
+        message_id = self._pseudonyms.mask_text(change.message_id) if change.message_id else ""
         async with self._transaction() as db:
             conversation = await self._open_id(db, change.bal, patient, now)
             if conversation is None:
@@ -345,11 +368,11 @@ class ConversationStore:
                     [now, conversation],
                 )
                 events.append(("conversation_continued", {**base, "direction": change.direction}))
-            if change.message_id:
+            if message_id:
                 await db.execute(
                     "INSERT OR IGNORE INTO messages (message_id, conversation_id, direction,"
                     " reply_to, at) VALUES (?, ?, ?, ?, ?)",
-                    [change.message_id, conversation, change.direction, reply_to, now],
+                    [message_id, conversation, change.direction, reply_to, now],
                 )
             if change.close:
                 await db.execute(

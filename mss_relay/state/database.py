@@ -14,6 +14,7 @@ empty one in its place, which would silently forget every conversation.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
@@ -217,3 +218,21 @@ async def migrate(db: aiosqlite.Connection) -> None:
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+
+
+def stored_fingerprint(path: Path) -> str | None:
+    """The check of the key that made the database's pseudonyms (blocking; for
+    the commands and the start, before a key is read or made): None without
+    a database, or one that has no pseudonyms yet (or cannot be read: the
+    store's own check at open then decides)."""
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT fingerprint FROM pseudonym_key").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None

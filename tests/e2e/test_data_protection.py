@@ -54,10 +54,14 @@ class Flow:
         subject: str = SUBJECT,
         attachments: dict[str, bytes] | None = None,
         rcpt_options: str = "",
+        message_id: str | None = None,
     ) -> tuple[int, bytes, str]:
         content = make_message(
             sender=DR, to=to, subject=subject, body=f"{BODY}\n", attachments=attachments
         )
+        if message_id:
+            made = content.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0]
+            content = content.replace(made, message_id.encode())
         with connect(self.submission) as client:
             if rcpt_options:
                 assert client.docmd("MAIL", f"FROM:<{DR}> RET=HDRS")[0] == 250
@@ -193,11 +197,13 @@ def test_the_key_is_kept_private_and_the_same_after_a_restart(flow: Flow, tmp_pa
     code, text, _ = flow.professional_sends(P1)
     assert code == 250, text
     assert flow.relay.wait_event("transaction")[-1]["recipients"] == [before]
-    # Another key: another pseudonym, unrelated.
+    # Another key (for another database: with this one's, refused): another
+    # pseudonym, unrelated.
     other = tmp_path / "other.key"
     load_key(other)
     config = yaml.safe_load(flow.relay.config_path.read_text())
     config["log"]["pseudonym_key_file"] = str(other)
+    config["state"]["database"] = str(tmp_path / "other.sqlite3")
     copy = tmp_path / "other.yaml"
     copy.write_text(yaml.safe_dump(config))
     done = flow.cli("audit", "pseudonym", P1, config=copy)
@@ -263,3 +269,122 @@ def test_an_older_database_is_pseudonymized_at_start(flow: Flow) -> None:
     flow.relay.stop()
     flow.relay.start()
     assert len(flow.relay.events("patients_pseudonymized")) == 1  # once
+
+
+def test_an_ins_written_otherwise_is_masked_in_the_log_too(flow: Flow) -> None:
+    """Quoted, spaced, beside a lookalike domain, in a source route, in a
+    Message-ID: no matricule reaches the log in clear."""
+    spaced = '"1850578 00608400"@patient.mssante.fr'
+    elsewhere = [
+        f"{INS2}@patient-mssante.fr",
+        f"{INS2}@[patient.mssante.fr]",
+        f"{INS2}%patient.mssante.fr@ch-exemple.mssante.fr",
+    ]
+    with connect(flow.submission) as client:
+        assert client.docmd("MAIL", f"FROM:<{DR}>")[0] == 250
+        for address in [spaced, f'"{INS2}"@patient.mssante.fr', *elsewhere]:
+            client.docmd("RCPT", f"TO:<{address}>")
+    code, text, _ = flow.professional_sends(P2, message_id=f"<{INS1}.x@ch-exemple.mssante.fr>")
+    assert code == 250, text
+    flow.relay.wait_event("transaction")
+    decisions = flow.relay.events("decision")
+    assert any(
+        "ins:" in str(e.get("recipient")) and "patient.mssante.fr" in str(e) for e in decisions
+    )
+    for line in flow.relay.log_text().splitlines():
+        for secret in (INS1, INS2, "1850578", "00608400"):
+            assert secret not in line, (secret, line)
+    # The quoted INS that needs no quotes: one patient, one pseudonym, as
+    # « audit pseudonym » gives it however the address is written.
+    s2 = flow.pseudonym(P2)
+    assert flow.pseudonym(f'"{INS2}"@patient.mssante.fr') == s2
+    assert [e["recipient"] for e in decisions if e.get("recipient") == s2]
+
+
+def test_a_message_id_holding_an_ins_is_masked_in_the_state_too(flow: Flow) -> None:
+    message_id = f"<{INS1}@patient.mssante.fr>"
+    code, text, _ = flow.professional_sends(P1, message_id=message_id)
+    assert code == 250, text
+    code, text = flow.patient_sends(P1, in_reply_to=message_id)
+    assert code == 250, text  # the reply still finds its conversation
+    flow.relay.wait_event("conversation_continued")
+    logged = {e["message_id"] for e in flow.relay.events("conversation_opened")}
+    assert logged and INS1 not in str(logged)
+    shown = flow.cli("conversations", "show", P1)
+    assert shown.returncode == 0, shown.stderr
+    assert INS1 not in shown.stdout and logged <= set(shown.stdout.split())
+    for path in (flow.database, flow.database.with_name("state.sqlite3-wal")):
+        raw = path.read_bytes() if path.exists() else b""
+        assert INS1.encode() not in raw, path
+
+
+def _with_key(flow: Flow, tmp_path: Path, key: object, name: str = "c.yaml") -> Path:
+    config = yaml.safe_load(flow.relay.config_path.read_text())
+    config["log"]["pseudonym_key_file"] = key
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _opened(flow: Flow) -> None:
+    code, text, _ = flow.professional_sends(P1)
+    assert code == 250, text
+    flow.relay.wait_event("conversation_opened")
+
+
+def test_audit_pseudonym_checks_the_key_and_its_argument(flow: Flow, tmp_path: Path) -> None:
+    _opened(flow)
+    # Another key than the database's; then nothing to hash.
+    other = tmp_path / "other.key"
+    load_key(other)
+    wrong = flow.cli("audit", "pseudonym", P1, config=_with_key(flow, tmp_path, str(other)))
+    assert wrong.returncode != 0 and wrong.stdout == "", wrong
+    assert len(wrong.stderr.splitlines()) == 1
+    assert "holds pseudonyms made with another key" in wrong.stderr
+    empty = flow.cli("audit", "pseudonym", "")
+    assert empty.returncode == 2 and len(empty.stderr.splitlines()) == 1, empty
+    assert empty.stdout == ""
+
+
+def test_close_names_the_patient_by_pseudonym(flow: Flow) -> None:
+    _opened(flow)
+    closed = flow.cli("conversations", "close", DR, P1)
+    assert closed.returncode == 0, closed.stderr
+    assert INS1 not in closed.stdout and flow.pseudonym(P1) in closed.stdout
+
+
+def test_check_config_refuses_the_key_files_serve_refuses(flow: Flow, tmp_path: Path) -> None:
+    _opened(flow)
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(b"k" * 32)
+    loose.chmod(0o644)
+    hollow = tmp_path / "hollow.key"
+    hollow.write_bytes(b"")
+    hollow.chmod(0o600)
+    (tmp_path / "afile").write_text("")
+    cases = {
+        str(loose): "has mode 644",
+        str(hollow): "holds 0 bytes",
+        str(tmp_path): "is a directory",
+        "": "is a directory",
+        str(tmp_path / "afile" / "k.key"): "is a file, not a directory",
+    }
+    for key, message in cases.items():
+        done = flow.cli("check-config", "--config", str(_with_key(flow, tmp_path, key)))
+        assert done.returncode != 0, (key, done)
+        assert message in done.stderr and len(done.stderr.splitlines()) == 1, (key, done)
+    missing = tmp_path / "missing.key"
+    done = flow.cli("check-config", "--config", str(_with_key(flow, tmp_path, str(missing))))
+    assert done.returncode != 0 and "restore log.pseudonym_key_file" in done.stderr, done
+    assert not missing.exists()
+
+
+def test_serve_makes_no_new_key_for_a_database_of_another(flow: Flow, tmp_path: Path) -> None:
+    _opened(flow)  # the database holds pseudonyms, and the check of their key
+    flow.relay.stop()
+    key = flow.relay.workdir / "var" / "pseudonym.key"
+    key.rename(tmp_path / "kept.key")
+    failed = flow.cli("serve", "--config", str(flow.relay.config_path))
+    assert failed.returncode != 0 and "restore log.pseudonym_key_file" in failed.stderr, failed
+    assert not key.exists()
+    (tmp_path / "kept.key").rename(key)

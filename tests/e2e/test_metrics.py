@@ -226,7 +226,9 @@ def test_healthz_turns_503_while_a_required_log_cannot_be_written(
 ) -> None:
     with small_tmpfs(tmp_path / "fs") as disk:
         log = disk / "log.jsonl"
-        stack = start_one(tmp_path, pki, password_hashes, log={"file": str(log)})
+        stack = start_one(
+            tmp_path, pki, password_hashes, log={"file": str(log), "rotate": "external"}
+        )
         try:
             port = metrics_port(stack)
             assert fetch(port, "/healthz") == (200, "ok\n")

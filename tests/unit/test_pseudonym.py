@@ -206,3 +206,79 @@ def test_a_reply_naming_a_file_is_logged_without_the_name() -> None:
     assert fields["attachment_sha256"] == hashlib.sha256(name.encode()).hexdigest()[:16]
     assert logged_reply("relay stopping during DATA") == {"reply": "relay stopping during DATA"}
     assert logged_reply(ATTACHMENT_TOO_BIG) == {"reply": str(ATTACHMENT_TOO_BIG)}
+
+
+INS2 = "185057800608491"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"1850578 00608400"@patient.mssante.fr',  # quoted, spaced: no INS, still hidden
+        f'550 5.1.3 <"{INS2}"@Patient.MSSante.fr> : refus',
+        f'"a\\"b {INS2}"@patient.mssante.fr',
+        f"{INS2}@patient-mssante.fr",
+        f"{INS2}@[patient.mssante.fr]",
+        f"{INS2}%patient.mssante.fr@ch-exemple.mssante.fr",
+        f"<{INS2}.x@ch-exemple.mssante.fr>",
+        f"ORCPT=rfc822;{INS2}",
+        f"{CORSICA}@patient-mssante.fr",
+        f"déjà {INS2}_x",  # not ASCII: the other way through
+    ],
+)
+def test_an_ins_however_written_is_masked(value: str) -> None:
+    line = json.dumps({"event": "decision", "recipient": value, "n": 1}, ensure_ascii=False)
+    masked = KEYED.mask(line)
+    for secret in (INS2, CORSICA, "1850578", "00608400"):
+        assert secret not in masked, masked
+    assert "ins:" in json.loads(masked)["recipient"]
+    assert KEYED.mask(masked) == masked
+
+
+def test_a_matricule_alone_is_its_own_pseudonym_and_the_line_stays_json() -> None:
+    line = json.dumps({"mid": f"<{INS2}.x@h>", "n": int(INS2), "f": float(f"1.{INS2}")})
+    masked = json.loads(KEYED.mask(line))
+    assert masked["mid"] == f"<{KEYED.of_ins(INS2)}.x@h>"
+    assert masked["n"] == KEYED.of_ins(INS2)  # a number: a string in its place
+    assert masked["f"] == float(f"1.{INS2}")  # a float's digits: no matricule
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        # sha256 hex digests holding a valid matricule in a run of digits.
+        f"{INS2}a" + "0" * 48,
+        "ab" + INS2 + "c" * 47,
+        "f" * 49 + INS2,
+        f"{INS2}0",  # 16 hex, as attachment_sha256
+        "1" + INS2,
+    ],
+)
+def test_a_hash_is_never_altered(digest: str) -> None:
+    line = json.dumps({"attachment_sha256": digest, "chain": digest, "ts": "2026-11-23T00:00:00Z"})
+    assert KEYED.mask(line) is line
+
+
+def test_a_quoted_local_part_has_the_pseudonym_of_its_unquoted_form() -> None:
+    assert KEYED.of(f'"{INS2}"@patient.mssante.fr') == KEYED.of(f"{INS2}@patient.mssante.fr")
+    line = json.dumps({"reply": f'550 <"{INS2}"@patient.mssante.fr>'})
+    assert KEYED.of(f"{INS2}@patient.mssante.fr") in KEYED.mask(line)
+    spaced = '"1850578 00608400"@patient.mssante.fr'
+    assert KEYED.of(spaced) in KEYED.mask(json.dumps({"recipient": spaced}))
+
+
+def test_a_message_id_is_masked_as_the_log_shows_it() -> None:
+    mid = f"<{INS1}@patient.mssante.fr>"
+    stored = KEYED.mask_text(mid)
+    assert INS1 not in stored
+    assert json.dumps({"message_id": stored}) == KEYED.mask(json.dumps({"message_id": mid}))
+    plain = "<a1b2@ch-exemple.mssante.fr>"
+    assert KEYED.mask_text(plain) is plain
+
+
+def test_a_key_file_that_can_be_none_is_named_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a key file"):
+        load_key(tmp_path)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=r"f is a file, not a directory"):
+        load_key(tmp_path / "f" / "pseudonym.key")
