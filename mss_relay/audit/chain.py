@@ -27,6 +27,7 @@ from pathlib import Path
 # What separates the sealed part of a line from its chain, and ends it.
 CHAIN_MARK = ', "chain": "'
 END = '"}'
+_SEQ = '"seq": '
 # How far back the start looks in the log file for its stream's last line
 # (past that, the state's head is taken: see Head).
 TAIL_SCAN = 16 * 1024**2
@@ -75,11 +76,35 @@ class Chain:
         self._seq = head.seq
         self._chain = head.chain
         self._lock = threading.Lock()
+        # The last line the writer wrote (LineWriter.written): what is saved
+        # to the state, so that a head read there never names a line not yet
+        # in the file (an audit_heads anchor relies on it: verification.py).
+        self._written = head
 
     @property
     def head(self) -> Head:
         with self._lock:
             return Head(self._seq, self._chain)
+
+    @property
+    def written_head(self) -> Head:
+        return self._written
+
+    def written(self, line: str) -> None:
+        """Told by the writer's thread, after each write, of the last line
+        written (one per batch: its tail parsed, no JSON decoding)."""
+        text = line.rstrip("\n")
+        mark = text.rfind(CHAIN_MARK)
+        at = text.rfind(_SEQ, 0, mark)
+        if mark < 0 or at < 0:
+            return
+        try:
+            seq = int(text[at + len(_SEQ) : mark])
+        except ValueError:
+            return
+        # One attribute replaced by a whole Head: read on the event loop
+        # without a lock (the GIL makes the swap atomic).
+        self._written = Head(seq, text[mark + len(CHAIN_MARK) : -len(END)])
 
     def __call__(self, line: str) -> str:
         # A rendered line is one JSON object: « {...} ».

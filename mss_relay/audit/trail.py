@@ -11,6 +11,7 @@ from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
+from mss_relay.audit.anchors import EVENT, HOURLY, REOPEN, START, anchor_fields
 from mss_relay.audit.chain import Chain, Head, newest_head, stream_name
 from mss_relay.audit.rotation import DailyFiles, dated_files, keep_up, upkeep_delay
 from mss_relay.config import Config, LogRotation
@@ -62,9 +63,12 @@ class Trail:
         self.chain = chain
         self.daily = daily
         self._store: HeadStore | None = None
-        self._saved = chain.head
+        # None: the start head is saved too, at once (after a crash the
+        # state's copy is behind the file's last line; an anchor reads it).
+        self._saved: Head | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._save_now = asyncio.Event()
+        self._anchor_now = asyncio.Event()
 
     @classmethod
     async def prepare(cls, config: Config, worker: int) -> Trail:
@@ -88,29 +92,60 @@ class Trail:
         self._store = await HeadStore.open(self.config.database, self.config.record_timeout)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._keep_head(log)))
-        if self.daily is not None and self.worker == 0:
-            self._tasks.append(loop.create_task(self._keep_files(log)))
+        if self.worker == 0:
+            self._tasks.append(loop.create_task(self._keep_anchors(log)))
+            if self.daily is not None:
+                self._tasks.append(loop.create_task(self._keep_files(log)))
 
     def reopened(self) -> None:
-        """The log was reopened (logrotate): save the head now."""
+        """The log was reopened (logrotate): save the head now, and (worker
+        0) anchor the new file."""
         self._save_now.set()
+        self._anchor_now.set()
 
     async def _save(self) -> None:
-        head = self.chain.head
-        if self._store is not None and head != self._saved:
+        # The head as written, never one still in the writer's queue.
+        head = self.chain.written_head
+        if self._store is not None and head != self._saved and head.seq:
             await self._store.save(self.chain.stream, head)
             self._saved = head
 
     async def _keep_head(self, log: FilteringBoundLogger) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SAVE_EVERY):
-                    await self._save_now.wait()
-            self._save_now.clear()
             try:
                 await self._save()
             except Exception as error:  # the database busy: next round
                 log.warning("log_head_error", error=type(error).__name__)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SAVE_EVERY):
+                    await self._save_now.wait()
+            self._save_now.clear()
+
+    async def _anchor(self, log: FilteringBoundLogger, reason: str) -> None:
+        """The audit_heads line (audit/anchors.py): worker 0's own head saved
+        first, then every stream's as the state has it (those of the other
+        workers up to SAVE_EVERY behind: verify takes a stale one as such)."""
+        assert self._store is not None
+        await self._save()
+        heads = await self._store.heads()
+        log.info(EVENT, reason=reason, **anchor_fields(heads))
+
+    async def _keep_anchors(self, log: FilteringBoundLogger) -> None:
+        """At start, at each reopening, and five minutes past each hour: the
+        first of a day in the day's new file (log.rotate: daily), and no file
+        without a recent one (a stream idle since needs no other)."""
+        reason = START
+        while True:
+            try:
+                await self._anchor(log, reason)
+            except Exception as error:  # the database busy: next time
+                log.warning("audit_heads_error", error=type(error).__name__)
+            reason = HOURLY
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(upkeep_delay()):
+                    await self._anchor_now.wait()
+                reason = REOPEN
+            self._anchor_now.clear()
 
     async def _keep_files(self, log: FilteringBoundLogger) -> None:
         assert self.daily is not None

@@ -5,7 +5,8 @@ The first problem found is named (file, line number, stream, seq) and ends
 the check: what follows a break cannot be trusted to the same degree.
 Exit codes: 0 intact; 1 broken (a line deleted, altered, reordered, added,
 truncated, a file missing or out of order, a line that is no sealed line,
-a blank line, a stream first seen mid-chain after the first file);
+a blank line, a stream first seen mid-chain after the first file with no
+anchor naming it before, an audit_heads anchor naming lines not seen);
 2 a file given cannot be read at all (missing, not readable, a corrupt
 archive), so nothing could be concluded about it.
 """
@@ -18,7 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mss_relay.audit.chain import CHAIN_MARK, END, seal
+from mss_relay.audit.anchors import EVENT, anchor_heads
+from mss_relay.audit.chain import CHAIN_MARK, END, Head, seal
 from mss_relay.logfiles import raw_lines
 
 INTACT, BROKEN, UNREADABLE = 0, 1, 2
@@ -28,7 +30,14 @@ INTACT, BROKEN, UNREADABLE = 0, 1, 2
 class _Seen:
     seq: int
     chain: str
-    where: str  # file:line of that line
+    where: str  # file:line of that line, or of the anchor that named it
+    # Known from an anchor only, no line of the stream seen yet.
+    anchored: bool = False
+    # Named by an anchor of the first file given, no line seen yet: lines
+    # after that head may be in the file before, gone (the anchor's heads
+    # can be SAVE_EVERY old), so while in that file the stream may still
+    # start further on, as a stream first seen there may.
+    floor: bool = False
 
 
 # The streams the relay writes (audit/chain.py): a worker's, the commands'.
@@ -64,8 +73,9 @@ def _stream_order(name: str) -> tuple[int, int, str]:
     return (1, 0, "") if name == "cli" else (2, 0, name)
 
 
-def _sealed(raw: bytes) -> tuple[str, int, str, str] | str:
-    """(stream, seq, chain, sealed part) of one line, or what is wrong with it."""
+def _sealed(raw: bytes) -> tuple[str, int, str, str, dict[str, Head] | None] | str:
+    """(stream, seq, chain, sealed part, the heads it names if it is an
+    anchor) of one line, or what is wrong with it."""
     if not raw.endswith(b"\n"):
         return "ligne tronquée (pas de fin de ligne)"
     try:
@@ -82,7 +92,10 @@ def _sealed(raw: bytes) -> tuple[str, int, str, str] | str:
     stream, seq, chain = (line.get(k) for k in ("stream", "seq", "chain"))
     if not isinstance(stream, str) or not isinstance(seq, int) or not isinstance(chain, str):
         return "ligne sans chaînage (stream, seq ou chain absent)"
-    return stream, seq, chain, text[:cut]
+    heads = anchor_heads(line)
+    if isinstance(heads, str):
+        return heads
+    return stream, seq, chain, text[:cut], heads
 
 
 def _lines(files: list[Path], problems: list[str]) -> Iterator[tuple[int, Path, int, bytes]]:
@@ -99,7 +112,8 @@ def verify(given: Iterable[Path]) -> Verdict:
     count = 0
 
     def verdict(code: int, message: str) -> Verdict:
-        return Verdict(code, count, message, starts, sorted(streams, key=_stream_order))
+        seen = [name for name, known in streams.items() if not known.anchored]
+        return Verdict(code, count, message, starts, sorted(seen, key=_stream_order))
 
     for index, path in enumerate(files):
         if not path.is_file():
@@ -115,21 +129,23 @@ def verify(given: Iterable[Path]) -> Verdict:
             parsed = _sealed(raw)
             if isinstance(parsed, str):
                 return verdict(BROKEN, f"{where}: {parsed}")
-            stream, seq, chain, sealed = parsed
+            stream, seq, chain, sealed, heads = parsed
             at = f"{where} (flux {stream}, seq {seq})"
             seen = streams.get(stream)
+            if seen is not None and seen.floor and index == 0 and seq > seen.seq + 1:
+                seen = None  # starts further on than its anchor: as unseen
+            previous: str | None
             if seen is None:
                 previous = ""
                 if seq != 1 and index == 0:
-                    # Its predecessors are in a file no longer given (retention).
+                    # Its predecessors are in a file no longer given
+                    # (retention): only the lines after it check it.
                     starts.append(
                         f"flux {stream} : la chaîne commence à {where} (seq {seq}),"
                         " dans la suite d'un fichier qui n'est plus présent"
                     )
-                    streams[stream] = _Seen(seq, chain, where)
-                    count += 1
-                    continue
-                if seq != 1:
+                    previous = None
+                elif seq != 1:
                     # Only the first file given may follow files gone: here
                     # the stream's earlier lines were in the files given.
                     streams[stream] = _Seen(seq, chain, where)
@@ -141,17 +157,45 @@ def verify(given: Iterable[Path]) -> Verdict:
                 if seq > seen.seq + 1:  # the line expected moved further, or gone?
                     later = _later(files, index, number, stream, seen.seq + 1, seq)
                 return verdict(BROKEN, _order(at, seq, seen, later))
-            if seal(previous, sealed) != chain:
+            if previous is not None and seal(previous, sealed) != chain:
                 streams[stream] = _Seen(seq, chain, where)
                 return verdict(BROKEN, f"{at}: ligne modifiée (son chaînage ne correspond pas)")
             streams[stream] = _Seen(seq, chain, where)
             count += 1
+            if heads is not None:
+                broken = _anchored(streams, heads, where, index, files, number)
+                if broken is not None:
+                    return verdict(BROKEN, broken)
         if problems:
             # Nothing read: not a log at all (2); a truncated archive: what
             # came before was checked, the rest is missing (1).
             code = UNREADABLE if number == 0 else BROKEN
             return verdict(code, f"{path}: lecture interrompue : {problems[0]}")
     return verdict(INTACT, f"{count} lignes, chaîne intacte")
+
+
+def _anchored(
+    streams: dict[str, _Seen],
+    heads: dict[str, Head],
+    where: str,
+    index: int,
+    files: list[Path],
+    number: int,
+) -> str | None:
+    """An anchor's heads against the streams known: a head further on than
+    the stream's last line seen names lines missing (every line up to it
+    was written before the anchor); one behind or equal is stale; a stream
+    not known yet is known from it."""
+    for name, head in heads.items():
+        known = streams.get(name)
+        lenient = known is not None and known.floor and index == 0
+        if known is None or (lenient and head.seq > known.seq):
+            streams[name] = _Seen(head.seq, head.chain, where, anchored=True, floor=index == 0)
+        elif head.seq > known.seq:
+            at = f"{where} (ancre {EVENT}, flux {name} au seq {head.seq})"
+            later = _later(files, index, number, name, known.seq + 1, head.seq + 1)
+            return _order(at, head.seq + 1, known, later)
+    return None
 
 
 def _later(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -151,6 +152,7 @@ def rotated(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterat
         relay.log_path.rename(first)
         relay.process.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
         assert relay.wait_event("log_reopened")
+        assert relay.wait_event("audit_heads", where=lambda e: e["reason"] == "reopen")
         sends(relay, upstream, pki, 2)
         relay.stop()
         second = relay.log_path.with_name("mss-relay.jsonl-20260102")
@@ -166,6 +168,9 @@ def rotated(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterat
 
 def test_rotation_and_restarts_keep_one_chain(rotated: list[Path]) -> None:
     first, second, third = rotated
+    # Each file anchored: the reopened one, the restarted one (audit/anchors.py).
+    assert next(e["reason"] for e in lines(second) if e["event"] == "audit_heads") == "reopen"
+    assert next(e["reason"] for e in lines(third) if e["event"] == "audit_heads") == "start"
     assert lines(second)[0]["seq"] == lines(first)[-1]["seq"] + 1
     assert lines(third)[0]["seq"] == lines(second)[-1]["seq"] + 1
     done = verify(*rotated)
@@ -379,3 +384,97 @@ def test_a_crash_then_the_log_moved_by_logrotate_goes_on_with_the_chain(
     assert lines(relay.log_path)[0]["seq"] == last["seq"] + 1
     done = verify(moved, relay.log_path)
     assert done.returncode == 0, done.stderr
+
+
+# --- anchors: a stream idle in the files given (audit/anchors.py) ----------
+
+
+def _close_on(relay: Relay, upstream: Upstream, pki: Pki, day: str) -> None:
+    """An administrative close (the « cli » stream) on that faked day."""
+    sends(relay, upstream, pki, 1, to=PATIENT)
+    faked = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"@{day} 12:00:30", "TZ": "UTC"}
+    command = [sys.executable, "-m", "mss_relay", "conversations", "close", DR, PATIENT]
+    closed = subprocess.run(
+        [*command, "--config", str(relay.config_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+        env=os.environ | faked | {"FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+    )
+    assert closed.returncode == 0, closed.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_days(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, password_hashes: dict[str, str]
+) -> list[Path]:
+    """Four days of daily files, the relay started each day: the « cli »
+    stream writes on day 1 and day 3 only (an administrative close is rare)."""
+    tmp = tmp_path_factory.mktemp("anchors")
+    upstream = Upstream(tmp)
+    upstream.start()
+    relay = _daily(tmp, pki, password_hashes, upstream.port)
+    logs = tmp / "var" / "log"
+    plain = list(relay.process.args)
+    days = ["2026-06-01", "2026-06-02", "2026-06-03", "2026-06-04"]
+    try:
+        for number, day in enumerate(days):
+            relay.process.args = list(plain)
+            _faked(relay, f"{day} 12:00:00")
+            relay.start()
+            if number:  # the start's upkeep compresses the day before
+                packed = logs / f"mss-relay-{days[number - 1]}.jsonl.gz"
+                assert wait_for(packed.exists)
+            if day in (days[0], days[2]):
+                _close_on(relay, upstream, pki, day)
+            else:
+                sends(relay, upstream, pki, 1)
+            relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    files = [logs / f"mss-relay-{day}.jsonl.gz" for day in days[:3]]
+    return [*files, logs / f"mss-relay-{days[3]}.jsonl"]
+
+
+def _packed_lines(path: Path) -> list[bytes]:
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    return data.splitlines(keepends=True)
+
+
+def test_a_stream_whose_last_line_retention_deleted_passes_thanks_to_the_anchors(
+    cli_days: list[Path],
+) -> None:
+    # Day 1 deleted (retention): cli's line of day 3 (seq 2) follows a line
+    # no longer there, in a file that is not the first given; day 2's start
+    # anchor names cli's head (seq 1), so the chain is checked from it.
+    third = [json.loads(raw) for raw in _packed_lines(cli_days[2])]
+    assert [e["seq"] for e in third if e["stream"] == "cli"] == [2]
+    anchors = [json.loads(r) for r in _packed_lines(cli_days[1]) if b'"audit_heads"' in r]
+    assert anchors and anchors[0]["reason"] == "start" and anchors[0]["heads"]["cli"]["seq"] == 1
+    done = verify(*cli_days[1:])
+    assert done.returncode == 0, done.stderr
+    total = sum(len(_packed_lines(p)) for p in cli_days[1:])
+    assert done.stdout.splitlines()[-2:] == ["flux : w0, cli", f"{total} lignes, chaîne intacte"]
+    assert verify(*cli_days).returncode == 0
+
+
+def test_a_streams_lines_deleted_from_a_middle_file_fail_at_the_next_anchor(
+    cli_days: list[Path], tmp_path: Path
+) -> None:
+    # cli's line of day 3 deleted: no cli line comes after it, but day 4's
+    # start anchor says cli was at seq 2.
+    raw = _packed_lines(cli_days[2])
+    kept = [line for line in raw if b'"stream": "cli"' not in line]
+    assert len(kept) == len(raw) - 1
+    tampered = tmp_path / cli_days[2].name
+    tampered.write_bytes(gzip.compress(b"".join(kept)))
+    last = cli_days[3]
+    at = next(n for n, r in enumerate(_packed_lines(last), 1) if b'"audit_heads"' in r)
+    for given in ([cli_days[1], tampered, last], [*cli_days[:2], tampered, last]):
+        done = verify(*given)
+        assert done.returncode == 1, done.stdout
+        assert f"{last}:{at} (ancre audit_heads, flux cli au seq 2)" in done.stderr, done.stderr
+        assert "1 ligne(s) manquante(s) avant celle-ci (seq 2 à 2" in done.stderr

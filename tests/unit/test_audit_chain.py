@@ -223,3 +223,161 @@ def test_the_start_head_is_found_in_the_newest_file_that_has_the_stream(tmp_path
     assert newest_head(newest_first, "w1", bound=3) is None
     today.write_text(w0[3])
     assert newest_head(newest_first, "w0") == Head(4, json.loads(w0[3])["chain"])
+
+
+# --- audit_heads anchors (audit/anchors.py) --------------------------------
+
+
+class _Log:
+    """Sealed lines of several streams, made in the order a test writes them,
+    and worker 0's anchors (stale: a stream's head as the state had it)."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, Chain] = {}
+
+    def line(self, stream: str) -> str:
+        chain = self.chains.setdefault(stream, Chain(stream, Head()))
+        return chain(json.dumps({"ts": "t", "event": "e"})) + "\n"
+
+    def anchor(self, **stale: Head) -> str:
+        heads = {name: chain.head for name, chain in self.chains.items()} | stale
+        named = {name: {"seq": h.seq, "chain": h.chain} for name, h in heads.items()}
+        body = {"ts": "t", "event": "audit_heads", "reason": "hourly", "heads": named}
+        return self.chains.setdefault("w0", Chain("w0", Head()))(json.dumps(body)) + "\n"
+
+
+def _write(tmp_path: Path, *days: list[str]) -> list[Path]:
+    files = [tmp_path / f"day{n}.jsonl" for n in range(1, len(days) + 1)]
+    for path, lines in zip(files, days, strict=True):
+        path.write_text("".join(lines))
+    return files
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_a_stream_idle_in_the_first_file_given_passes_thanks_to_an_anchor(
+    tmp_path: Path, anchored: bool
+) -> None:
+    # w1 (or cli) wrote in day 1, deleted by retention, nothing in day 2,
+    # then goes on in day 3: day 2's anchor says where it was.
+    log = _Log()
+    log.line("w0"), log.line("w1"), log.line("w1")  # day 1, gone
+    day2 = [log.anchor() if anchored else log.line("w0"), log.line("w0")]
+    day3 = [log.line("w0"), log.line("w1")]
+    verdict = verify(_write(tmp_path, day2, day3))
+    if anchored:
+        assert verdict.code == INTACT, verdict.message
+        assert verdict.message == "4 lignes, chaîne intacte" and verdict.streams == ["w0", "w1"]
+    else:  # as before anchors: w1 first seen mid-chain in a later file
+        assert verdict.code == BROKEN and "2 ligne(s) manquante(s)" in verdict.message
+
+
+def test_an_anchor_naming_lines_not_seen_is_lines_missing(tmp_path: Path) -> None:
+    log = _Log()
+    day1 = [log.line("w0"), log.line("cli"), log.anchor()]
+    deleted = log.line("cli")  # cli's line of day 2, deleted afterwards
+    day2 = [log.line("w0"), log.anchor()]  # cli writes nothing more
+    day3 = [log.anchor(), log.line("w0")]
+    files = _write(tmp_path, day1, day2, day3)
+    verdict = verify(files)
+    assert verdict.code == BROKEN
+    assert verdict.message.startswith(
+        f"{files[1]}:2 (ancre audit_heads, flux cli au seq 2): 1 ligne(s) manquante(s)"
+        f" avant celle-ci (seq 2 à 2, après {files[0]}:2)"
+    ), verdict.message
+    files = _write(tmp_path, day1, [deleted, *day2], day3)
+    assert verify(files).code == INTACT
+    # Deleted after the middle file's last anchor: the next file's says it;
+    # the stream known from day 1's anchor alone (not seen in a line) too.
+    log = _Log()
+    log.line("cli")  # in a file gone
+    day1 = [log.line("w0"), log.anchor()]
+    day2 = [log.line("w0")]
+    log.line("cli")  # deleted from day 2
+    day3 = [log.anchor(), log.line("w0")]
+    files = _write(tmp_path, day1, day2, day3)
+    verdict = verify(files)
+    assert verdict.code == BROKEN
+    assert verdict.message.startswith(f"{files[2]}:1 (ancre audit_heads, flux cli au seq 2)")
+    assert verdict.streams == ["w0"]  # cli named by anchors only: not seen
+
+
+def test_stale_anchors_pass(tmp_path: Path) -> None:
+    log = _Log()
+    log.line("w1")
+    saved = log.chains["w1"].head  # the head the state has, 10 s behind
+    day1 = [log.line("w1"), log.line("w0"), log.anchor(w1=saved), log.line("w1")]
+    day2 = [log.anchor(w1=saved), log.line("w1")]
+    assert verify(_write(tmp_path, day1, day2)).code == INTACT
+    # The first file's anchor may be older than the file's start: a stream
+    # then starts further on than it says (its lines between in the file
+    # gone), as a stream first seen in the first file may; later anchors of
+    # that file raise what is known.
+    log = _Log()
+    log.line("w1")
+    saved = log.chains["w1"].head
+    log.line("w1")  # written in the file gone after its head was saved
+    day1 = [log.anchor(w1=saved), log.anchor(), log.line("w0"), log.line("w1")]
+    verdict = verify(_write(tmp_path, day1))
+    assert verdict.code == INTACT, verdict.message
+    log = _Log()
+    log.line("w1")
+    saved = log.chains["w1"].head
+    log.line("w1")
+    day1 = [log.anchor(w1=saved), log.line("w1")]
+    verdict = verify(_write(tmp_path, day1))
+    assert verdict.code == INTACT and "flux w1 : la chaîne commence" in verdict.starts[-1]
+
+
+def test_a_stream_known_from_an_anchor_must_chain_from_it(tmp_path: Path) -> None:
+    log = _Log()
+    log.line("w1"), log.line("w1")  # in a file gone
+    day1 = [log.line("w0")]
+    day2 = [log.anchor()]
+    forged = Chain("w1", Head(2, "0" * 64))(json.dumps({"event": "e"})) + "\n"
+    files = _write(tmp_path, day1, [*day2, forged])
+    verdict = verify(files)
+    assert verdict.code == BROKEN and verdict.message.startswith(f"{files[1]}:2 (flux w1, seq 3)")
+    assert "ligne modifiée" in verdict.message
+    files = _write(tmp_path, day1, [*day2, log.line("w1")])
+    assert verify(files).code == INTACT
+    # A line further on than the anchor's head: the lines between missing
+    # (seq 3, made above, and 4).
+    log.line("w1")
+    files = _write(tmp_path, day1, [*day2, log.line("w1")])
+    verdict = verify(files)
+    assert verdict.code == BROKEN and "2 ligne(s) manquante(s)" in verdict.message
+    assert f"après {files[1]}:1" in verdict.message
+
+
+def test_the_head_saved_is_the_last_line_written_not_one_still_queued(tmp_path: Path) -> None:
+    # The state's copy of a head must never name a line not yet in the file
+    # (an anchor built from it would then say lines are missing that only
+    # come later): the writer tells the chain what it wrote, disk full or not.
+    from mss_relay.log import LineWriter
+    from tests.support.filesystems import fill, small_tmpfs
+    from tests.unit.test_log_writer import DURING, lines_of, wait_for
+
+    with small_tmpfs(tmp_path / "fs") as disk:
+        path = disk / "log.jsonl"
+        chain = Chain("w0", Head(41, "a" * 64))
+        writer = LineWriter(path)
+        writer.seal, writer.written = chain, chain.written
+        try:
+            assert chain.written_head == Head(41, "a" * 64)  # the start head
+            writer.write(chain('{"event": "before"}'))
+            wait_for(lambda: len(lines_of(path)) == 1)
+            wait_for(lambda: chain.written_head == chain.head)
+            before = chain.head
+            filler = fill(disk)
+            writer.write(chain(json.dumps({"event": "during", "pad": DURING})))
+            wait_for(lambda: not writer.healthy)
+            assert chain.head.seq == 43 and chain.written_head == before
+            filler.unlink()
+            wait_for(lambda: writer.healthy)
+            # Then the writer's own log_recovered line, sealed too: the last.
+            wait_for(lambda: chain.written_head == chain.head)
+            assert chain.head.seq == 44
+            last = json.loads(lines_of(path)[-1])
+            assert last["event"] == "log_recovered" and chain.written_head.chain == last["chain"]
+        finally:
+            writer.close()
