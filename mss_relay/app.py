@@ -271,6 +271,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     except OSError as error:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
     writer.seal = trail.chain
+    writer.written = trail.chain.written
     try:
         # Made by the first process to start (atomically: workers may race).
         pseudonyms = pseudonym.for_config(config)

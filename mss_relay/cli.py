@@ -136,6 +136,10 @@ def _audit_verify(args: argparse.Namespace) -> int:
     # The verdict on standard output, a failure's reason on standard error.
     for line in verdict.starts:
         print(line)
+    if (streams := verdict.streams_line()) is not None:
+        print(streams)  # a stream that should not be there shows
+    for warning in verdict.warnings():
+        print(warning, file=sys.stderr)
     print(verdict.message, file=sys.stdout if verdict.code == 0 else sys.stderr)
     return verdict.code
 

@@ -105,6 +105,9 @@ class LineWriter:
         # The last finish step (the audit chain), for the lines the writer
         # makes itself (log_recovered): they join the chain too.
         self.seal: Finish | None = None
+        # Told of the last line of each write, once written (the audit
+        # chain's head as written: the state's copy never runs ahead of it).
+        self.written: Callable[[str], None] | None = None
         self._limit = limit
         self._required = required  # only for what stderr says
         self._fields = dict(fields or {})
@@ -188,7 +191,7 @@ class LineWriter:
         try:
             while True:
                 lines, stop = self._batch()
-                if lines and not self._deliver(("\n".join(lines) + "\n").encode("utf-8")):
+                if lines and not self._deliver(lines):
                     self._give_up(stop)
                     return
                 if stop:
@@ -213,9 +216,10 @@ class LineWriter:
                 return lines, False
         return lines, True
 
-    def _deliver(self, data: bytes) -> bool:
+    def _deliver(self, lines: list[str]) -> bool:
         """Write the lines, however long it takes; then, after an outage or
         drops, the log_recovered line. False: given up (closing)."""
+        data = ("\n".join(lines) + "\n").encode("utf-8")
         if self._current_path is not None and (path := self._current_path()) != self.path:
             self.path = path  # a new day: the next lines go to its file
             self._let_go()
@@ -226,6 +230,8 @@ class LineWriter:
             self._follow_path()
         if not self._write_all(data):
             return False
+        if self.written is not None:
+            self.written(lines[-1])
         outage, dropped = self._outage, self._dropped
         pending = dropped - self._reported + self._cut
         if outage is None and not (pending and time.monotonic() - self._last_report >= 1):
@@ -240,6 +246,8 @@ class LineWriter:
         report = (self.seal(report) if self.seal is not None else report) + "\n"
         if not self._write_all(report.encode("utf-8")):
             return False
+        if self.written is not None:
+            self.written(report)
         self._reported, self._cut, self._outage = dropped, 0, None
         self._last_report = time.monotonic()
         if outage is not None:

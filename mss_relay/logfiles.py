@@ -24,6 +24,11 @@ def log_files(path: Path) -> list[Path]:
     files (audit/rotation.py), today's last."""
     if path.is_symlink():
         return dated_files(path.parent)
+    return [*rotated_copies(path), *([path] if path.is_file() else [])]
+
+
+def rotated_copies(path: Path) -> list[Path]:
+    """logrotate's copies of the log beside it, oldest first (without it)."""
     rotated: list[tuple[tuple[int, str], Path]] = []
     if path.parent.is_dir():
         for candidate in path.parent.iterdir():
@@ -37,8 +42,7 @@ def log_files(path: Path) -> list[Path]:
                 rotated.append(((1, f"{max(0, 10**9 - int(match.group(1))):010d}"), candidate))
             else:  # dated: the earlier, the older
                 rotated.append(((0, name), candidate))
-    ordered = [p for _, p in sorted(rotated)]
-    return [*ordered, path] if path.is_file() else ordered
+    return [p for _, p in sorted(rotated)]
 
 
 def raw_lines(path: Path, problems: list[str]) -> Iterator[bytes]:

@@ -15,20 +15,28 @@ streams interleave in the file in no fixed order (concurrent writers).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 # What separates the sealed part of a line from its chain, and ends it.
 CHAIN_MARK = ', "chain": "'
 END = '"}'
+_SEQ = '"seq": '
 # How far back the start looks in the log file for its stream's last line
 # (past that, the state's head is taken: see Head).
 TAIL_SCAN = 16 * 1024**2
 _BLOCK = 64 * 1024
+# How many files, newest first, the start looks through for its stream's
+# last line: the state's head is at most SAVE_EVERY old (trail.py), so only
+# the newest file the stream wrote to matters; a stream silent longer than
+# this many files has its head in the state long since.
+START_FILES = 8
 
 
 def stream_name(worker: int) -> str:
@@ -68,11 +76,35 @@ class Chain:
         self._seq = head.seq
         self._chain = head.chain
         self._lock = threading.Lock()
+        # The last line the writer wrote (LineWriter.written): what is saved
+        # to the state, so that a head read there never names a line not yet
+        # in the file (an audit_heads anchor relies on it: verification.py).
+        self._written = head
 
     @property
     def head(self) -> Head:
         with self._lock:
             return Head(self._seq, self._chain)
+
+    @property
+    def written_head(self) -> Head:
+        return self._written
+
+    def written(self, line: str) -> None:
+        """Told by the writer's thread, after each write, of the last line
+        written (one per batch: its tail parsed, no JSON decoding)."""
+        text = line.rstrip("\n")
+        mark = text.rfind(CHAIN_MARK)
+        at = text.rfind(_SEQ, 0, mark)
+        if mark < 0 or at < 0:
+            return
+        try:
+            seq = int(text[at + len(_SEQ) : mark])
+        except ValueError:
+            return
+        # One attribute replaced by a whole Head: read on the event loop
+        # without a lock (the GIL makes the swap atomic).
+        self._written = Head(seq, text[mark + len(CHAIN_MARK) : -len(END)])
 
     def __call__(self, line: str) -> str:
         # A rendered line is one JSON object: « {...} ».
@@ -127,3 +159,37 @@ def last_head(path: Path, stream: str, limit: int = TAIL_SCAN) -> Head | None:
         return None
     finally:
         os.close(fd)
+
+
+def newest_head(files: Iterable[Path], stream: str, bound: int = START_FILES) -> Head | None:
+    """The stream's last line in the newest of `files` (newest first, .gz or
+    not) that has one, looking at `bound` files at most. Blocking: at start.
+
+    After a crash the state's head may be behind the log, and the file the
+    writer goes on with may hold nothing yet (a new day, or log.file moved
+    aside by logrotate while the relay was down): the last line is found in
+    the file before (outside check, 3)."""
+    for count, path in enumerate(files):
+        if count >= bound:
+            break
+        head = (
+            _last_in_archive(path, stream) if path.name.endswith(".gz") else last_head(path, stream)
+        )
+        if head is not None:
+            return head
+    return None
+
+
+def _last_in_archive(path: Path, stream: str) -> Head | None:
+    # A gzip file cannot be read backwards: read through (a past day's file,
+    # once, at start).
+    needle = f'"stream": {json.dumps(stream)}, "seq": '.encode()
+    found = None
+    try:
+        with gzip.open(path, "rb") as lines:
+            for raw in lines:
+                if needle in raw:
+                    found = parse_head(raw, stream) or found
+    except (OSError, EOFError, ValueError):
+        pass  # a corrupt or cut archive: what was read before counts
+    return found

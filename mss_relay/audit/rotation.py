@@ -15,6 +15,7 @@ import gzip
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -22,6 +23,10 @@ from pathlib import Path
 
 PREFIX = "mss-relay-"
 _DATED = re.compile(r"\Amss-relay-(\d{4})-(\d{2})-(\d{2})\.jsonl(\.gz)?\Z")
+# After log.file's name: the old plain log kept when moving to daily
+# rotation (DailyFiles._point_link), and logrotate's dateext copies of
+# before (-YYYYMMDD, .gz): dated by their name, purged as the daily files.
+_KEPT = re.compile(r"\A-(\d{4})(\d{2})(\d{2})(\d{2})?(\.gz)?\Z")
 # A past day's file is compressed this long after midnight: a line written by
 # another worker just before midnight has long reached its file by then.
 SETTLE = 300.0
@@ -43,6 +48,26 @@ def day_of(path: Path) -> date | None:
     with contextlib.suppress(ValueError):
         return date(int(match[1]), int(match[2]), int(match[3]))
     return None
+
+
+def kept_day(path: Path, link: str) -> date | None:
+    """The date in the name of a copy of log.file (named `link`) kept beside."""
+    if not path.name.startswith(link):
+        return None
+    match = _KEPT.match(path.name[len(link) :])
+    if match is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    return None
+
+
+def upkeep_delay(now: float | None = None) -> float:
+    """Seconds until the next upkeep: five minutes past the next local hour
+    (00:05 is the first after a day's end, SETTLE after it)."""
+    local = time.localtime(time.time() if now is None else now)
+    into_hour = local.tm_min * 60 + local.tm_sec
+    return float((SETTLE - into_hour) % 3600 or 3600)
 
 
 def dated_files(directory: Path) -> list[Path]:
@@ -105,9 +130,12 @@ class Upkeep:
     purged: int
 
 
-def keep_up(directory: Path, retention_days: int, now: float | None = None) -> Upkeep:
-    """Compress past days' files, delete those older than retention_days.
-    Blocking (run it in a thread)."""
+def keep_up(
+    directory: Path, retention_days: int, now: float | None = None, link: str | None = None
+) -> Upkeep:
+    """Compress past days' files, delete those older than retention_days
+    (and the copies of log.file, named `link`, kept from before: by the date
+    in their name). Blocking (run it in a thread)."""
     moment = time.time() if now is None else now
     local = time.localtime(moment)
     day = date(*local[:3])
@@ -128,13 +156,33 @@ def keep_up(directory: Path, retention_days: int, now: float | None = None) -> U
                 compressed += 1
         except OSError:
             continue  # tried again at the next round
+    if link is not None:
+        purged += _purge_kept(directory, link, oldest)
     return Upkeep(compressed, purged)
+
+
+def _purge_kept(directory: Path, link: str, oldest: date) -> int:
+    purged = 0
+    with contextlib.suppress(OSError):
+        for candidate in directory.iterdir():
+            day = kept_day(candidate, link)
+            if day is not None and day < oldest and candidate.is_file():
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+                    purged += 1
+    return purged
 
 
 def _compress(path: Path) -> None:
     target = path.with_name(path.name + ".gz")
     partial = path.with_name(f".{target.name}.part")
     with partial.open("wb") as raw:
+        # The archive as readable as the day's file was, no more (umask
+        # would make a 640 log 644); its owner too when that is possible.
+        state = os.stat(path)
+        os.fchmod(raw.fileno(), stat.S_IMODE(state.st_mode))
+        if os.geteuid() == 0:
+            os.fchown(raw.fileno(), state.st_uid, state.st_gid)
         if target.exists():
             # A line written late to a day already compressed: the archive
             # grows by a gzip member (gzip readers read them one after another).

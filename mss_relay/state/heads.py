@@ -35,6 +35,14 @@ class HeadStore:
             row = await cursor.fetchone()
         return Head(int(row[0]), str(row[1])) if row else None
 
+    async def heads(self) -> dict[str, Head]:
+        """Every stream's head, by name (the audit_heads anchor)."""
+        async with self._db.execute(
+            "SELECT stream, seq, chain FROM log_heads ORDER BY stream"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(row[0]): Head(int(row[1]), str(row[2])) for row in rows}
+
     async def save(self, stream: str, head: Head) -> None:
         """Never backwards: another process of the same stream (a CLI command
         run twice at once) may have saved a later head meanwhile."""

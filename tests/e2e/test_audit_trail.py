@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -76,7 +77,11 @@ def test_an_intact_log_of_two_workers_and_the_cli_passes(two_workers_log: Path) 
     assert {e["event"] for e in every if e["stream"] == "cli"} == {"conversation_closed"}
     done = verify(two_workers_log)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"{len(every)} lignes, chaîne intacte"
+    # The streams seen first (outside check, 6), then the verdict, as it was.
+    assert done.stdout.splitlines() == [
+        "flux : w0, w1, cli",
+        f"{len(every)} lignes, chaîne intacte",
+    ]
 
 
 def _tampered(log: Path, tmp: Path, change: str) -> tuple[Path, int]:
@@ -114,6 +119,9 @@ def test_a_tampered_log_fails_naming_the_line(
     assert "Traceback" not in done.stderr
     if change != "truncate":
         assert "flux w0" in done.stderr
+    # A swap is said as one, not as lines missing (outside check, 2).
+    expected = {"delete": "manquante", "alter": "modifiée", "swap": "hors d'ordre"}
+    assert expected.get(change, "tronquée") in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -144,6 +152,7 @@ def rotated(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterat
         relay.log_path.rename(first)
         relay.process.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
         assert relay.wait_event("log_reopened")
+        assert relay.wait_event("audit_heads", where=lambda e: e["reason"] == "reopen")
         sends(relay, upstream, pki, 2)
         relay.stop()
         second = relay.log_path.with_name("mss-relay.jsonl-20260102")
@@ -159,12 +168,15 @@ def rotated(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterat
 
 def test_rotation_and_restarts_keep_one_chain(rotated: list[Path]) -> None:
     first, second, third = rotated
+    # Each file anchored: the reopened one, the restarted one (audit/anchors.py).
+    assert next(e["reason"] for e in lines(second) if e["event"] == "audit_heads") == "reopen"
+    assert next(e["reason"] for e in lines(third) if e["event"] == "audit_heads") == "start"
     assert lines(second)[0]["seq"] == lines(first)[-1]["seq"] + 1
     assert lines(third)[0]["seq"] == lines(second)[-1]["seq"] + 1
     done = verify(*rotated)
     assert done.returncode == 0, done.stderr
     total = sum(len(lines(p)) for p in rotated)
-    assert done.stdout.strip() == f"{total} lignes, chaîne intacte"
+    assert done.stdout.splitlines() == ["flux : w0", f"{total} lignes, chaîne intacte"]
     # Compressed by logrotate: the same.
     packed = first.with_name(first.name + ".gz")
     packed.write_bytes(gzip.compress(first.read_bytes()))
@@ -298,3 +310,171 @@ def test_a_logrotate_installation_moving_to_daily_keeps_its_log(
     assert today.name.startswith("mss-relay-") and lines(today)
     done = verify(kept[0], today)
     assert done.returncode == 0, done.stderr
+
+
+def _saved_seq(relay: Relay, stream: str) -> int:
+    import sqlite3
+
+    database = relay.workdir / relay.config.get("state", {}).get("database", "var/state.sqlite3")
+    with sqlite3.connect(database) as db:
+        row = db.execute("SELECT seq FROM log_heads WHERE stream = ?", (stream,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_crash_then_a_restart_on_a_later_day_goes_on_with_the_chain(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """kill -9 just after some mail (the state's head, saved every 10 s, is
+    behind the file), the restart two days later: today's file does not
+    exist yet, the stream's last line is found in the newest file that has
+    it (outside check, 3)."""
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    relay = _daily(tmp_path, pki, password_hashes, upstream.port)
+    logs = tmp_path / "var" / "log"
+    plain = list(relay.process.args)
+    crashed, restarted = logs / "mss-relay-2026-06-01.jsonl", logs / "mss-relay-2026-06-03.jsonl"
+    _faked(relay, "2026-06-01 12:00:00")
+    try:
+        relay.start()
+        sends(relay, upstream, pki, 3)
+        assert relay.wait_event("transaction", count=3)
+        relay.stop(signal.SIGKILL)
+        last = lines(crashed)[-1]
+        # What makes the case: the state does not know the file's last line.
+        assert _saved_seq(relay, "w0") < last["seq"], "the head was saved before the kill"
+        relay.process.args = plain
+        _faked(relay, "2026-06-03 12:00:00")
+        relay.start()
+        sends(relay, upstream, pki, 1)
+        packed = crashed.with_name(crashed.name + ".gz")  # the start's upkeep
+        assert wait_for(lambda: packed.exists() and not crashed.exists())
+        relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    assert lines(restarted)[0]["seq"] == last["seq"] + 1
+    done = verify(packed, restarted)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_crash_then_the_log_moved_by_logrotate_goes_on_with_the_chain(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """log.rotate: external. kill -9, then logrotate moves log.file aside
+    before the restart: the last line is found in the copy."""
+    upstream = Upstream(tmp_path)
+    upstream.start()
+    relay = Relay(tmp_path, base_config(pki, password_hashes, upstream.port))
+    try:
+        relay.start()
+        sends(relay, upstream, pki, 2)
+        assert relay.wait_event("transaction", count=2)
+        relay.stop(signal.SIGKILL)
+        last = lines(relay.log_path)[-1]
+        assert _saved_seq(relay, "w0") < last["seq"], "the head was saved before the kill"
+        moved = relay.log_path.with_name("mss-relay.jsonl-20260101")
+        relay.log_path.rename(moved)
+        relay.start()
+        sends(relay, upstream, pki, 1)
+        relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    assert lines(relay.log_path)[0]["seq"] == last["seq"] + 1
+    done = verify(moved, relay.log_path)
+    assert done.returncode == 0, done.stderr
+
+
+# --- anchors: a stream idle in the files given (audit/anchors.py) ----------
+
+
+def _close_on(relay: Relay, upstream: Upstream, pki: Pki, day: str) -> None:
+    """An administrative close (the « cli » stream) on that faked day."""
+    sends(relay, upstream, pki, 1, to=PATIENT)
+    faked = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"@{day} 12:00:30", "TZ": "UTC"}
+    command = [sys.executable, "-m", "mss_relay", "conversations", "close", DR, PATIENT]
+    closed = subprocess.run(
+        [*command, "--config", str(relay.config_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+        env=os.environ | faked | {"FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+    )
+    assert closed.returncode == 0, closed.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_days(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, password_hashes: dict[str, str]
+) -> list[Path]:
+    """Four days of daily files, the relay started each day: the « cli »
+    stream writes on day 1 and day 3 only (an administrative close is rare)."""
+    tmp = tmp_path_factory.mktemp("anchors")
+    upstream = Upstream(tmp)
+    upstream.start()
+    relay = _daily(tmp, pki, password_hashes, upstream.port)
+    logs = tmp / "var" / "log"
+    plain = list(relay.process.args)
+    days = ["2026-06-01", "2026-06-02", "2026-06-03", "2026-06-04"]
+    try:
+        for number, day in enumerate(days):
+            relay.process.args = list(plain)
+            _faked(relay, f"{day} 12:00:00")
+            relay.start()
+            if number:  # the start's upkeep compresses the day before
+                packed = logs / f"mss-relay-{days[number - 1]}.jsonl.gz"
+                assert wait_for(packed.exists)
+            if day in (days[0], days[2]):
+                _close_on(relay, upstream, pki, day)
+            else:
+                sends(relay, upstream, pki, 1)
+            relay.stop()
+    finally:
+        relay.stop()
+        upstream.stop()
+    files = [logs / f"mss-relay-{day}.jsonl.gz" for day in days[:3]]
+    return [*files, logs / f"mss-relay-{days[3]}.jsonl"]
+
+
+def _packed_lines(path: Path) -> list[bytes]:
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    return data.splitlines(keepends=True)
+
+
+def test_a_stream_whose_last_line_retention_deleted_passes_thanks_to_the_anchors(
+    cli_days: list[Path],
+) -> None:
+    # Day 1 deleted (retention): cli's line of day 3 (seq 2) follows a line
+    # no longer there, in a file that is not the first given; day 2's start
+    # anchor names cli's head (seq 1), so the chain is checked from it.
+    third = [json.loads(raw) for raw in _packed_lines(cli_days[2])]
+    assert [e["seq"] for e in third if e["stream"] == "cli"] == [2]
+    anchors = [json.loads(r) for r in _packed_lines(cli_days[1]) if b'"audit_heads"' in r]
+    assert anchors and anchors[0]["reason"] == "start" and anchors[0]["heads"]["cli"]["seq"] == 1
+    done = verify(*cli_days[1:])
+    assert done.returncode == 0, done.stderr
+    total = sum(len(_packed_lines(p)) for p in cli_days[1:])
+    assert done.stdout.splitlines()[-2:] == ["flux : w0, cli", f"{total} lignes, chaîne intacte"]
+    assert verify(*cli_days).returncode == 0
+
+
+def test_a_streams_lines_deleted_from_a_middle_file_fail_at_the_next_anchor(
+    cli_days: list[Path], tmp_path: Path
+) -> None:
+    # cli's line of day 3 deleted: no cli line comes after it, but day 4's
+    # start anchor says cli was at seq 2.
+    raw = _packed_lines(cli_days[2])
+    kept = [line for line in raw if b'"stream": "cli"' not in line]
+    assert len(kept) == len(raw) - 1
+    tampered = tmp_path / cli_days[2].name
+    tampered.write_bytes(gzip.compress(b"".join(kept)))
+    last = cli_days[3]
+    at = next(n for n, r in enumerate(_packed_lines(last), 1) if b'"audit_heads"' in r)
+    for given in ([cli_days[1], tampered, last], [*cli_days[:2], tampered, last]):
+        done = verify(*given)
+        assert done.returncode == 1, done.stdout
+        assert f"{last}:{at} (ancre audit_heads, flux cli au seq 2)" in done.stderr, done.stderr
+        assert "1 ligne(s) manquante(s) avant celle-ci (seq 2 à 2" in done.stderr
