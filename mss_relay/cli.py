@@ -133,11 +133,13 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from mss_relay.audit.verification import verify
 
     verdict = verify(Path(name) for name in args.files)
-    # The verdict on standard output, a failure's reason on standard error.
+    # The verdict on standard output, a failure's reason on standard error;
+    # what it saw on standard error too, so that an intact log's standard
+    # output is the one line « N lignes, chaîne intacte » (scripts test it).
     for line in verdict.starts:
         print(line)
     if (streams := verdict.streams_line()) is not None:
-        print(streams)  # a stream that should not be there shows
+        print(streams, file=sys.stderr)  # a stream that should not be there shows
     for warning in verdict.warnings():
         print(warning, file=sys.stderr)
     print(verdict.message, file=sys.stdout if verdict.code == 0 else sys.stderr)
