@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 
 from mss_relay.core.addresses import (
     domain_of,
@@ -52,6 +54,7 @@ from mss_relay.schema import (
 )
 from mss_relay.schema import ConfigError as ConfigError  # raised by the loader, caught by callers
 from mss_relay.sizes import parse_size
+from mss_relay.state.postgres import PostgresSettings
 from mss_relay.trust.url import url_problem
 
 
@@ -386,9 +389,49 @@ class MetricsConfig:
 # --- sections whose runtime object differs (converted in _runtime below)
 
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _database(raw: object, where: Where) -> Path | str:
+    """A SQLite file (a path, relative to the configuration's folder) or a
+    PostgreSQL server (a postgresql:// URL, libpq's syntax), checked here."""
+    if not isinstance(raw, str) or not raw.strip():
+        where.fail("must be a string")
+    if not raw.startswith(_POSTGRES_SCHEMES):
+        if "://" in raw:
+            where.fail(
+                f"{raw.split('://', 1)[0]}:// is not a database this relay knows:"
+                " a SQLite file path or a postgresql:// URL"
+            )
+        return (where.base / raw).resolve()
+    try:
+        params = conninfo_to_dict(raw)
+    except ProgrammingError as error:
+        where.fail(f"not a PostgreSQL URL: {str(error).splitlines()[0]}")
+    if not params.get("dbname"):
+        where.fail("names no database: postgresql://USER@HOST:PORT/DATABASE")
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        where.fail(f"sslmode={sslmode} is not one of " + ", ".join(_SSLMODES))
+    return raw
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _State:
-    database: AnyFile = Path("var/state.sqlite3")
+    # A path (SQLite, the default: one machine) or postgresql://... (several
+    # relays sharing one state: README « Several relays »).
+    database: Annotated[Path | str, File(), Convert(_database)] = Path("var/state.sqlite3")
+    # PostgreSQL only: the password, first line of this file (else libpq's
+    # own ways: the URL, PGPASSWORD, ~/.pgpass).
+    password_file: Annotated[Path | None, File(must_exist=True)] = None
+    # PostgreSQL only: connections per process, at most.
+    pool_size: Annotated[int, Range(1, 100)] = 10
+    connect_timeout: Seconds = 5.0
+    # The relay's own files (control socket, metrics, pseudonym key, audit
+    # heads, the lock) when the state is on PostgreSQL; with SQLite, the
+    # database's folder.
+    directory: Annotated[Path, File()] = Path("var")
     # How long a client's reply may wait for the conversation state (a write
     # after delivery, a look-up before the verdict); a write not done by then
     # goes on in the background.
@@ -399,6 +442,28 @@ class _State:
             where.key("record_timeout").fail(
                 "must be at most 60 seconds (a client waits that long)"
             )
+        if isinstance(self.database, Path) and self.password_file is not None:
+            where.key("password_file").fail("is for a postgresql:// database only")
+
+    @property
+    def postgres(self) -> PostgresSettings | None:
+        if isinstance(self.database, Path):
+            return None
+        return PostgresSettings(
+            url=self.database,
+            password_file=self.password_file,
+            pool_size=self.pool_size,
+            connect_timeout=self.connect_timeout,
+            wait=self.record_timeout,
+        )
+
+    @property
+    def local(self) -> Path:
+        """The SQLite file, or with PostgreSQL the local one beside the relay's
+        own files (the audit heads: each relay's log is its own)."""
+        if isinstance(self.database, Path):
+            return self.database
+        return self.directory / "local.sqlite3"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -771,7 +836,7 @@ class Config:
     limits: Limits
     users: Mapping[str, str]  # name -> password hash
     bals: tuple[Bal, ...]
-    database: Path
+    database: Path  # SQLite: the state; with postgres, the relay's local file
     control: ControlConfig
     log: LogConfig
     record_timeout: float  # state.record_timeout
@@ -787,6 +852,7 @@ class Config:
     metrics: MetricsConfig | None = None
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     trust_space: TrustSpaceConfig = field(default_factory=TrustSpaceConfig)
+    postgres: PostgresSettings | None = None  # state.database: postgresql://...
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -826,14 +892,15 @@ def _runtime(file: _File, path: Path) -> Config:
             Bal(b.address, b.type, b.users, b.patients_may_initiate, b.auto_close)
             for b in file.bals
         ),
-        database=file.state.database,
-        control=ControlConfig(file.control.socket or file.state.database.parent / "control.socket"),
+        database=file.state.local,
+        postgres=file.state.postgres,
+        control=ControlConfig(file.control.socket or file.state.local.parent / "control.socket"),
         log=LogConfig(
             file=None if file.log.file == "-" else _log_path(path.parent / file.log.file),
             required=file.log.required,
             pseudonymize_patients=file.log.pseudonymize_patients,
             pseudonym_key_file=file.log.pseudonym_key_file
-            or file.state.database.parent / "pseudonym.key",
+            or file.state.local.parent / "pseudonym.key",
             retention_days=file.log.retention_days,
             rotate=file.log.rotate
             or (LogRotation.EXTERNAL if file.log.file == "-" else LogRotation.DAILY),

@@ -29,14 +29,15 @@ from mss_relay.delivery.upstream import Upstream
 from mss_relay.lifecycle import BalStatus, Flag, notice, notice_due, status
 from mss_relay.log import Clock, iso_ms, utc_now
 from mss_relay.signing import Signer
-from mss_relay.state.activity import ActivityStore, Mark
+from mss_relay.state.activity import Mark
+from mss_relay.state.api import Activities
 
 
 def new_txid() -> str:
     return secrets.token_hex(6).upper()  # as a session's transaction ids
 
 
-async def statuses(store: ActivityStore, config: Config, clock: Clock) -> list[BalStatus]:
+async def statuses(store: Activities, config: Config, clock: Clock) -> list[BalStatus]:
     """Every BAL of the configuration, as the state database knows it."""
     now = clock()
     activities = await store.activities(config.bals)
@@ -65,7 +66,7 @@ class Inputs:
 @dataclass
 class Notifier:
     current: Callable[[], Inputs]
-    store: ActivityStore
+    store: Activities
     log: FilteringBoundLogger
     clock: Clock = utc_now
 

@@ -159,7 +159,7 @@ def listener_tls(prepared: Prepared, role: Role) -> ssl.SSLContext | None:
 
 # Config fields under another name in the file; those not listed are named
 # as in the file (a new section is compared without a line here).
-_SECTION = {"database": "state", "record_timeout": "state"}
+_SECTION = {"database": "state", "postgres": "state", "record_timeout": "state"}
 _NOT_SECTIONS = frozenset({"path", "warnings"})
 
 
@@ -175,7 +175,11 @@ RESTART_ONLY: tuple[
 ] = (
     ("listeners", lambda c: c.listeners, _keep("listeners")),
     ("workers", lambda c: c.workers, _keep("workers")),
-    ("state.database", lambda c: c.database, _keep("database")),
+    (
+        "state.database",
+        lambda c: (c.database, c.postgres),
+        lambda new, old: replace(new, database=old.database, postgres=old.postgres),
+    ),
     ("control.socket", lambda c: c.control, _keep("control")),
     ("log.file", lambda c: c.log.file, lambda new, old: replace(new, log=old.log)),
     ("metrics", lambda c: c.metrics, _keep("metrics")),

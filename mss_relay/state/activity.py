@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosqlite
 from structlog.typing import FilteringBoundLogger
@@ -27,6 +28,10 @@ from mss_relay.core.mailbox import Bal
 from mss_relay.lifecycle import Activity, Flag
 from mss_relay.log import Clock, iso_ms, utc_now
 from mss_relay.state.database import connect
+from mss_relay.state.errors import STATE_ERRORS
+
+if TYPE_CHECKING:
+    from mss_relay.state.api import Activities
 
 # Seconds the writer gathers notes before one transaction (at most one
 # write per second per process, whatever the message rate).
@@ -175,7 +180,7 @@ class ActivityStore:
 class ActivityRecorder:
     """What the sessions call: notes, written in the background."""
 
-    store: ActivityStore
+    store: Activities
     log: FilteringBoundLogger
     clock: Clock = utc_now
     gather: float = GATHER
@@ -197,7 +202,7 @@ class ActivityRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._pending():
-            with contextlib.suppress(TimeoutError, sqlite3.Error):
+            with contextlib.suppress(TimeoutError, *STATE_ERRORS):
                 async with asyncio.timeout(grace):
                     await self._flush()
         if self._pending():
@@ -253,7 +258,7 @@ class ActivityRecorder:
             self._work.clear()
             try:
                 await self._flush()
-            except sqlite3.Error as error:
+            except STATE_ERRORS as error:
                 if not failing:  # once per streak of failures, not per try
                     self.log.warning(
                         "activity_write_failed",

@@ -205,6 +205,10 @@ class ConversationStore:
             return "deleted"
         return None if identity == self._identity else "replaced"
 
+    def down(self) -> str | None:
+        """A file is never « down » (vanished() says whether it is gone)."""
+        return None
+
     async def ping(self) -> None:
         """A cheap read (the health check): raises when the database does not answer."""
         await self._all("SELECT 1 FROM conversations LIMIT 1")

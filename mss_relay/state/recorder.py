@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -34,7 +33,8 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.core.conversation import Change, ConversationFacts, Status
-from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.api import Conversations
+from mss_relay.state.errors import STATE_ERRORS, TRANSIENT
 
 QUEUE_LIMIT = 1000  # writes waiting at most (memory; then patient mail is tempfailed)
 CHECK_INTERVAL = 1.0  # seconds between two checks that the database file is still there
@@ -67,7 +67,7 @@ class _Write:
 
 @dataclass
 class Recorder:
-    store: ConversationStore
+    store: Conversations
     log: FilteringBoundLogger
     timeout: float = 2.0
     limit: int = QUEUE_LIMIT
@@ -105,6 +105,9 @@ class Recorder:
         """Why the state cannot be trusted now (for this patient), or None."""
         if self.lost is not None:
             return f"database {self.lost}"
+        down = self.store.down()
+        if down is not None:  # a server not answering (PostgreSQL): nothing could be recorded
+            return down
         if len(self._queue) >= self.limit:
             return "write queue full"
         if patient is not None and self._patients[patient]:
@@ -124,7 +127,7 @@ class Recorder:
                     return await self.store.lookup(patient, references, sent_only=sent_only)
             except TimeoutError:
                 why = "look-up timed out"
-            except sqlite3.Error as error:
+            except STATE_ERRORS as error:
                 why = f"look-up failed: {type(error).__name__}"
         return ConversationFacts(Status.UNAVAILABLE, unavailable=why)
 
@@ -200,7 +203,7 @@ class Recorder:
         item.attempts += 1
         try:
             events = await self.store.apply(item.change, item.actor)
-        except sqlite3.OperationalError as error:  # locked, busy, I/O: may pass
+        except TRANSIENT as error:  # locked, busy, I/O, the server unreachable: may pass
             now = self.monotonic()
             if item.failing_since is None:
                 item.failing_since = now

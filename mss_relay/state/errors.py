@@ -1,0 +1,18 @@
+"""The state's failures, whatever its driver (sqlite3, psycopg)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+# The state could not answer now (locked, busy, the server unreachable): a
+# write may be tried again, a reply that needs it is a 451.
+TRANSIENT: tuple[type[Exception], ...] = (
+    sqlite3.OperationalError,
+    psycopg.OperationalError,
+    PoolTimeout,
+)
+# Any failure of the state's driver.
+STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, PoolTimeout)
