@@ -35,17 +35,32 @@ if ! command -v postfix >/dev/null 2>&1 && [ ! -x /usr/sbin/postfix ]; then
   fi
 fi
 # The report's test opens its page in headless Chromium; the lifecycle and
-# report tests move the clock with libfaketime (never with sleeps). Debian's
-# packages, installed when missing, as Postfix above.
+# report tests move the clock with libfaketime (never with sleeps); the
+# PostgreSQL tests run a private server from Debian's binaries in
+# /usr/lib/postgresql/*/bin (tests/support/postgres.py). Debian's packages,
+# installed when missing, as Postfix above.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
+    # Debian's postgresql creates a system cluster ("main") and, without
+    # systemd (containers), its init script may start it: stop it, and keep
+    # it from starting at boot, so that nothing listens on 5432. The tests
+    # only use their private instances, on random ports.
+    if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null 2>&1; then
+      pg_lsclusters -h 2>/dev/null | while read -r version cluster _; do
+        pg_ctlcluster --force "$version" "$cluster" stop >/dev/null 2>&1 || true
+        if [ -f "/etc/postgresql/$version/$cluster/start.conf" ]; then
+          echo manual >"/etc/postgresql/$version/$cluster/start.conf"
+        fi
+      done
+    fi
   else
     echo "${missing[*]} missing and cannot be installed here (needs root and apt-get):" \
       "the tests using them will be skipped, or fail when CI is set" >&2

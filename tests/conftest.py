@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import secrets
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import trustme
 from hypothesis import settings
 
 from mss_relay.passwords import hash_password
+from tests.support.postgres import PostgresServer, postgres_available, unique_name
 from tests.support.processes import Relay, Upstream, free_port
 
 # In CI the examples are the same on every run: a submission is judged on its
@@ -245,3 +247,61 @@ def shared_stack(
 def stack(tmp_path: Path, pki: Pki, password_hashes: dict[str, str]) -> Iterator[Stack]:
     """A relay and an upstream of the test's own (to stop, restart or misconfigure)."""
     yield from _stack(tmp_path, pki, password_hashes)
+
+
+# -- PostgreSQL: a private server for the session, a fresh database per test --
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    """A test's own database and login role on the session's server."""
+
+    url: str  # postgresql://user:password@127.0.0.1:PORT/name
+    url_without_password: str  # the same, for configurations taking the password apart
+    password: str
+    user: str
+    name: str
+    server: PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One private PostgreSQL (tests/support/postgres.py) for the whole session."""
+    reason = postgres_available()
+    if reason is not None:
+        # scripts/test.sh installs PostgreSQL: in CI a missing one is a
+        # failure, never a silently skipped end-to-end check.
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_db(postgres_server: PostgresServer) -> Iterator[PgDatabase]:
+    """A fresh role and database (owned by it) for one test, dropped afterwards."""
+    name = unique_name("mss")
+    password = secrets.token_urlsafe(18)
+    postgres_server.start()  # a no-op, unless an earlier test left it stopped
+    postgres_server.create_role(name, password)
+    postgres_server.create_database(name, owner=name)
+    try:
+        yield PgDatabase(
+            url=postgres_server.url(name, name, password),
+            url_without_password=postgres_server.url(name, name),
+            password=password,
+            user=name,
+            name=name,
+            server=postgres_server,
+        )
+    finally:
+        # The test may have stopped or killed the server: bring it back, for
+        # the drop and for the tests after it.
+        postgres_server.start()
+        postgres_server.drop_database(name)
+        postgres_server.drop_role(name)
