@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TextIO
 
 from mss_relay.audit.trail import command_log
-from mss_relay.config import Config, ConfigError
+from mss_relay.config import Config
 from mss_relay.core.addresses import normalize_address
-from mss_relay.pseudonym import for_config
-from mss_relay.state.conversations import ConversationRow, ConversationStore, KeyMismatch
-from mss_relay.state.database import StateLost
+from mss_relay.pseudonym import for_config, for_server, key_file, load_key
+from mss_relay.state.api import Conversations
+from mss_relay.state.conversations import ConversationRow
+from mss_relay.state.opening import open_conversations, open_postgres, stored_fingerprint
 
 _HEADER = ("STATE", "BAL", "PATIENT", "OPENED", "LAST ACTIVITY", "CLOSED", "HOW", "MESSAGES")
 
@@ -41,26 +44,31 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
         out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
-async def _store(config: Config) -> ConversationStore:
-    pseudonyms = for_config(config, create=False)
+@asynccontextmanager
+async def _store(config: Config) -> AsyncIterator[Conversations]:
+    """The conversations the configuration names (SQLite or PostgreSQL), with
+    the relay's key, read but never made."""
+    database = await open_postgres(config)
     try:
-        return await ConversationStore.open(
-            config.database,
-            idle_days=config.conversations.close_after_days,
-            pseudonyms=pseudonyms,
-        )
-    except KeyMismatch as error:
-        raise ConfigError("log.pseudonym_key_file", str(error)) from None
-    except StateLost as error:  # not an empty database in its place, silently
-        raise ConfigError("state.database", str(error)) from None
+        if database is not None:
+            pseudonyms = for_server(
+                config, database.where, await stored_fingerprint(database), create=False
+            )
+        else:
+            pseudonyms = for_config(config, create=False)
+        store = await open_conversations(config, pseudonyms, database)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if database is not None:
+            await database.close()
 
 
 async def list_conversations(config: Config, state: str | None, bal: str | None) -> int:
-    store = await _store(config)
-    try:
+    async with _store(config) as store:
         rows = await store.listing(state, normalize_address(bal) if bal else None)
-    finally:
-        await store.close()
     if not rows:
         print("no conversation", file=sys.stderr)
         return 0
@@ -69,11 +77,8 @@ async def list_conversations(config: Config, state: str | None, bal: str | None)
 
 
 async def show_conversation(config: Config, patient: str) -> int:
-    store = await _store(config)
-    try:
+    async with _store(config) as store:
         history = await store.history(normalize_address(patient))
-    finally:
-        await store.close()
     if not history:
         print(f"no conversation with {patient}", file=sys.stderr)
         return 1
@@ -88,17 +93,14 @@ async def show_conversation(config: Config, patient: str) -> int:
 
 async def close_conversation(config: Config, bal: str, patient: str) -> int:
     actor = f"admin:{getpass.getuser()}"
-    store = await _store(config)
-    try:
+    async with _store(config) as store:
         closed = await store.close_conversation(
             normalize_address(bal), normalize_address(patient), "admin", actor
         )
-    finally:
-        await store.close()
     if closed is None:
         print(f"no open conversation between {bal} and {patient}", file=sys.stderr)
         return 1
-    pseudonyms = for_config(config, create=False)
+    pseudonyms = load_key(key_file(config), create=False)  # checked by _store
     masking = [pseudonyms.mask] if config.log.pseudonymize_patients else []
     async with command_log(config, masking) as log:  # the « cli » stream of the audit chain
         log.info(

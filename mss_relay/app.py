@@ -7,9 +7,8 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from structlog.typing import FilteringBoundLogger
@@ -36,11 +35,17 @@ from mss_relay.health import Monitoring
 from mss_relay.log import LineWriter, make_logger
 from mss_relay.notifier import Notifier
 from mss_relay.runtime import Runtime, Shared, listener_tls, prepare
-from mss_relay.state.activity import ActivityRecorder, ActivityStore
-from mss_relay.state.conversations import ConversationStore, KeyMismatch
-from mss_relay.state.database import StateLost
+from mss_relay.state.activity import ActivityRecorder
+from mss_relay.state.api import Conversations
 from mss_relay.state.directory import DirectoryStore
+from mss_relay.state.errors import STATE_ERRORS, STATE_OR_OS
 from mss_relay.state.lock import StateLock
+from mss_relay.state.opening import (
+    open_activity,
+    open_conversations,
+    open_postgres,
+    stored_fingerprint,
+)
 from mss_relay.state.recorder import Recorder
 from mss_relay.trust.watcher import keep_current
 
@@ -48,6 +53,10 @@ from mss_relay.trust.watcher import keep_current
 # to finish; then the conversation writes still pending this long (the unit's
 # TimeoutStopSec, 45 s, stays above both).
 FLUSH_TIMEOUT = 4.0
+
+
+# A start that fails on the key, or on the server that records it.
+STATE_ERRORS_OR_CONFIG: tuple[type[Exception], ...] = (ConfigError, *STATE_ERRORS)
 
 
 async def drain(
@@ -79,7 +88,7 @@ async def drain(
 
 
 async def maintain(
-    store: ConversationStore,
+    store: Conversations,
     current: Callable[[], ConversationsConfig],
     log: FilteringBoundLogger,
     lifecycle: Notifier | None = None,
@@ -96,7 +105,7 @@ async def maintain(
 
 
 async def _conversation_upkeep(
-    store: ConversationStore,
+    store: Conversations,
     current: Callable[[], ConversationsConfig],
     log: FilteringBoundLogger,
 ) -> None:
@@ -272,12 +281,31 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         raise ConfigError("log.file", f"cannot open {config.log.file}: {error}") from None
     writer.seal = trail.chain
     writer.written = trail.chain.written
+    # With PostgreSQL, the server first: the key is checked against the one
+    # it records before a key is made (state/opening.py).
     try:
-        # Made by the first process to start (atomically: workers may race).
-        pseudonyms = pseudonym.for_config(config)
+        database = await open_postgres(config)
     except ConfigError:
         writer.close()
         raise
+    try:
+        # Made by the first process to start (atomically: workers may race).
+        if database is not None:
+            pseudonyms = pseudonym.for_server(
+                config, database.where, await stored_fingerprint(database)
+            )
+        else:
+            pseudonyms = pseudonym.for_config(config)
+    except STATE_ERRORS_OR_CONFIG as error:
+        if database is not None:
+            await database.close()
+        writer.close()
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(
+            "state.database",
+            f"cannot read {database.where if database else ''}: {type(error).__name__}",
+        ) from None
     monitoring = Monitoring.open(config, worker)  # before the logger: it counts its events
     # The masking of patients first, the chain last: it seals the bytes written.
     masking = [pseudonyms.mask] if config.log.pseudonymize_patients else []
@@ -286,48 +314,40 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     )
     if config.workers > 1:
         log = log.bind(worker=worker)
+    opened: list[Callable[[], Awaitable[None]]] = []  # closed in reverse on a failed start
+    if database is not None:
+        opened.append(database.close)
+
+    async def failed_start() -> None:
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                await close()
+        writer.close()
+
     try:
-        store = await ConversationStore.open(
-            config.database,
-            idle_days=config.conversations.close_after_days,
-            # One write's wait for another process's lock; the reply does
-            # not wait for it (Recorder), the writer retries.
-            busy_timeout=config.record_timeout,
-            pseudonyms=pseudonyms,
-        )
-    except KeyMismatch as error:
-        writer.close()
-        raise ConfigError(pseudonym.KEY_KEY, str(error)) from None
-    except StateLost as error:
-        log.error("state_lost", database=str(config.database), how="deleted", at="start")
-        writer.close()
-        raise ConfigError("state.database", str(error)) from None
-    except (OSError, sqlite3.Error) as error:
-        writer.close()
-        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+        store = await open_conversations(config, pseudonyms, database)
+    except ConfigError as error:
+        if "is gone but" in str(error):
+            log.error("state_lost", database=str(config.database), how="deleted", at="start")
+        await failed_start()
+        raise
+    opened.append(store.close)
     if store.pseudonymized:
         log.info("patients_pseudonymized", count=store.pseudonymized)
     try:
-        activity = ActivityRecorder(await ActivityStore.open(config.database), log)
-    except (OSError, sqlite3.Error) as error:
-        await store.close()
-        writer.close()
-        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
-    try:
+        activity = ActivityRecorder(await open_activity(config, database), log)
+        opened.append(activity.store.close)
         directory = await DirectoryStore.open(config.database)
-    except (OSError, sqlite3.Error) as error:
-        await activity.store.close()
-        await store.close()
-        writer.close()
-        raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
-    try:
+        opened.append(directory.close)
         await trail.start(log)
-    except (OSError, sqlite3.Error) as error:
-        await directory.close()
-        await activity.store.close()
-        await store.close()
-        writer.close()
+    except ConfigError:
+        await failed_start()
+        raise
+    except STATE_OR_OS as error:
+        await failed_start()
         raise ConfigError("state.database", f"cannot open {config.database}: {error}") from None
+    if database is not None:
+        database.watch()  # the probe: `down` while the server does not answer
     state = Recorder(store, log, timeout=config.record_timeout)
     state.start()
     activity.start()
@@ -384,6 +404,8 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
             version=__version__,
             config=str(config.path),
             listeners=[f"{li.name}={li.endpoint}/{li.tls}" for li in config.listeners],
+            # Where the state is (never a password: postgres.shown).
+            state=database.where if database is not None else str(config.database),
         )
         # The liste blanche followed (every worker), refreshed (worker 0).
         whitelist = loop.create_task(
@@ -465,5 +487,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         await activity.store.close()
         await directory.close()
         await trail.close()
+        if database is not None:
+            await database.close()
         writer.close()
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from mss_relay import __version__
 from mss_relay.config import ConfigError, DkimAlgorithm, load_config
 from mss_relay.passwords import hash_password
+from mss_relay.state.errors import STATE_ERRORS, STATE_OR_OS
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus can name it
 CONFIG_ENV = "MSS_RELAY_CONFIG"
@@ -446,8 +447,8 @@ def _conversations(args: argparse.Namespace) -> int:
         return asyncio.run(admin.close_conversation(config, args.bal, args.patient))
     except ConfigError as error:
         return _config_error(error)
-    except sqlite3.Error as error:
-        print(f"mss-relay: state database {error}", file=sys.stderr)
+    except STATE_ERRORS as error:
+        print(f"mss-relay: state database: {error}".splitlines()[0], file=sys.stderr)
         return 1
 
 
@@ -489,7 +490,7 @@ def _bals(args: argparse.Namespace) -> int:
         return asyncio.run(roster.list_bals(load_config(path), args.inactive, args.json))
     except ConfigError as error:
         return _config_error(error)
-    except (OSError, sqlite3.Error) as error:
+    except STATE_OR_OS as error:
         print(f"mss-relay: state database: {error}", file=sys.stderr)
         return 1
 

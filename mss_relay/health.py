@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Callable, Sequence, Sized
@@ -41,7 +40,12 @@ from mss_relay.metrics import (
     render,
     sample,
 )
-from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.api import Conversations
+from mss_relay.state.errors import STATE_OR_OS
+
+# What a check may meet besides a timeout.
+HEALTH_ERRORS: tuple[type[Exception], ...] = (ValueError, *STATE_OR_OS)
+CENSUS_ERRORS: tuple[type[Exception], ...] = (TimeoutError, *HEALTH_ERRORS)
 
 # Each check, and the reading of one request, at most this long.
 HEALTH_TIMEOUT = 2.0
@@ -88,8 +92,11 @@ def _log_problem(writer: LineWriter | None) -> str | None:
     return f"log {writer.path or 'standard output'}: not writable"
 
 
-async def _state_problem(store: ConversationStore) -> str | None:
+async def _state_problem(store: Conversations) -> str | None:
     try:
+        down = store.down()  # a server not answering (PostgreSQL), seen by its probe
+        if down is not None:
+            return f"state database {store.path}: {down}"
         async with asyncio.timeout(HEALTH_TIMEOUT):
             how = await store.vanished()
             if how is not None:
@@ -97,13 +104,13 @@ async def _state_problem(store: ConversationStore) -> str | None:
             await store.ping()
     except TimeoutError:
         return f"state database {store.path}: no answer"
-    except (OSError, sqlite3.Error, ValueError) as error:
+    except HEALTH_ERRORS as error:
         return f"state database {store.path}: {type(error).__name__}"
     return None
 
 
 async def problems(
-    listening: tuple[Listening, ...], store: ConversationStore, log: LineWriter | None = None
+    listening: tuple[Listening, ...], store: Conversations, log: LineWriter | None = None
 ) -> list[str]:
     """Why the relay is not healthy: nothing when it is. log: the writer
     when log.required (a log not written refuses mail then), else None."""
@@ -120,7 +127,7 @@ class Endpoint:
 
     settings: MetricsConfig
     listening: tuple[Listening, ...]
-    store: ConversationStore
+    store: Conversations
     directory: Path
     log: LineWriter | None = None  # with log.required only
     clock: Callable[[], float] = time.monotonic
@@ -199,7 +206,7 @@ class Endpoint:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
                 counts = await self.store.census()
-        except (TimeoutError, OSError, sqlite3.Error, ValueError):
+        except CENSUS_ERRORS:
             return None  # the gauge is left out; /healthz says why
         self._census = (now, counts)
         return counts
@@ -238,7 +245,7 @@ class Monitoring:
         config: Config,
         sessions: Sized,
         slots_busy: Callable[[], int] | None,
-        store: ConversationStore,
+        store: Conversations,
         servers: Sequence[asyncio.Server],
         writer: LineWriter,
     ) -> None:

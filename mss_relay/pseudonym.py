@@ -344,6 +344,30 @@ def for_config(config: Config, *, create: bool = True) -> Pseudonyms:
     return pseudonyms
 
 
+def for_server(
+    config: Config, where: str, stored: str | None, *, create: bool = True
+) -> Pseudonyms:
+    """for_config with the state on a server (PostgreSQL) shared by several
+    relays: `stored`, the check it records (read by the caller), must be this
+    relay's key's, or their pseudonyms would never meet. Checked before a
+    key is made: a relay without its key file is told to copy the others'."""
+    path = key_file(config)
+    if stored is not None and not path.exists():
+        raise ConfigError(
+            KEY_KEY,
+            f"{path}: no such key file, and {where} holds pseudonyms made with a key: copy"
+            " the key file of the other relays on this database here (mode 600)",
+        )
+    pseudonyms = load_key(path, create=create)
+    if stored is not None and stored != pseudonyms.check():
+        raise ConfigError(
+            KEY_KEY,
+            f"{path} is not the key of the other relays on {where} (its check is"
+            f" {pseudonyms.check()}, the database's {stored}): copy their key file here",
+        )
+    return pseudonyms
+
+
 def check_config(config: Config) -> None:
     """check-config: the key file refused as serve would refuse it, but
     never made (a missing one is made at the first start)."""

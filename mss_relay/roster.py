@@ -16,8 +16,9 @@ from mss_relay.config import Config, ConfigError
 from mss_relay.lifecycle import FLAG_TEXT, BalStatus
 from mss_relay.log import iso_ms, utc_now
 from mss_relay.notifier import period_marks, statuses
-from mss_relay.state.activity import ActivityStore, Mark
+from mss_relay.state.activity import Mark
 from mss_relay.state.database import StateLost, refuse_lost
+from mss_relay.state.opening import open_activity, open_postgres
 
 _HEADER = ("BAL", "TYPE", "USERS", "LAST ACTIVITY", "LAST RECEIVED", "DAYS", "FLAGS")
 
@@ -77,15 +78,21 @@ def _row(current: BalStatus) -> tuple[str, ...]:
 
 
 async def _read(config: Config) -> tuple[list[BalStatus], list[Mark]]:
+    database = await open_postgres(config)
+    if database is None:
+        try:
+            await asyncio.to_thread(refuse_lost, config.database)
+        except StateLost as error:  # not an empty database in its place, silently
+            raise ConfigError("state.database", str(error)) from None
     try:
-        await asyncio.to_thread(refuse_lost, config.database)
-    except StateLost as error:  # not an empty database in its place, silently
-        raise ConfigError("state.database", str(error)) from None
-    store = await ActivityStore.open(config.database)
-    try:
-        return await statuses(store, config, utc_now), await store.marks()
+        store = await open_activity(config, database)
+        try:
+            return await statuses(store, config, utc_now), await store.marks()
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        if database is not None:
+            await database.close()
 
 
 async def list_bals(config: Config, inactive: int | None, as_json_output: bool) -> int:

@@ -39,7 +39,7 @@ from mss_relay.metrics import Slots
 from mss_relay.notifier import Inputs
 from mss_relay.signing import Signer, UnusableKey, dns_record, generate_key, load_key, write_key
 from mss_relay.state.activity import ActivityRecorder
-from mss_relay.state.conversations import ConversationStore
+from mss_relay.state.api import Conversations
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
 from mss_relay.tls import inbound_context, server_context
@@ -279,7 +279,7 @@ class Shared:
 
     log: FilteringBoundLogger
     writer: LineWriter
-    store: ConversationStore
+    store: Conversations
     state: Recorder
     auth_guard: AuthGuard
     rates: SendingRates

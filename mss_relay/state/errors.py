@@ -16,3 +16,5 @@ TRANSIENT: tuple[type[Exception], ...] = (
 )
 # Any failure of the state's driver.
 STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, PoolTimeout)
+# The same, and the files around it (a folder not writable, a disk full).
+STATE_OR_OS: tuple[type[Exception], ...] = (OSError, *STATE_ERRORS)

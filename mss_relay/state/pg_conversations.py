@@ -227,7 +227,7 @@ class PgConversationStore:
         reply_to = self._pseudonyms.of(change.reply_to) if change.reply_to else None
         message_id = self._pseudonyms.mask_text(change.message_id) if change.message_id else ""
         async with self.database.transaction() as db:
-            await self.database.lock(db, f"conversation\0{change.bal}\0{patient}")
+            await self.database.lock(db, f"conversation\t{change.bal}\t{patient}")
             conversation = await self._open_id(db, change.bal, patient, now)
             if conversation is None:
                 if change.direction == "in" and not change.opened_by_patient:
@@ -268,7 +268,7 @@ class PgConversationStore:
         now = self._now()
         patient = self._pseudonyms.of(patient)
         async with self.database.transaction() as db:
-            await self.database.lock(db, f"conversation\0{bal}\0{patient}")
+            await self.database.lock(db, f"conversation\t{bal}\t{patient}")
             cursor = await db.execute(
                 "UPDATE conversations SET closed_at = %s, closed_by = %s, close_reason = %s"
                 " WHERE bal = %s AND patient = %s AND closed_at IS NULL RETURNING id",

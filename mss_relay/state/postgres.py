@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 # Driver failures that say the server could not be reached or was lost (not
 # that a statement is wrong): the caller may try again later.
 UNREACHABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
-PROBE_INTERVAL = 1.0
+PROBE_INTERVAL = 1.0  # seconds between two probes while the server answers
+DOWN_PROBE_INTERVAL = 0.25  # while it does not: back within a quarter of a second
 SCHEMA_LOCK = 0x6D73_7372  # « mssr »: the advisory lock of the migrations
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -222,14 +224,15 @@ class PostgresDatabase:
             reconnect_timeout=86400.0,
             name="mss-relay",
         )
+        # The pool logs each failed connection on the stdlib's logging (to
+        # stderr): the relay says it once, in its own log (`down`, health).
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+        # One connection first: why it cannot connect, from libpq, in one
+        # error, rather than the pool's retries ending in a bare timeout.
+        first = await psycopg.AsyncConnection.connect(settings.url, **kwargs)
+        await first.close()
         try:
             await pool.open(wait=True, timeout=settings.connect_timeout)
-        except PoolTimeout:
-            # Why it could not connect, from libpq, rather than a bare timeout.
-            await pool.close()
-            connection = await psycopg.AsyncConnection.connect(settings.url, **kwargs)
-            await connection.close()
-            raise
         except BaseException:
             await pool.close()
             raise
@@ -257,12 +260,11 @@ class PostgresDatabase:
         try:
             async with self._pool.connection() as connection:
                 yield connection
-        except UNREACHABLE as error:
+        except UNREACHABLE as error:  # AdminShutdown too: the server stopping, a backend killed
             self._lost(error)
             raise
-        except psycopg.errors.AdminShutdown as error:  # the server stopping under a statement
-            self._lost(error)
-            raise
+        # A statement that went through: the server answers (the probe need not say so).
+        self.down = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -337,7 +339,7 @@ class PostgresDatabase:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(PROBE_INTERVAL if self.down else self.probe_interval)
+            await asyncio.sleep(DOWN_PROBE_INTERVAL if self.down else self.probe_interval)
             try:
                 async with asyncio.timeout(self.settings.wait + 1):
                     await self.ping()
