@@ -16,3 +16,8 @@ TRANSIENT: tuple[type[Exception], ...] = (
 )
 # Any failure of the state's driver.
 STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, PoolTimeout)
+
+
+class SharedStateUnavailable(Exception):
+    """The state shared by the relays cannot answer now (str(): why, with no
+    datum of a user): the caller answers 451 4.3.0, or says the command failed."""
