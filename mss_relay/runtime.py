@@ -42,6 +42,7 @@ from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.conversations import ConversationStore
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
+from mss_relay.throttles import Guard, Rates, adapted
 from mss_relay.tls import inbound_context, server_context
 from mss_relay.trust.watcher import WhitelistView, warn_unlisted_bals
 from mss_relay.trust.whitelist import InvalidWhitelist
@@ -281,8 +282,11 @@ class Shared:
     writer: LineWriter
     store: ConversationStore
     state: Recorder
-    auth_guard: AuthGuard
-    rates: SendingRates
+    # throttles.make_throttles(): in memory (SQLite) or shared by the relays
+    # (PostgreSQL). The in-memory counters themselves (AuthGuard, SendingRates,
+    # as app.py made them before issue 18) are put behind the same interface.
+    auth_guard: Guard | AuthGuard
+    rates: Rates | SendingRates
     # The open sessions of the whole process, for a graceful stop.
     sessions: set[ClientSession] = field(default_factory=set)
     auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -290,6 +294,13 @@ class Shared:
     directory: DirectoryStore | None = None  # the Annuaire Santé's look-ups
     # Told when the log is reopened (the audit chain saves its head then).
     log_reopened: Callable[[], None] | None = None
+    # What the fronts, the reload and the control socket use: auth_guard and
+    # rates behind the async interface of throttles.py.
+    guard: Guard = field(init=False)
+    sending_rates: Rates = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard, self.sending_rates = adapted(self.auth_guard, self.rates)
 
 
 @dataclass(frozen=True)
@@ -419,8 +430,8 @@ class Runtime:
                 verifier=prepared.verifier,
                 throttle=config.throttle,
                 timeouts=config.timeouts,
-                auth_guard=shared.auth_guard,
-                rates=shared.rates,
+                auth_guard=shared.guard,
+                rates=shared.sending_rates,
                 data_slots=slots,
                 auth_settled=shared.auth_settled,
                 trusted_clients=config.trusted_clients,
@@ -481,8 +492,8 @@ class Runtime:
                 slots = Slots(config.throttle.max_concurrent_messages)
             self.generation = self._generation(config, built.prepared, built.files, slots)
             shared = self.shared
-            shared.auth_guard.reconfigure(config.throttle)
-            shared.rates.reconfigure(config.throttle)
+            shared.guard.reconfigure(config.throttle)
+            shared.sending_rates.reconfigure(config.throttle)
             shared.state.timeout = config.record_timeout
             shared.store.idle_days = config.conversations.close_after_days
             retiring = [
