@@ -8,10 +8,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import pytest
+import structlog
+from structlog.testing import CapturingLogger
 
+from mss_relay.core.mailbox import Bal, BalDirectory, BalType
+from mss_relay.core.policy import Limits, Policy
 from mss_relay.core.reply import (
     AUTH_LOCKED,
     RATE_MESSAGES,
@@ -19,6 +24,8 @@ from mss_relay.core.reply import (
     SHARED_STATE_UNAVAILABLE,
 )
 from mss_relay.core.throttle import ThrottleSettings
+from mss_relay.front.session import RelayContext
+from mss_relay.front.smtp import RelayHandler
 from mss_relay.state.errors import SharedStateUnavailable
 from mss_relay.state.postgres import PostgresDatabase, PostgresSettings
 from mss_relay.state.shared_throttle import SWEEP_EVERY, SharedGuard, SharedRates
@@ -255,5 +262,67 @@ def test_the_server_down_gives_451_and_the_same_objects_work_again(
             assert await other_guard.begin("10.0.0.1", "jd") is None
             assert (await other_guard.failed("10.0.0.1", "jd"))[1] == []
             assert await rows(a, "rate:messages:jd") == 2  # the one before, this one
+
+    run(body)
+
+
+SENDER = "dr.dupont@hopital.mssante.fr"
+
+
+def test_the_smtp_front_counts_after_the_rules_and_answers_451_when_down(
+    postgres_db: PgDatabase,
+) -> None:
+    """A session of the SMTP front (its MAIL and AUTH, called as aiosmtpd
+    does) on the shared throttles: the rate only counts what the rules let
+    through; the server down, 451 4.3.0 and one line saying why."""
+    server = postgres_db.server
+
+    async def body() -> None:
+        async with relays(postgres_db, 1) as (a,):
+            settings = ThrottleSettings(messages_per_minute=1)
+            guard, rates = make_throttles(settings, a)
+            logger = CapturingLogger()
+            context = RelayContext(
+                policy=Policy(
+                    Limits(1 << 20, 1 << 20, 5),
+                    BalDirectory([Bal(SENDER, BalType.NOMINATIVE, frozenset({"jd"}))]),
+                ),
+                upstream=None,
+                users={},
+                hostname="relay.test",
+                role="submission",
+                log=structlog.wrap_logger(logger, processors=[]),
+                clock=lambda: datetime.now(UTC),
+                throttle=settings,
+                auth_guard=guard,
+                rates=rates,
+            )
+            session = RelayHandler(context)
+            session.client, session.user = "10.0.0.1", "jd"
+            refused = await session.begin_transaction("other@hopital.mssante.fr", [])
+            assert refused.rule == "sender_owned"  # refused by a rule: not counted
+            assert await rows(a, "rate:messages:jd") == 0
+            assert (await session.begin_transaction(SENDER, [])).reply is None
+            late = await session.begin_transaction(SENDER, [])
+            assert late.rule == "messages_per_minute" and late.reply is not None
+            assert (late.reply.code, late.reply.enhanced) == (450, "4.7.1")
+            try:
+                await asyncio.to_thread(server.stop)
+                logger.calls.clear()
+                down = await session.begin_transaction(SENDER, [])
+                assert down.reply is not None and str(down.reply).startswith(
+                    "451 4.3.0 État partagé des relais indisponible"
+                )
+                assert session.txn is None
+                [line] = [c.kwargs for c in logger.calls if c.kwargs.get("event") == "decision"]
+                assert line["rule"] == "messages_per_minute"
+                assert line["reason"].startswith("shared state unavailable: database unreachable")
+                logger.calls.clear()
+                answer = await session.authenticate(b"jd", b"secret")
+                assert not answer.success and str(answer.message).startswith("451 4.3.0")
+                [line] = [c.kwargs for c in logger.calls if c.kwargs.get("event") == "auth"]
+                assert line["result"] == "unavailable"
+            finally:
+                await asyncio.to_thread(server.start)
 
     run(body)
