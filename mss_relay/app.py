@@ -24,7 +24,6 @@ from mss_relay.config import (
     Role,
 )
 from mss_relay.control import Control
-from mss_relay.core.throttle import AuthGuard, SendingRates
 from mss_relay.directory_follower import follow as follow_directory
 from mss_relay.errors import ListenError
 from mss_relay.front.milter import listen_milter
@@ -47,6 +46,7 @@ from mss_relay.state.opening import (
     stored_fingerprint,
 )
 from mss_relay.state.recorder import Recorder
+from mss_relay.throttles import make_throttles
 from mss_relay.trust.watcher import keep_current
 
 # On SIGTERM, messages past their final dot may take timeouts.shutdown (30 s)
@@ -362,8 +362,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
         writer,
         store,
         state,
-        AuthGuard(config.throttle),
-        SendingRates(config.throttle),
+        *make_throttles(config.throttle, database),
         activity=activity,
         directory=directory,
         log_reopened=trail.reopened,

@@ -25,6 +25,7 @@ import yaml
 from mss_relay.config import ConfigError, load_config
 from mss_relay.directory_follower import load_current
 from mss_relay.runtime import ReloadFailed, Runtime
+from mss_relay.state.errors import SharedStateUnavailable
 
 # How long a command may take (a reload reads files and loads keys): the
 # command line waits longer than worker 0 waits for each other worker, so
@@ -77,7 +78,11 @@ class Control:
                 return {"ok": False, "error": str(failure)}
             return {"ok": True, "changed": done.changed, "restart_required": done.restart_required}
         if command == "unlock":
-            lifted = self.runtime.shared.auth_guard.unlock(argument)
+            try:
+                lifted = await self.runtime.shared.guard.unlock(argument)
+            except SharedStateUnavailable as why:
+                self.runtime.shared.log.warning("unlock_failed", key=argument, reason=str(why))
+                return {"ok": False, "error": f"shared state unavailable: {why}"}
             self.runtime.shared.log.info("unlocked", key=argument, lifted=lifted)
             return {"ok": True, "key": argument, "lifted": lifted}
         if command == "directory":

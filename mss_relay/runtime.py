@@ -30,7 +30,6 @@ from structlog.typing import FilteringBoundLogger
 from mss_relay.config import Config, ConfigError, ListenerTls, Role, UpstreamConfig, load_config
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.policy import Policy
-from mss_relay.core.throttle import AuthGuard, SendingRates
 from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.session import ClientSession, RelayContext
@@ -42,6 +41,7 @@ from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.api import Conversations
 from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.recorder import Recorder
+from mss_relay.throttles import Guard, Rates
 from mss_relay.tls import inbound_context, server_context
 from mss_relay.trust.watcher import WhitelistView, warn_unlisted_bals
 from mss_relay.trust.whitelist import InvalidWhitelist
@@ -281,8 +281,10 @@ class Shared:
     writer: LineWriter
     store: Conversations
     state: Recorder
-    auth_guard: AuthGuard
-    rates: SendingRates
+    # throttles.make_throttles(): in memory (SQLite) or shared by the relays
+    # (PostgreSQL), behind one async interface.
+    guard: Guard
+    sending_rates: Rates
     # The open sessions of the whole process, for a graceful stop.
     sessions: set[ClientSession] = field(default_factory=set)
     auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -419,8 +421,8 @@ class Runtime:
                 verifier=prepared.verifier,
                 throttle=config.throttle,
                 timeouts=config.timeouts,
-                auth_guard=shared.auth_guard,
-                rates=shared.rates,
+                auth_guard=shared.guard,
+                rates=shared.sending_rates,
                 data_slots=slots,
                 auth_settled=shared.auth_settled,
                 trusted_clients=config.trusted_clients,
@@ -481,8 +483,8 @@ class Runtime:
                 slots = Slots(config.throttle.max_concurrent_messages)
             self.generation = self._generation(config, built.prepared, built.files, slots)
             shared = self.shared
-            shared.auth_guard.reconfigure(config.throttle)
-            shared.rates.reconfigure(config.throttle)
+            shared.guard.reconfigure(config.throttle)
+            shared.sending_rates.reconfigure(config.throttle)
             shared.state.timeout = config.record_timeout
             shared.store.idle_days = config.conversations.close_after_days
             retiring = [

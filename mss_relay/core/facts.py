@@ -15,11 +15,13 @@ from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.core.message import MessageInfo
 from mss_relay.core.verdict import Verdict
 
-# A sending rate (core.throttle.SendingRates), checked and counted by calling
-# it: the policy calls it once the rules passed, so that a message or
-# recipient refused by a rule uses none of the user's allowance. At RCPT the
-# conversation state's availability (a 451 the client retries) is checked
-# after it, as before issue 14: such a recipient has used its share.
+# A sending rate's place among the rules (front/session.py RatePlace): the
+# policy calls it once the rules before it passed; the front then checks and
+# counts the rate (throttles.Rates, async: shared by the relays on
+# PostgreSQL), so that a message or recipient refused by a rule uses none of
+# the user's allowance. At RCPT the conversation state's availability (a 451
+# the client retries) is checked after it, as before issue 14: such a
+# recipient has used its share, and a refusal of the rate comes first.
 RateCheck = Callable[[], Verdict | None]
 
 

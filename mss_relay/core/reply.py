@@ -93,6 +93,11 @@ STATE_UNAVAILABLE = Reply(
 )
 # RFC 3463 4.3.0: the Annuaire Santé (state database) cannot answer just now.
 DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Annuaire Santé indisponible, réessayez plus tard")
+# RFC 3463 4.3.0: the counters the relays share (AUTH failures, sending rates,
+# on PostgreSQL) cannot be read or counted just now: never an unchecked accept.
+SHARED_STATE_UNAVAILABLE = Reply(
+    451, "4.3.0", "État partagé des relais indisponible, réessayez plus tard"
+)
 
 AUTH_LOCKED = Reply(
     454, "4.7.0", "Trop d'échecs d'authentification : accès suspendu quelques minutes"

@@ -195,7 +195,7 @@ class MilterSession(ClientSession):
             self.trusted = False
         elif not self.trusted:
             self.user = None
-        verdict = self.begin_transaction(
+        verdict = await self.begin_transaction(
             sender, options, direction=self.role, queue_id=self.macros.get("i")
         )
         if verdict.reply is not None:

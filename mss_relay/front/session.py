@@ -37,7 +37,7 @@ from mss_relay.core.reply import Reply, internal_error, with_id
 from mss_relay.core.reports import is_null_sender_mdn, reported_ids
 from mss_relay.core.rules.signing import signing_domain
 from mss_relay.core.rules.syntax import path_syntax
-from mss_relay.core.throttle import AuthGuard, SendingRates, ThrottleSettings, ip_address
+from mss_relay.core.throttle import ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
 from mss_relay.front.ending import Ending, Examined, Fingerprint, inspect, message_work
@@ -45,6 +45,7 @@ from mss_relay.log import Clock
 from mss_relay.signing import Signer
 from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.recorder import Recorder
+from mss_relay.throttles import Guard, Rates
 from mss_relay.verification import Verifier
 
 
@@ -84,8 +85,8 @@ class RelayContext:
     verifier: Verifier | None = None  # the incoming side's DKIM verification
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
-    auth_guard: AuthGuard | None = None
-    rates: SendingRates | None = None
+    auth_guard: Guard | None = None
+    rates: Rates | None = None
     # Messages being received at once, all listeners together (memory).
     data_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     # Notified whenever an AUTH attempt is settled: an attempt over the limit
@@ -107,6 +108,22 @@ class RelayContext:
     @property
     def inbound(self) -> bool:
         return self.role == INBOUND
+
+
+class RatePlace:
+    """The sending rate's place among the policy's rules (facts.RateCheck):
+    called by the policy once the rules before it passed, it says so and
+    lets the rules after it run; the front then checks and counts the rate
+    (async: on PostgreSQL, shared by the relays), and a refusal of the rate
+    replaces the policy's verdict. A message or recipient refused by a rule
+    before it uses none of the user's allowance."""
+
+    def __init__(self) -> None:
+        self.reached = False
+
+    def __call__(self) -> Verdict | None:
+        self.reached = True
+        return None
 
 
 @dataclass
@@ -206,7 +223,7 @@ class ClientSession:
             self.log.info("auth", client=self.client, user=user, result="trusted_client")
 
     # MAIL and RCPT ----------------------------------------------------------------
-    def begin_transaction(self, sender: str, options: list[str], **fields: Any) -> Verdict:
+    async def begin_transaction(self, sender: str, options: list[str], **fields: Any) -> Verdict:
         """MAIL: a new transaction, the policy's and the sending rate's verdict,
         logged; the transaction is dropped again when refused."""
         refused = path_syntax(sender, options)
@@ -216,19 +233,23 @@ class ClientSession:
             return refused
         size = next((o[5:] for o in options if o.upper().startswith("SIZE=")), None)
         rates, user = self.ctx.rates, self.user
+        place = RatePlace() if rates is not None else None
         mail = MailFacts(
             session=self.session_facts(),
             sender=sender,
             declared_size=int(size) if size and size.isdigit() else None,
             log_writable=self._log_writable(),
-            rate=(lambda: rates.message(user, self.ctx.monotonic())) if rates else None,
+            rate=place,
         )
         self.txn = Transaction(txid=new_id(), started=time.monotonic(), mail=mail)
         if self.inbound and (self.peer_dn or self.ctx.policy.require_operator_certificate):
             # The certificate the operator_certificate rule judged (None: none
             # presented): an operator's server, no health data.
             fields["peer_dn"] = self.peer_dn
-        verdict = self.quoted(self.ctx.policy.evaluate_mail(mail))
+        verdict = self.ctx.policy.evaluate_mail(mail)
+        if rates is not None and place is not None and place.reached:
+            verdict = await rates.message(user) or verdict
+        verdict = self.quoted(verdict)
         self.decision("mail", verdict, sender=sender, **fields)
         if verdict.reply is not None:
             self.txn = None
@@ -244,15 +265,20 @@ class ClientSession:
             self.decision("rcpt", refused, recipient=printable(recipient))
             return refused
         rates, user, state = self.ctx.rates, self.user, self.ctx.state
+        place = RatePlace() if rates is not None else None
         facts = RcptFacts(
             mail=txn.mail,
             recipient=recipient,
             accepted_so_far=len(txn.recipients),
-            rate=(lambda: rates.recipient(user, self.ctx.monotonic())) if rates else None,
+            rate=place,
             state_unavailable=state.unavailable() if state is not None else None,
             directory=await self._directory(recipient),
         )
-        verdict = self.quoted(self.ctx.policy.evaluate_rcpt(facts))
+        verdict = self.ctx.policy.evaluate_rcpt(facts)
+        if rates is not None and place is not None and place.reached:
+            # Before the rules after it (the conversation state's 451), as ever.
+            verdict = await rates.recipient(user) or verdict
+        verdict = self.quoted(verdict)
         fields = {"directory": facts.directory.label} if facts.directory else {}
         self.decision("rcpt", verdict, recipient=recipient, **fields)
         return verdict

@@ -26,11 +26,12 @@ from mss_relay.core.reply import (
     OK,
     RECIPIENT_OK,
     SENDER_OK,
+    SHARED_STATE_UNAVAILABLE,
     SHUTTING_DOWN,
     message_accepted,
     with_id,
 )
-from mss_relay.core.throttle import AuthGuard, connection_verdict
+from mss_relay.core.throttle import connection_verdict
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import UpstreamSession
 from mss_relay.front.replies import EHLO_AUTH, EHLO_DSN, EHLO_ENHANCED_STATUS_CODES
@@ -38,6 +39,8 @@ from mss_relay.front.session import ClientSession, RelayContext, printable
 from mss_relay.front.smtp_arguments import argument_syntax, null_path, plain_address
 from mss_relay.front.smtp_protocol import RelaySMTP
 from mss_relay.passwords import verify_password
+from mss_relay.state.errors import SharedStateUnavailable
+from mss_relay.throttles import Guard
 
 # Other modules and tests import these from here.
 __all__ = ["RelayHandler", "RelaySMTP", "argument_syntax", "null_path", "plain_address"]
@@ -181,9 +184,11 @@ class RelayHandler(ClientSession):
         if guard is not None:
             refused = await self._reserve_attempt(guard, user)
             if refused is not None and refused.reply is not None:
-                # Not even verified: a locked-out guesser learns nothing more.
+                # Not even verified: a locked-out guesser learns nothing more;
+                # nor is a password whose failure could not be counted.
+                result = "unavailable" if refused.reply == SHARED_STATE_UNAVAILABLE else "locked"
                 self.log.warning(
-                    "auth", client=self.client, user=shown, result="locked", reason=refused.reason
+                    "auth", client=self.client, user=shown, result=result, reason=refused.reason
                 )
                 return AuthResult(success=False, handled=False, message=str(refused.reply))
         tried = (user, hmac.new(self._failed_key, password, hashlib.sha256).digest())
@@ -196,11 +201,15 @@ class RelayHandler(ClientSession):
         finally:
             # Settled whatever happens: an attempt whose outcome is not known
             # (an error, the client gone meanwhile) counts as a failure.
-            delay = self._settle_attempt(user, ok, repeated)
-            if guard is not None:
-                self._notify_settled()
             if not ok:
                 self._failed.add(tried)
+            try:
+                # Counting may wait for the shared database: the reservation
+                # is released first, and those waiting are told in any case.
+                delay = await self._settle_attempt(user, ok, repeated)
+            finally:
+                if guard is not None:
+                    self._notify_settled()
         result = "success" if ok else "failure"
         if repeated:  # logged, and not counted again (metrics read this field too)
             self.log.info("auth", client=self.client, user=shown, result=result, repeated=True)
@@ -218,14 +227,14 @@ class RelayHandler(ClientSession):
             await asyncio.sleep(delay)  # slows a guesser down, costs a typo little
         return AuthResult(success=False, handled=False)
 
-    async def _reserve_attempt(self, guard: AuthGuard, user: str) -> Verdict | None:
-        """AuthGuard.begin(); where only attempts still being verified stand
+    async def _reserve_attempt(self, guard: Guard, user: str) -> Verdict | None:
+        """Guard.begin(); where only attempts still being verified stand
         in the way (no lockout), wait for them to settle, up to
         _AUTH_WAIT seconds: the right password of a connector that opens
         several sessions at once is then verified, not refused 454."""
         deadline = self.ctx.monotonic() + _AUTH_WAIT
         while True:
-            refused = guard.begin(self.client, user, self.ctx.monotonic())
+            refused = await guard.begin(self.client, user)
             left = deadline - self.ctx.monotonic()
             if refused is None or refused.rule != "auth_in_flight" or left <= 0:
                 return refused
@@ -245,8 +254,8 @@ class RelayHandler(ClientSession):
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _settle_attempt(self, user: str, ok: bool, repeated: bool = False) -> float:
-        """The AuthGuard's reservation of an attempt, settled (a lockout it
+    async def _settle_attempt(self, user: str, ok: bool, repeated: bool = False) -> float:
+        """The Guard's reservation of an attempt, settled (a lockout it
         caused logged): the delay before answering a failure. A failure this
         connection already had (the same user and password) is not counted
         again: its reservation is only released."""
@@ -256,7 +265,17 @@ class RelayHandler(ClientSession):
         if ok or repeated:
             guard.succeeded(self.client, user)  # releases the reservation, counts nothing
             return 0.0
-        delay, locked_now = guard.failed(self.client, user, self.ctx.monotonic())
+        try:
+            delay, locked_now = await guard.failed(self.client, user)
+        except SharedStateUnavailable as why:
+            # Released, not counted: said, and answered as a first failure.
+            self.log.warning(
+                "auth_failure_not_counted",
+                client=self.client,
+                user=printable(user, 64),
+                reason=str(why),
+            )
+            return self.ctx.throttle.auth_failure_delay
         for what in locked_now:
             self.log.warning(
                 "auth_lockout",
@@ -316,7 +335,7 @@ class RelayHandler(ClientSession):
         self._observe(server, session)
         # aiosmtpd gives the null reverse-path as « <> »: the core knows it as "".
         address = null_path(address)
-        verdict = self.begin_transaction(address, options)
+        verdict = await self.begin_transaction(address, options)
         if verdict.reply is not None:
             return str(verdict.reply)
         txn = self.txn

@@ -18,3 +18,8 @@ TRANSIENT: tuple[type[Exception], ...] = (
 STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, PoolTimeout)
 # The same, and the files around it (a folder not writable, a disk full).
 STATE_OR_OS: tuple[type[Exception], ...] = (OSError, *STATE_ERRORS)
+
+
+class SharedStateUnavailable(Exception):
+    """The state shared by the relays cannot answer now (str(): why, with no
+    datum of a user): the caller answers 451 4.3.0, or says the command failed."""
