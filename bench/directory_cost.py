@@ -71,6 +71,8 @@ def import_extraction(
     )
     command = [sys.executable, "-m", "mss_relay", "directory", "import", str(extraction)]
     command += ["--config", str(config)]
+    if postgres:  # the database keeps the previous size's import: replaced whatever its size
+        command.append("--force")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(

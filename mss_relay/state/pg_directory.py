@@ -96,9 +96,11 @@ class PgDirectoryStore:
         cursor FETCH_ROWS at a time, each batch digested in a thread (the
         event loop keeps serving sessions): never all the rows in memory
         (4.8 MB of digests for 600,000, where a fetchall would hold some
-        60 MB of str tuples). 600,000 rows: about 1.2 s, the digests' CPU
-        most of it (COPY TO STDOUT was slower here: psycopg hands its rows
-        over one by one, 1.5 s for the iteration alone). The generation and
+        60 MB of str tuples). 588,001 addresses: 1.9 to 3.3 s wall, 1.9 to
+        2.4 s CPU (bench/directory_cost.py --postgres, a 2-CPU machine
+        under a load of 6; SQLite: 1.8 s), the digests most of it. COPY TO
+        STDOUT was no better: psycopg hands its rows over one by one, 1.5 s
+        for the iteration alone. The generation and
         its rows are read in one snapshot: an import finishing meanwhile,
         removing the rows read, is not seen half-way."""
         async with self._database.connection() as connection, connection.transaction():
