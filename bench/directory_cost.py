@@ -3,6 +3,11 @@ RSS of the « mss-relay directory import » process), then the RCPT look-up
 and a search, with 1,000 and 600,000 rows imported, measured in the same run.
 
     .venv/bin/python bench/directory_cost.py [--sizes 1000 600000] [--lookups 5000]
+        [--postgres postgresql://USER:PASSWORD@HOST:PORT/DB]
+
+--postgres: the same, on that PostgreSQL database (state/pg_directory.py; its
+Annuaire tables are overwritten by each size's import) rather than a SQLite
+file; the results go to bench/results/directory_cost-postgres.json.
 
 Each size: an extraction written by tests/support/extraction.py (31 columns,
 PER/ORG, accents, one address in 50 twice), imported by the real command in a
@@ -30,20 +35,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mss_relay.state.api import Directory  # noqa: E402
 from mss_relay.state.directory import DirectoryStore  # noqa: E402
+from mss_relay.state.pg_directory import PgDirectoryStore  # noqa: E402
+from mss_relay.state.postgres import PostgresDatabase, PostgresSettings  # noqa: E402
 from tests.support.extraction import generated, write  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
 
-def imported(folder: Path, rows: int) -> dict[str, float]:
+def imported(folder: Path, rows: int, postgres: str | None = None) -> dict[str, float]:
     """Write and import an extraction of `rows` rows: the child's figures."""
     extraction = write(folder / "extraction.txt", generated(rows))
     figures = {"rows": rows, "file_mb": round(extraction.stat().st_size / 1e6, 1)}
-    return figures | import_extraction(extraction, folder / "state.sqlite3")
+    return figures | import_extraction(extraction, folder / "state.sqlite3", postgres)
 
 
-def import_extraction(extraction: Path, database: Path) -> dict[str, float]:
+def import_extraction(
+    extraction: Path, database: Path, postgres: str | None = None
+) -> dict[str, float]:
     """Import `extraction` into the state file `database` by the real command
     (« mss-relay directory import »), in a child process: its wall time, CPU
     and peak RSS (ru_maxrss of the children: the largest child waited for
@@ -52,10 +62,17 @@ def import_extraction(extraction: Path, database: Path) -> dict[str, float]:
     config = database.parent / "directory-import.yaml"
     config.write_text(
         "listeners: [{name: m, role: milter, port: 10999}]\n"
-        f"state: {{database: {database}}}\nlog: {{file: '-'}}\n"
+        + (
+            f"state: {{database: '{postgres}', directory: {database.parent}}}\n"
+            if postgres
+            else f"state: {{database: {database}}}\n"
+        )
+        + "log: {file: '-'}\n"
     )
     command = [sys.executable, "-m", "mss_relay", "directory", "import", str(extraction)]
     command += ["--config", str(config)]
+    if postgres:  # the database keeps the previous size's import: replaced whatever its size
+        command.append("--force")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(
@@ -77,8 +94,11 @@ def import_extraction(extraction: Path, database: Path) -> dict[str, float]:
     }
 
 
-async def lookups(database: Path, rows: int, count: int) -> dict[str, float]:
-    store = await DirectoryStore.open(database)
+async def lookups(
+    database: Path, rows: int, count: int, postgres: str | None = None
+) -> dict[str, float]:
+    pg = await PostgresDatabase.open(PostgresSettings(postgres)) if postgres else None
+    store: Directory = PgDirectoryStore(pg) if pg else await DirectoryStore.open(database)
     try:
         rng = random.Random(rows)
         addresses = [
@@ -118,9 +138,11 @@ async def lookups(database: Path, rows: int, count: int) -> dict[str, float]:
         }
     finally:
         await store.close()
+        if pg is not None:
+            await pg.close()
 
 
-async def _timed(store: DirectoryStore, addresses: list[str]) -> list[float]:
+async def _timed(store: Directory, addresses: list[str]) -> list[float]:
     """Each answer's wall time, sorted."""
     times = []
     for address in addresses:
@@ -135,17 +157,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 600_000])
     parser.add_argument("--lookups", type=int, default=5000)
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL database instead")
     args = parser.parse_args()
     results = []
     for rows in args.sizes:
         with tempfile.TemporaryDirectory() as folder:
-            figures = imported(Path(folder), rows)
-            figures |= asyncio.run(lookups(Path(folder) / "state.sqlite3", rows, args.lookups))
+            figures = imported(Path(folder), rows, args.postgres)
+            figures |= asyncio.run(
+                lookups(Path(folder) / "state.sqlite3", rows, args.lookups, args.postgres)
+            )
         print(json.dumps(figures))
         results.append(figures)
     RESULTS.mkdir(exist_ok=True)
     out = {"cpus": os.cpu_count(), "results": results}
-    (RESULTS / "directory_cost.json").write_text(json.dumps(out, indent=1) + "\n")
+    name = "directory_cost-postgres.json" if args.postgres else "directory_cost.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

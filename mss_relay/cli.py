@@ -565,15 +565,22 @@ def _directory_in_force(socket: Path) -> None:
 
 
 def _directory(args: argparse.Namespace) -> int:
+    import logging
     from pathlib import Path
 
     from mss_relay import directory
     from mss_relay.state.database import StateLost
+    from mss_relay.state.errors import STATE_ERRORS
+    from mss_relay.state.postgres import SchemaTooNew
 
+    # psycopg_pool's warnings (each failed connection attempt) would reach
+    # stderr through logging's last resort: the command says it in one line.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
     try:
         config = load_config(path)
-        database = config.database
+        # PostgreSQL when state.database names one, else the SQLite file.
+        database = config.postgres or config.database
         if args.action == "import":
             imported = directory.import_extraction(Path(args.file), database, force=args.force)
             print("mss-relay: directory imported: " + "\n".join(imported.lines()))
@@ -601,8 +608,13 @@ def _directory(args: argparse.Namespace) -> int:
     except directory.ExtractionError as error:
         print(f"mss-relay: directory import: {error}", file=sys.stderr)
         return 1
-    except (StateLost, OSError, sqlite3.Error) as error:
+    except (StateLost, SchemaTooNew, OSError) as error:
         print(f"mss-relay: state database: {error}", file=sys.stderr)
+        return 1
+    except STATE_ERRORS as error:
+        # libpq's message may go on with a hint on a second line.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"mss-relay: state database: {first}", file=sys.stderr)
         return 1
 
 

@@ -16,15 +16,21 @@ import re
 import unicodedata
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from mss_relay.core.addresses import normalize_address
 from mss_relay.log import iso_ms, utc_now
+from mss_relay.state.api import Directory
 from mss_relay.state.database import connect, mark, refuse_lost
 from mss_relay.state.directory import ENTRY_COLUMNS, DirectoryLoader, DirectoryStore, Entry
+from mss_relay.state.pg_directory import PgDirectoryLoader, PgDirectoryStore
+from mss_relay.state.postgres import PostgresDatabase, PostgresSettings
+
+if TYPE_CHECKING:
+    from mss_relay.config import Config
 
 BATCH = 5000  # rows per executemany and transaction
 # The share of the current import's addresses an import may remove without
@@ -187,36 +193,26 @@ async def _prepare(database: Path) -> None:
 
 
 def import_extraction(
-    path: Path, database: Path, batch: int = BATCH, *, force: bool = False
+    path: Path, database: Path | PostgresSettings, batch: int = BATCH, *, force: bool = False
 ) -> Imported:
     """Load the extraction as a new generation, then make it current; on any
     error the previous import stays current. An extraction that would remove
     more than MAX_SHRINK of the current import's addresses is refused (a
     truncated download, a wrong file: with mode refuse, every recipient
-    left out would get 550) unless force. Blocking (the command line)."""
+    left out would get 550) unless force. Blocking (the command line).
+    database: the SQLite file, or the PostgreSQL server (state/pg_directory.py)."""
+    if isinstance(database, PostgresSettings):
+        return asyncio.run(_import_postgres(path, database, batch, force=force))
     asyncio.run(_prepare(database))
     loader = DirectoryLoader(database)
     try:
         loader.begin(str(path), iso_ms(utc_now()))
         reading = Reading()
         with open_extraction(path) as data:
-            pending: list[tuple[str, ...]] = []
-            for row in rows(data, path, reading):
-                pending.append(row)
-                if len(pending) >= batch:
-                    loader.add(pending)
-                    pending = []
-            loader.add(pending)
-        if not reading.rows:
-            raise ExtractionError(f"{path}: no row to import (the previous import is kept)")
+            for pending in _batches(rows(data, path, reading), batch):
+                loader.add(pending)
         count, addresses = loader.counts()
-        previous = loader.current_addresses()
-        if not force and previous and addresses < previous * (1 - MAX_SHRINK):
-            raise ExtractionError(
-                f"{path}: {addresses} distinct addresses where the current import has"
-                f" {previous} (would remove {1 - addresses / previous:.0%}; more than"
-                f" {MAX_SHRINK:.0%} needs --force): the previous import is kept"
-            )
+        _check(path, reading, addresses, loader.current_addresses(), force)
         removed = loader.finish(count, addresses)
         return Imported(count, addresses, reading.skipped, removed)
     except BaseException:
@@ -224,6 +220,57 @@ def import_extraction(
         raise
     finally:
         loader.close()
+
+
+def _batches(found: Iterator[tuple[str, ...]], batch: int) -> Iterator[list[tuple[str, ...]]]:
+    """The rows by batch (the last one maybe empty)."""
+    pending: list[tuple[str, ...]] = []
+    for row in found:
+        pending.append(row)
+        if len(pending) >= batch:
+            yield pending
+            pending = []
+    yield pending
+
+
+def _check(path: Path, reading: Reading, addresses: int, previous: int, force: bool) -> None:
+    """The import may become current: it has rows, and it does not shrink
+    the current one by more than MAX_SHRINK (unless force)."""
+    if not reading.rows:
+        raise ExtractionError(f"{path}: no row to import (the previous import is kept)")
+    if not force and previous and addresses < previous * (1 - MAX_SHRINK):
+        raise ExtractionError(
+            f"{path}: {addresses} distinct addresses where the current import has"
+            f" {previous} (would remove {1 - addresses / previous:.0%}; more than"
+            f" {MAX_SHRINK:.0%} needs --force): the previous import is kept"
+        )
+
+
+async def _import_postgres(
+    path: Path, settings: PostgresSettings, batch: int, *, force: bool
+) -> Imported:
+    """import_extraction on PostgreSQL: the same steps. The file is read in a
+    thread, a batch at a time (blocking reads, off the event loop)."""
+    database = await PostgresDatabase.open(settings)
+    try:
+        async with PgDirectoryLoader.opened(database) as loader:
+            try:
+                await loader.begin(str(path), iso_ms(utc_now()))
+                reading = Reading()
+                with contextlib.ExitStack() as files:
+                    data = await asyncio.to_thread(files.enter_context, open_extraction(path))
+                    batches = _batches(rows(data, path, reading), batch)
+                    while (pending := await asyncio.to_thread(next, batches, None)) is not None:
+                        await loader.add(pending)
+                count, addresses = await loader.counts()
+                _check(path, reading, addresses, await loader.current_addresses(), force)
+                removed = await loader.finish(count, addresses)
+                return Imported(count, addresses, reading.skipped, removed)
+            except BaseException:
+                await loader.abort()
+                raise
+    finally:
+        await database.close()
 
 
 # Looking up ---------------------------------------------------------------------
@@ -242,28 +289,53 @@ def describe(entry: Entry) -> str:
     return " | ".join(p if p else "-" for p in parts)
 
 
-async def search(database: Path, text: str, limit: int = SEARCH_LIMIT) -> list[str]:
+async def open_directory(config: Config, database: PostgresDatabase | None) -> Directory:
+    """The relay's Annuaire Santé: on the PostgreSQL database when the
+    configuration names one (database: the relay's, opened; closed by its
+    owner), else on the SQLite file (config.database, after the
+    ConversationStore opened and checked it; closed by store.close()).
+    OSError and STATE_ERRORS go to the caller."""
+    if config.postgres is not None:
+        if database is None:
+            raise ValueError("state.database is postgresql://: open the PostgresDatabase first")
+        return PgDirectoryStore(database)
+    return await DirectoryStore.open(config.database)
+
+
+@contextlib.asynccontextmanager
+async def _store(where: Path | PostgresSettings) -> AsyncIterator[Directory]:
+    """The commands' store, and its database closed afterwards."""
+    if isinstance(where, PostgresSettings):
+        database = await PostgresDatabase.open(where)
+        try:
+            yield PgDirectoryStore(database)
+        finally:
+            await database.close()
+        return
+    await _prepare(where)
+    store = await DirectoryStore.open(where)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def search(
+    database: Path | PostgresSettings, text: str, limit: int = SEARCH_LIMIT
+) -> list[str]:
     """The BALs matching every word (at most limit + 1: the caller says when
     there are more)."""
     words = fold(text).split()
-    await _prepare(database)
-    store = await DirectoryStore.open(database)
-    try:
+    async with _store(database) as store:
         info = await store.current()
         if info is None:
             return []
         return [describe(e) for e in await store.search(words, limit + 1)]
-    finally:
-        await store.close()
 
 
-async def show(database: Path, address: str) -> tuple[bool, list[str]]:
+async def show(database: Path | PostgresSettings, address: str) -> tuple[bool, list[str]]:
     """(imported at all, the BALs at that address)."""
-    await _prepare(database)
-    store = await DirectoryStore.open(database)
-    try:
+    async with _store(database) as store:
         info = await store.current()
         entries = await store.show(normalize_address(address)) if info else []
         return info is not None, [describe(e) for e in entries]
-    finally:
-        await store.close()

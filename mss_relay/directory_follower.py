@@ -7,20 +7,22 @@ or at once when « mss-relay directory import » asks the running relay
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
 from mss_relay.core.directory import DirectoryMode
-from mss_relay.state.directory import DirectoryStore
+from mss_relay.state.api import Directory
+from mss_relay.state.errors import STATE_ERRORS
 
 CHECK_INTERVAL = 1.0  # seconds between two looks at the current generation
+# The state (SQLite or PostgreSQL) or the file could not be read.
+_UNREAD: tuple[type[Exception], ...] = (OSError, *STATE_ERRORS)
 
 
 async def load_current(
-    store: DirectoryStore, mode: DirectoryMode, log: FilteringBoundLogger
+    store: Directory, mode: DirectoryMode, log: FilteringBoundLogger
 ) -> dict[str, object]:
     """One look: the import in force afterwards (generation, addresses), or
     why it could not be read (the index held stays in force)."""
@@ -30,7 +32,7 @@ async def load_current(
     started = time.monotonic()
     try:
         loaded = await store.refresh()
-    except (sqlite3.Error, OSError) as error:
+    except _UNREAD as error:
         return {"ok": False, "error": f"directory not read: {type(error).__name__}: {error}"}
     if loaded is not None:
         log.info(
@@ -48,7 +50,7 @@ async def load_current(
 
 
 async def follow(
-    store: DirectoryStore, mode: Callable[[], DirectoryMode], log: FilteringBoundLogger
+    store: Directory, mode: Callable[[], DirectoryMode], log: FilteringBoundLogger
 ) -> None:
     """For ever: the mode read anew at each look (a reload may change it)."""
     failing = False

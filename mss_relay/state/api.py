@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mss_relay.core.conversation import Change, ConversationFacts
+from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.core.mailbox import Bal
 from mss_relay.lifecycle import Activity, Flag
 from mss_relay.state.activity import Mark
 from mss_relay.state.conversations import ConversationRow, Event
+from mss_relay.state.directory import Entry, ImportInfo
+from mss_relay.state.directory_index import AddressIndex
 
 
 class Conversations(Protocol):
@@ -56,3 +59,19 @@ class Activities(Protocol):
     async def notice_sent(
         self, bal: str, flag: Flag, since: str, now: datetime, txid: str
     ) -> None: ...
+
+
+class Directory(Protocol):
+    """The Annuaire Santé's reads (state/directory.py, state/pg_directory.py)."""
+
+    @property
+    def index(self) -> AddressIndex | None: ...
+
+    async def close(self) -> None: ...
+    async def listed(self, address: str) -> bool: ...
+    async def refresh(self) -> AddressIndex | None: ...
+    def forget(self) -> None: ...
+    async def answer(self, address: str, within: float) -> DirectoryAnswer: ...
+    async def current(self) -> ImportInfo | None: ...
+    async def show(self, address: str) -> list[Entry]: ...
+    async def search(self, words: Sequence[str], limit: int) -> list[Entry]: ...

@@ -97,8 +97,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             notice_txid TEXT,
             PRIMARY KEY (bal, flag, since)
         )""",
+        # The Annuaire Santé (state/pg_directory.py): a generation per import.
         """CREATE TABLE directory_imports (
-            generation BIGINT PRIMARY KEY,
+            generation BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             imported_at TEXT NOT NULL,
             source TEXT NOT NULL,
             status TEXT NOT NULL CHECK (status IN ('loading', 'current', 'old')),
