@@ -24,6 +24,7 @@ from mss_relay.config import (
     Role,
 )
 from mss_relay.control import Control
+from mss_relay.directory import open_directory
 from mss_relay.directory_follower import follow as follow_directory
 from mss_relay.errors import ListenError
 from mss_relay.front.milter import listen_milter
@@ -36,7 +37,6 @@ from mss_relay.notifier import Notifier
 from mss_relay.runtime import Runtime, Shared, listener_tls, prepare
 from mss_relay.state.activity import ActivityRecorder
 from mss_relay.state.api import Conversations
-from mss_relay.state.directory import DirectoryStore
 from mss_relay.state.errors import STATE_ERRORS, STATE_OR_OS
 from mss_relay.state.lock import StateLock
 from mss_relay.state.opening import (
@@ -337,7 +337,7 @@ async def _run(config: Config, worker: int, early: list[str]) -> int:
     try:
         activity = ActivityRecorder(await open_activity(config, database), log)
         opened.append(activity.store.close)
-        directory = await DirectoryStore.open(config.database)
+        directory = await open_directory(config, database)
         opened.append(directory.close)
         await trail.start(log)
     except ConfigError:

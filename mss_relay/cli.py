@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path

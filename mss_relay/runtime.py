@@ -38,8 +38,7 @@ from mss_relay.metrics import Slots
 from mss_relay.notifier import Inputs
 from mss_relay.signing import Signer, UnusableKey, dns_record, generate_key, load_key, write_key
 from mss_relay.state.activity import ActivityRecorder
-from mss_relay.state.api import Conversations
-from mss_relay.state.directory import DirectoryStore
+from mss_relay.state.api import Conversations, Directory
 from mss_relay.state.recorder import Recorder
 from mss_relay.throttles import Guard, Rates
 from mss_relay.tls import inbound_context, server_context
@@ -289,7 +288,7 @@ class Shared:
     sessions: set[ClientSession] = field(default_factory=set)
     auth_settled: asyncio.Condition = field(default_factory=asyncio.Condition)
     activity: ActivityRecorder | None = None  # the BAL lifecycle's dates
-    directory: DirectoryStore | None = None  # the Annuaire Santé's look-ups
+    directory: Directory | None = None  # the Annuaire Santé's look-ups
     # Told when the log is reopened (the audit chain saves its head then).
     log_reopened: Callable[[], None] | None = None
 
