@@ -275,6 +275,9 @@ async def _stage(
         async for batch in _batches(src, query):
             for row in batch:
                 await copy.write_row(transform(row) if transform else row)
+    # A temporary table has no statistics until analysed: the joins that
+    # follow would be planned for an empty one.
+    await pg.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staged)))
     return staged
 
 
