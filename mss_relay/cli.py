@@ -1,5 +1,5 @@
 """The mss-relay command: serve, check-config, hash-password, dkim-keygen, conversations,
-reload, unlock, why, bals, report, directory, whitelist, audit."""
+reload, unlock, why, bals, report, directory, whitelist, audit, state."""
 
 from __future__ import annotations
 
@@ -75,7 +75,63 @@ def _parser() -> argparse.ArgumentParser:
     audit = _audit_parser(commands)
     _audit_pseudonym_parser(audit)
     _audit_verify_parser(audit)
+    _state_parser(commands)
     return parser
+
+
+def _state_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    state = commands.add_parser("state", help="the state database: copy it into PostgreSQL")
+    _config_option(state)
+    actions = state.add_subparsers(dest="action", required=True)
+    copy = actions.add_parser(
+        "copy", help="copy a SQLite state into a PostgreSQL one (again: copies what is missing)"
+    )
+    _config_option(copy)
+    copy.add_argument(
+        "--from", dest="source", required=True, metavar="sqlite:PATH", help="the SQLite file"
+    )
+    copy.add_argument(
+        "--to", dest="target", required=True, metavar="postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def _state(args: argparse.Namespace) -> int:
+    """state copy: one line per kind of row on standard output; a refusal in
+    one line on standard error (1), a wrong --from or --to (2)."""
+    import logging
+
+    from mss_relay.pseudonym import key_file, load_key
+    from mss_relay.state import copy
+
+    try:
+        source, target = copy.source_path(args.source), copy.target_url(args.target)
+    except ValueError as error:
+        print(f"mss-relay: state copy: {error}", file=sys.stderr)
+        return 2
+    # The pool's own warnings (a server refusing connections) would add
+    # lines, and tracebacks, to the one that says why.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
+    logging.getLogger("psycopg").propagate = False
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        config = load_config(path)
+        keys = key_file(config)
+        pseudonyms = load_key(keys, create=False)
+    except ConfigError as error:
+        print(f"mss-relay: state copy: configuration error: {error}", file=sys.stderr)
+        return 1
+    settings = copy.settings_for(target, config.postgres)
+    try:
+        counts = asyncio.run(copy.copy_state(source, settings, pseudonyms, keys))
+    except copy.CopyRefused as error:
+        print(f"mss-relay: state copy: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mss-relay: state copy: interrupted, nothing copied", file=sys.stderr)
+        return 1
+    for kind in copy.KINDS:
+        print(f"{kind}: {counts[kind]}")
+    return 0
 
 
 def _audit_parser(
@@ -635,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit_pseudonym(args)
     if args.command == "audit" and args.action == "verify":
         return _audit_verify(args)
+    if args.command == "state":
+        return _state(args)
     if args.command == "serve":
         return _serve(args.config, args.worker)
     if args.command == "check-config":
