@@ -397,20 +397,15 @@ async def _directory(
     )
     if there[0]:
         return 0, 0
-    taken = await _one(
-        pg,
-        "SELECT count(*) FILTER (WHERE generation = %s), coalesce(max(generation), 0)"
-        " FROM directory_imports",
-        [generation],
-    )
-    if taken[0]:
-        generation = int(taken[1]) + 1
     await pg.execute("UPDATE directory_imports SET status = 'old' WHERE status = 'current'")
-    await pg.execute(
-        "INSERT INTO directory_imports (generation, imported_at, source, status, rows, addresses)"
-        " VALUES (%s, %s, %s, 'current', %s, %s)",
-        [generation, imported_at, origin, rows, addresses],
+    # The target's own generation number (an identity: its imports count on).
+    row = await _one(
+        pg,
+        "INSERT INTO directory_imports (imported_at, source, status, rows, addresses)"
+        " VALUES (%s, %s, 'current', %s, %s) RETURNING generation",
+        [imported_at, origin, rows, addresses],
     )
+    generation = int(row[0])
     copied = 0
     statement = f"COPY directory_entries (generation, {_ENTRY}) FROM STDIN"
     async with pg.cursor().copy(statement) as copy:

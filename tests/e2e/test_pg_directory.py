@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 import yaml
 
 from tests.conftest import PgDatabase, Pki, Stack, base_config
@@ -184,7 +183,6 @@ def test_a_server_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
 
 
-@pytest.mark.skip(reason="needs app wiring")  # app.py: open_directory(config, database)
 def test_a_relay_on_postgresql_looks_recipients_up_there(
     tmp_path: Path, postgres_db: PgDatabase, pki: Pki, password_hashes: dict[str, str]
 ) -> None:

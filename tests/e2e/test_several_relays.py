@@ -288,11 +288,16 @@ class Sender:
         content = re.sub(rb"Message-ID: <[^>]*>", f"Message-ID: {message_id}".encode(), content)
         try:
             with connect(Stack(relay, self.pair.operator, self.pair.pki), "jdupont") as client:
-                at_rcpt, (code, text) = send(client, DR, [P1], content)
-        except smtplib.SMTPException as error:  # the relay closed the session
-            at_rcpt, (code, text) = [], (0, str(error).encode())
-        if code == 0 and at_rcpt:  # refused at RCPT: that reply
-            code, text = at_rcpt[0]
+                code, text = client.mail(DR)
+                if code == 250:
+                    code, text = client.rcpt(P1)
+                if code == 250:
+                    code, text = client.docmd("DATA")
+                    assert code == 354, (code, text)
+                    client.send(wire_data(content))
+                    code, text = client.getreply()
+        except smtplib.SMTPResponseException as error:  # AUTH refused: 451 too
+            code, text = error.smtp_code, error.smtp_error
         self.replies.append((code, text))
         if code == 250:
             self.delivered.append(message_id)

@@ -52,11 +52,15 @@ def wire_data(content: bytes) -> bytes:
 
 def connect(stack: Stack, user: str | None = "jdupont") -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", stack.relay.port, timeout=30)
-    client.ehlo("client.test")
-    client.starttls(context=stack.pki.client_context())
-    client.ehlo("client.test")
-    if user is not None:
-        client.login(user, PASSWORDS[user])
+    try:
+        client.ehlo("client.test")
+        client.starttls(context=stack.pki.client_context())
+        client.ehlo("client.test")
+        if user is not None:
+            client.login(user, PASSWORDS[user])
+    except BaseException:
+        client.close()  # a refused AUTH (a 451 with the state down) leaks no socket
+        raise
     return client
 
 

@@ -191,8 +191,15 @@ class Relay:
         the relay made at its first start, beside its state database."""
         from mss_relay.pseudonym import load_key
 
-        database = self.workdir / self.config.get("state", {}).get("database", "var/state.sqlite3")
-        return load_key(database.parent / "pseudonym.key", create=False).of(patient)
+        state = self.config.get("state", {})
+        key = self.config.get("log", {}).get("pseudonym_key_file")
+        if key is None:
+            database = str(state.get("database", "var/state.sqlite3"))
+            if database.startswith(("postgresql://", "postgres://")):  # beside the relay's files
+                key = f"{state.get('directory', 'var')}/pseudonym.key"
+            else:
+                key = str(Path(database).parent / "pseudonym.key")
+        return load_key(self.workdir / key, create=False).of(patient)
 
     def log_text(self) -> str:
         """The log's whole lines. A reader may catch the writer thread in the
