@@ -68,6 +68,27 @@ _COLUMNS = (
 )
 
 
+def facts_of(rows: Sequence[Any], cutoff: str) -> ConversationFacts:
+    """The look-up's rows (bal, closed_at, close_reason, last_activity_at,
+    reply_to, is_open_marker), as both stores' one statement returns them."""
+    has_open = any(r[5] for r in rows)
+    rows = [r for r in rows if not r[5]]
+    open_rows = [r for r in rows if r[1] is None and r[3] >= cutoff]
+    if open_rows:
+        bal, _, _, _, reply_to, _ = open_rows[0]
+        return ConversationFacts(Status.OPEN, bal=bal, reply_to=reply_to, patient_has_open=True)
+    if rows:
+        bal, _, reason, _, reply_to, _ = rows[0]
+        return ConversationFacts(
+            Status.CLOSED,
+            bal=bal,
+            reply_to=reply_to,
+            closed_how=reason or "idle",
+            patient_has_open=bool(has_open),
+        )
+    return ConversationFacts(Status.NONE, patient_has_open=bool(has_open))
+
+
 class ConversationStore:
     def __init__(
         self,
@@ -272,22 +293,7 @@ class ConversationStore:
             " WHERE patient = ? AND closed_at IS NULL AND last_activity_at >= ? LIMIT 1)",
             [*refs, patient, patient, cutoff],
         )
-        has_open = any(r[5] for r in rows)
-        rows = [r for r in rows if not r[5]]
-        open_rows = [r for r in rows if r[1] is None and r[3] >= cutoff]
-        if open_rows:
-            bal, _, _, _, reply_to, _ = open_rows[0]
-            return ConversationFacts(Status.OPEN, bal=bal, reply_to=reply_to, patient_has_open=True)
-        if rows:
-            bal, _, reason, _, reply_to, _ = rows[0]
-            return ConversationFacts(
-                Status.CLOSED,
-                bal=bal,
-                reply_to=reply_to,
-                closed_how=reason or "idle",
-                patient_has_open=bool(has_open),
-            )
-        return ConversationFacts(Status.NONE, patient_has_open=bool(has_open))
+        return facts_of(rows, cutoff)
 
     async def listing(
         self, state: str | None = None, bal: str | None = None

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from mss_relay.core.conversation import Change, ConversationFacts, Status
+from mss_relay.core.conversation import Change, ConversationFacts
 from mss_relay.log import Clock, iso_ms, utc_now
 from mss_relay.pseudonym import Pseudonyms
 from mss_relay.state.conversations import (
@@ -30,6 +30,7 @@ from mss_relay.state.conversations import (
     ConversationRow,
     Event,
     KeyMismatch,
+    facts_of,
 )
 from mss_relay.state.postgres import PostgresDatabase
 
@@ -142,22 +143,7 @@ class PgConversationStore:
             " WHERE patient = %s AND closed_at IS NULL AND last_activity_at >= %s LIMIT 1) o",
             [refs, patient, patient, cutoff],
         )
-        has_open = any(r[5] for r in rows)
-        rows = [r for r in rows if not r[5]]
-        open_rows = [r for r in rows if r[1] is None and r[3] >= cutoff]
-        if open_rows:
-            bal, _, _, _, reply_to, _ = open_rows[0]
-            return ConversationFacts(Status.OPEN, bal=bal, reply_to=reply_to, patient_has_open=True)
-        if rows:
-            bal, _, reason, _, reply_to, _ = rows[0]
-            return ConversationFacts(
-                Status.CLOSED,
-                bal=bal,
-                reply_to=reply_to,
-                closed_how=reason or "idle",
-                patient_has_open=bool(has_open),
-            )
-        return ConversationFacts(Status.NONE, patient_has_open=bool(has_open))
+        return facts_of(rows, cutoff)
 
     async def listing(
         self, state: str | None = None, bal: str | None = None
