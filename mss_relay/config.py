@@ -411,6 +411,9 @@ def _database(raw: object, where: Where) -> Path | str:
         where.fail(f"not a PostgreSQL URL: {str(error).splitlines()[0]}")
     if not params.get("dbname"):
         where.fail("names no database: postgresql://USER@HOST:PORT/DATABASE")
+    for port in str(params.get("port") or "5432").split(","):
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            where.fail(f"port {port} is not a TCP port (1-65535)")
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in _SSLMODES:
         where.fail(f"sslmode={sslmode} is not one of " + ", ".join(_SSLMODES))

@@ -582,9 +582,52 @@ CASES: list[tuple[str, Change, str]] = [
         f"state.record_timeout: {DURATION_SUCH_AS}",
     ),
     (
+        "state-password-file-sqlite",
+        put("state", value={"database": "s.db", "password_file": "relay.key"}),
+        "state.password_file: is for a postgresql:// database only",
+    ),
+    (
+        "state-database-scheme",
+        put("state", "database", value="mysql://u@h/db"),
+        "state.database: mysql:// is not a database this relay knows:"
+        " a SQLite file path or a postgresql:// URL",
+    ),
+    (
+        "state-database-sslmode",
+        put("state", "database", value="postgresql://u@h/db?sslmode=maybe"),
+        "state.database: sslmode=maybe is not one of"
+        " disable, allow, prefer, require, verify-ca, verify-full",
+    ),
+    (
+        "state-database-no-name",
+        put("state", "database", value="postgresql://u@h:5432"),
+        "state.database: names no database: postgresql://USER@HOST:PORT/DATABASE",
+    ),
+    (
+        "state-database-port",
+        put("state", "database", value="postgresql://u@h:nope/db"),
+        "state.database: port nope is not a TCP port (1-65535)",
+    ),
+    (
+        "state-pool-size",
+        put("state", value={"database": "postgresql://u@h/db", "pool_size": 0}),
+        "state.pool_size: must be between 1 and 100",
+    ),
+    (
+        "state-password-file-missing",
+        put("state", value={"database": "postgresql://u@h/db", "password_file": "nope"}),
+        "state.password_file: file not found: {base}/nope",
+    ),
+    (
+        "state-connect-timeout",
+        put("state", value={"database": "postgresql://u@h/db", "connect_timeout": "0s"}),
+        "state.connect_timeout: must be more than zero",
+    ),
+    (
         "state-unknown",
         put("state", "path", value="x"),
-        "state.path: unknown key (expected one of: database, record_timeout)",
+        "state.path: unknown key (expected one of: connect_timeout, database, directory,"
+        " password_file, pool_size, record_timeout)",
     ),
     # control
     ("control-type", put("control", value="x"), f"control: {MAPPING}"),
