@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
+from typing import Any
 
 from mss_relay.config import AntivirusConfig
 from mss_relay.core.facts import ScanResult
@@ -33,7 +35,7 @@ from mss_relay.core.facts import ScanResult
 CHUNK = 256 * 1024
 _LENGTH = struct.Struct("!L")  # each chunk's length: 4 bytes, network order
 # clamd's longest replies are a path and a signature name: a reply longer
-# than this is not one (StreamReader's own limit is 64 KiB).
+# than this is not one.
 _REPLY_LIMIT = 4096
 
 
@@ -57,42 +59,70 @@ class Antivirus:
                 reply = await self._exchange(message)
         except TimeoutError:
             return ScanResult(error=f"no verdict within {settings.timeout:g}s")
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+        except OSError as error:
             return ScanResult(error=f"clamd at {settings.clamd}: {_describe(error)}")
         return parse_reply(reply)
 
     async def _exchange(self, message: bytes) -> bytes:
+        """The command, the chunks and the empty chunk, then the reply up to
+        its NUL. Plain non-blocking sockets (the loop's sock_* calls) rather
+        than streams: past its StreamMaxLength clamd answers, then closes
+        while we are still sending; our send fails (EPIPE), and a stream
+        would then drop the reply already received, where a socket still
+        reads it."""
+        loop = asyncio.get_running_loop()
+        sock = await self._connect(loop)
+        with sock:
+            # Each chunk is sent once the socket took the one before: the
+            # socket's buffer, not the relay's memory, holds what clamd has
+            # not read yet (a view of the message, never a copy).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await loop.sock_sendall(sock, b"zINSTREAM\0")
+                view = memoryview(message)
+                for start in range(0, len(view), CHUNK):
+                    chunk = view[start : start + CHUNK]
+                    await loop.sock_sendall(sock, _LENGTH.pack(len(chunk)))
+                    await loop.sock_sendall(sock, chunk)
+                await loop.sock_sendall(sock, _LENGTH.pack(0))
+            reply = b""
+            while b"\0" not in reply:
+                if len(reply) > _REPLY_LIMIT:
+                    raise ClamdError("reply too long")
+                data = await loop.sock_recv(sock, _REPLY_LIMIT)
+                if not data:
+                    raise ClamdError("connection closed before its reply")
+                reply += data
+            return reply.partition(b"\0")[0]
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """A connected non-blocking socket: the Unix one, or the first TCP
+        address of the host (resolved by the loop, off its thread) that answers."""
         address = self.settings.clamd
+        targets: list[tuple[int, str | tuple[Any, ...]]]
         if address.path is not None:
-            reader, writer = await asyncio.open_unix_connection(address.path, limit=_REPLY_LIMIT)
+            targets = [(socket.AF_UNIX, str(address.path))]
         else:
-            reader, writer = await asyncio.open_connection(
-                address.host, address.port, limit=_REPLY_LIMIT
-            )
-        try:
-            # clamd closes the connection past its StreamMaxLength, having
-            # said why: its reply is read below, if it is there.
-            with contextlib.suppress(ConnectionError):
-                await _send(writer, message)
-            return await reader.readuntil(b"\0")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            found = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            targets = [(family, sockaddr) for family, _, _, _, sockaddr in found]
+        failure: OSError = ClamdError("no address")
+        for family, target in targets:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, target)
+            except OSError as error:
+                sock.close()
+                failure = error
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise failure
 
 
-async def _send(writer: asyncio.StreamWriter, message: bytes) -> None:
-    """The command, the chunks (each drained: the socket's buffer, not the
-    relay's memory, holds what clamd has not read yet) and the empty chunk."""
-    writer.write(b"zINSTREAM\0")
-    view = memoryview(message)
-    for start in range(0, len(view), CHUNK):
-        chunk = view[start : start + CHUNK]
-        writer.write(_LENGTH.pack(len(chunk)))
-        writer.write(chunk)
-        await writer.drain()
-    writer.write(_LENGTH.pack(0))
-    await writer.drain()
+class ClamdError(OSError):
+    """clamd's side of the exchange went wrong (no reply, not a reply)."""
 
 
 def parse_reply(raw: bytes) -> ScanResult:
@@ -108,12 +138,9 @@ def parse_reply(raw: bytes) -> ScanResult:
     return ScanResult(error=f"clamd: {shown or 'empty reply'}")
 
 
-def _describe(error: BaseException) -> str:
-    """An OSError's reason (never a message's byte): its strerror, or its type."""
-    if isinstance(error, asyncio.IncompleteReadError):
-        return "connection closed before its reply"
-    if isinstance(error, asyncio.LimitOverrunError):
-        return "reply too long"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return type(error).__name__
+def _describe(error: OSError) -> str:
+    """Why (an OSError's strerror, our own text, or its type), never a byte
+    of the message."""
+    if isinstance(error, ClamdError):
+        return str(error)
+    return error.strerror or type(error).__name__
