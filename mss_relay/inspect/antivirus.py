@@ -129,11 +129,12 @@ def parse_reply(raw: bytes) -> ScanResult:
     """« stream: OK », « stream: NAME FOUND », or anything else, an error
     (« INSTREAM size limit exceeded. ERROR », « ... ERROR »)."""
     text = raw.rstrip(b"\0").decode("ascii", "replace").strip()
-    body = text.removeprefix("stream: ")
-    if body == "OK":
-        return ScanResult()
-    if body.endswith(" FOUND") and body != text:
-        return ScanResult(found=body.removesuffix(" FOUND").strip() or "?")
+    if text.startswith("stream: "):  # the name INSTREAM gives what it scans
+        body = text.removeprefix("stream: ")
+        if body == "OK":
+            return ScanResult()
+        if body.endswith(" FOUND"):
+            return ScanResult(found=body.removesuffix(" FOUND").strip() or "?")
     shown = "".join(c if c.isascii() and c.isprintable() else "?" for c in text)[:200]
     return ScanResult(error=f"clamd: {shown or 'empty reply'}")
 
