@@ -249,3 +249,25 @@ def test_the_milter_behind_postfix_refuses_and_passes(
         messages = gateway.arrived(1)
         assert len(messages) == 1
         assert messages[0][0]["rcpt_tos"] == [POSTFIX_DEST]
+
+
+def test_check_config_and_serve_refuse_a_max_size_below_the_limits(
+    tmp_path: Path, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """No message is ever passed unscanned for its size: the operator is
+    told before the relay starts (base_config's limits: 60 MiB of content,
+    87142246 bytes on the wire)."""
+    from tests.e2e.test_cli import run, write
+
+    config = base_config(
+        pki, password_hashes, 10025, antivirus={"clamd": "unix:/run/clamav/clamd.ctl"}
+    )
+    path = write(tmp_path, config)
+    assert run("check-config", "--config", str(path)).returncode == 0
+    config["antivirus"]["max_size"] = "80MiB"
+    path = write(tmp_path, config)
+    for command in ("check-config", "serve"):
+        result = run(command, "--config", str(path))
+        assert result.returncode != 0
+        assert "antivirus.max_size: must be at least 87142246 bytes" in result.stderr
+        assert "Traceback" not in result.stderr
