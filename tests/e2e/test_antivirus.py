@@ -271,3 +271,24 @@ def test_check_config_and_serve_refuse_a_max_size_below_the_limits(
         assert result.returncode != 0
         assert "antivirus.max_size: must be at least 87142246 bytes" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_reload_turns_the_antivirus_on_and_off(
+    tmp_path: Path, clamd: Clamd, pki: Pki, password_hashes: dict[str, str]
+) -> None:
+    """The scanner is part of the configuration's generation (runtime.py):
+    a reload adding or removing the section applies to the next sessions."""
+    from tests.e2e.test_reload import mss_relay, rewrite
+
+    for stack in stack_with(tmp_path, pki, password_hashes):
+        assert submit(stack, CARRIERS["zip"]())[0] == 250  # not scanned
+        rewrite(stack.relay, lambda c: c.update(antivirus=antivirus(clamd)))
+        done = mss_relay("reload", "--config", str(stack.relay.config_path))
+        assert done.returncode == 0, done
+        assert stack.relay.wait_event("reloaded")[0]["changed"] == ["antivirus"]
+        assert submit(stack, CARRIERS["zip"]())[0] == 550
+        rewrite(stack.relay, lambda c: c.pop("antivirus"))
+        assert mss_relay("reload", "--config", str(stack.relay.config_path)).returncode == 0
+        assert len(stack.relay.wait_event("reloaded", 2)) == 2
+        assert submit(stack, CARRIERS["zip"]())[0] == 250
+        assert delivered(stack) == 2
