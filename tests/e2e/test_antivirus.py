@@ -138,6 +138,9 @@ def test_refusals_are_counted_by_rule(scanned: Stack, clamd: Clamd) -> None:
     for rule in ("malware", "antivirus_unavailable"):
         counted = value(after, "mss_relay_refusals_total", rule=rule, **labels)
         assert counted == value(before, "mss_relay_refusals_total", rule=rule, **labels) + 1
+    # Every scan timed, whatever clamd said (or could not say).
+    scans = "mss_relay_antivirus_scan_seconds_count"
+    assert value(after, scans) == value(before, scans) + 2
 
 
 def test_clamd_stopped_is_a_451_and_nothing_goes_upstream(scanned: Stack, clamd: Clamd) -> None:
