@@ -129,3 +129,24 @@ def test_over_max_size_is_not_sent(clamd: Clamd) -> None:
     message = mail(("imagerie.bin", b"\0" * 5000))
     result = scan(unix(clamd, max_size=1000), message)
     assert result == ScanResult(error=f"{len(message)} bytes, over antivirus.max_size")
+
+
+@pytest.mark.parametrize(
+    ("alert", "result"),
+    [
+        # Debian's clamd.conf: MaxFileSize 25M, no AlertExceedsMax. What is
+        # past the limit is not read, and the answer is OK: the pitfall the
+        # README's antivirus section warns of.
+        ("AlertExceedsMax no", ScanResult()),
+        ("AlertExceedsMax yes", ScanResult(found="Heuristics.Limits.Exceeded.MaxFileSize")),
+    ],
+)
+def test_clamds_file_size_limit_answers_ok_unless_alerted(
+    clamd: Clamd, tmp_path: Path, alert: str, result: ScanResult
+) -> None:
+    limited = Clamd(tmp_path / "limited")
+    text = limited.conf.read_text().replace("MaxFileSize 200M", "MaxFileSize 1M")
+    limited.conf.write_text(text.replace("AlertExceedsMax yes", alert))
+    with limited:
+        found = scan(unix(limited), mail(("imagerie.bin", b"\0" * (3 * 1024**2) + TEST_PATTERN)))
+    assert found == result

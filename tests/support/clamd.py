@@ -98,6 +98,12 @@ class Clamd:
                     # As the README asks of a structure's clamd: no smaller
                     # than antivirus.max_size.
                     f"StreamMaxLength {STREAM_MAX}",
+                    # Past MaxFileSize or MaxScanSize clamd stops reading and
+                    # answers OK (Debian: 25M, 100M); AlertExceedsMax makes
+                    # that a finding (Heuristics.Limits.Exceeded.*). README.
+                    f"MaxFileSize {STREAM_MAX}",
+                    "MaxScanSize 400M",
+                    "AlertExceedsMax yes",
                     # The defaults, said: the mail is decoded and archives opened.
                     "ScanMail yes",
                     "ScanArchive yes",
