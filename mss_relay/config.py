@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import yaml
 from psycopg import ProgrammingError
@@ -37,6 +37,7 @@ from mss_relay.core.directory import DirectoryMode, DirectorySettings
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
+from mss_relay.core.rules.size import wire_size_limit
 from mss_relay.core.throttle import ThrottleSettings, ip_address
 from mss_relay.passwords import is_password_hash
 from mss_relay.schema import (
@@ -386,6 +387,86 @@ class MetricsConfig:
         _check_host(self.host, where)
 
 
+class OnScanError(StrEnum):
+    """antivirus.on_error: what becomes of a message clamd could not scan."""
+
+    REFUSE = "refuse"  # 451 4.3.0: the client retries; never accepted unscanned
+    ACCEPT = "accept"  # accepted unscanned, with a warning at every such message
+
+
+class ClamdAddress(NamedTuple):
+    """Where clamd listens: its LocalSocket (path) or its TCPAddr and TCPSocket.
+    (A tuple, not a dataclass: the loader reads a dataclass as a section.)"""
+
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+_CLAMD_FORM = "must be unix:/path/to/clamd.ctl or tcp:host:port"
+_TCP = re.compile(r"\A(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})\Z")
+
+
+def _clamd(raw: object, where: Where) -> ClamdAddress:
+    """unix:PATH (relative to the configuration's folder) or tcp:HOST:PORT
+    (an IPv6 address in brackets): clamd's two kinds of socket."""
+    if not isinstance(raw, str):
+        where.fail(_CLAMD_FORM)
+    kind, _, rest = raw.strip().partition(":")
+    if kind == "unix" and rest.strip():
+        return ClamdAddress(path=(where.base / rest.strip()).resolve())
+    match = _TCP.match(rest.strip()) if kind == "tcp" else None
+    if match is None:
+        where.fail(_CLAMD_FORM)
+    host, port = match["v6"] or match["host"], int(match["port"])
+    if not _HOSTNAME.match(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            where.fail(f"{host!r} is not an IP address or a host name")
+    if not 0 < port < 65536:
+        where.fail(f"port {port} is not a TCP port (1-65535)")
+    return ClamdAddress(host=host, port=port)
+
+
+# clamd's StreamMaxLength cannot be set above 4 GB (clamd.conf(5)).
+CLAMD_MAX_STREAM = 4 * 1000**3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AntivirusConfig:
+    """clamd (mss_relay/inspect/antivirus.py): every message the policy
+    accepts is streamed to it (INSTREAM) at the end of DATA, before it is
+    signed and sent on; absent: no scanning.
+
+    clamd's own StreamMaxLength (clamd.conf, 25M by default in Debian's
+    package) must be at least max_size: beyond it clamd stops reading and
+    answers « INSTREAM size limit exceeded », an error, hence a 451 to the
+    client (or, with on_error: accept, a message accepted unscanned)."""
+
+    clamd: Annotated[ClamdAddress, Convert(_clamd)]
+    # The whole exchange (connecting, sending, clamd's verdict), at most.
+    timeout: Seconds = 30.0
+    # The largest message sent to clamd; a larger one is not scanned (an
+    # error, as above). check-config refuses one below what limits admit.
+    max_size: Bytes = 100 * 1024**2
+    on_error: OnScanError = OnScanError.REFUSE
+
+    def validate(self, where: Where) -> None:
+        if self.max_size > CLAMD_MAX_STREAM:
+            where.key("max_size").fail("must be at most 4GB (clamd's StreamMaxLength limit)")
+
+    @property
+    def accepts_unscanned(self) -> bool:
+        return self.on_error == OnScanError.ACCEPT
+
+
 # --- sections whose runtime object differs (converted in _runtime below)
 
 
@@ -671,10 +752,12 @@ class _File:
     workers: Annotated[int, Range(1, 64)] = 1
     metrics: MetricsConfig | None = None
     directory: _Directory
+    antivirus: AntivirusConfig | None = None
 
     def validate(self, where: Where) -> None:
         """What relates keys of different sections."""
         self._check_listeners()
+        self._check_antivirus(where)
         metrics = self.metrics
         for i, listener in enumerate(self.listeners):
             if metrics is not None and listener.endpoint == f"{metrics.host}:{metrics.port}":
@@ -728,6 +811,20 @@ class _File:
                     f"{path}.{where}", f"same endpoint as {endpoints[listener.endpoint]}"
                 )
             endpoints[listener.endpoint] = path
+
+    def _check_antivirus(self, where: Where) -> None:
+        """No message is ever passed unscanned for its size: clamd is sent
+        every message the limits admit, up to their size on the wire (the
+        SMTP listener's data_size_limit, the milter's wire_size)."""
+        if self.antivirus is None:
+            return
+        largest = wire_size_limit(self.limits.max_message_size)
+        if self.antivirus.max_size < largest:
+            Where("antivirus.max_size", where.base).fail(
+                f"must be at least {largest} bytes: the largest message limits.max_message_size"
+                " admits, as sent on the wire (base64 and headers); raise it (and clamd's"
+                " StreamMaxLength with it) or lower limits.max_message_size"
+            )
 
     def _check_operator_certificate(self, where: Where) -> None:
         """inbound.require_operator_certificate needs what it compares: the
@@ -856,6 +953,7 @@ class Config:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     trust_space: TrustSpaceConfig = field(default_factory=TrustSpaceConfig)
     postgres: PostgresSettings | None = None  # state.database: postgresql://...
+    antivirus: AntivirusConfig | None = None  # None: no scanning
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -928,6 +1026,7 @@ def _runtime(file: _File, path: Path) -> Config:
         metrics=file.metrics,
         directory=DirectorySettings(file.directory.mode, file.directory.also_accept),
         trust_space=file.trust_space,
+        antivirus=file.antivirus,
     )
 
 

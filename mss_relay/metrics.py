@@ -140,6 +140,15 @@ class Instruments:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        # clamd's part of the end of DATA (the « antivirus » decision line's
+        # scan_ms): connecting, streaming, its verdict; the same buckets, as
+        # antivirus.timeout is counted in seconds too.
+        self.scans = Histogram(
+            "mss_relay_antivirus_scan_seconds",
+            "Duration of a message's antivirus scan (clamd INSTREAM, whatever its answer).",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
         # livesum: the sum over the processes alive (a dead worker's value is
         # dropped at the next scrape).
         self.connections = Gauge(
@@ -216,6 +225,9 @@ class EventTap:
     def _decision(self, event: Mapping[str, Any]) -> None:
         if event.get("verdict") != "accept":
             self._inc("refusals", event.get("listener"), event.get("stage"), event.get("rule"))
+        scanned = event.get("scan_ms")
+        if event.get("stage") == "antivirus" and isinstance(scanned, int | float):
+            self.m.scans.observe(scanned / 1000)
 
     def _connection_refused(self, event: Mapping[str, Any]) -> None:
         self._inc("refusals", event.get("listener"), "connect", event.get("rule"))

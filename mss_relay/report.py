@@ -61,6 +61,7 @@ CONVERSATION_CLOSINGS: dict[str, str] = {
 # What each rule refuses, in words (the log names rules by identifier).
 RULES: dict[str, str] = {
     "address_syntax": "Adresse mal formée",
+    "antivirus_unavailable": "Antivirus indisponible",
     "attachment_size": "Pièce jointe trop volumineuse",
     "auth_in_flight": "Authentification en cours",
     "auth_lockout": "Compte verrouillé (échecs d'authentification)",
@@ -70,6 +71,7 @@ RULES: dict[str, str] = {
     "dkim_signable": "Message impossible à signer (DKIM)",
     "from_aligned": "Expéditeur (From) différent de l'enveloppe",
     "log_required": "Journal indisponible",
+    "malware": "Contenu malveillant (antivirus)",
     "max_connections": "Trop de connexions",
     "max_connections_per_client": "Trop de connexions d'un même client",
     "max_recipients": "Trop de destinataires",

@@ -33,6 +33,7 @@ from mss_relay.core.policy import Policy
 from mss_relay.delivery.capture import CaptureUpstream
 from mss_relay.delivery.upstream import SmtpUpstream, Upstream
 from mss_relay.front.session import ClientSession, RelayContext
+from mss_relay.inspect.antivirus import Antivirus
 from mss_relay.log import LineWriter, utc_now
 from mss_relay.metrics import Slots
 from mss_relay.notifier import Inputs
@@ -390,7 +391,11 @@ class Runtime:
             directory=config.directory,
             whitelist=prepared.whitelist,
             require_operator_certificate=config.inbound.require_operator_certificate,
+            accept_unscanned=config.antivirus is not None and config.antivirus.accepts_unscanned,
         )
+        # Stateless (a connection per message): a reload's settings apply to
+        # the sessions of the new generation.
+        antivirus = Antivirus(config.antivirus) if config.antivirus is not None else None
         store = shared.directory
         timeout = config.record_timeout  # a look-up before the verdict, like the state's
         directory = (lambda a: store.answer(a, timeout)) if store is not None else None
@@ -428,6 +433,7 @@ class Runtime:
                 log_healthy=(lambda: writer.healthy) if config.log.required else None,
                 activity=shared.activity,
                 directory=directory,
+                antivirus=antivirus,
             )
             for listener in config.listeners
         )

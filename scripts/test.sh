@@ -37,12 +37,14 @@ fi
 # The report's test opens its page in headless Chromium; the lifecycle and
 # report tests move the clock with libfaketime (never with sleeps); the
 # PostgreSQL tests run a private server from Debian's binaries in
-# /usr/lib/postgresql/*/bin (tests/support/postgres.py). Debian's packages,
+# /usr/lib/postgresql/*/bin (tests/support/postgres.py); the antivirus tests
+# a private clamd (tests/support/clamd.py, clamav-daemon). Debian's packages,
 # installed when missing, as Postfix above.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+[ -x /usr/sbin/clamd ] || command -v clamd >/dev/null 2>&1 || missing+=(clamav-daemon)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
@@ -58,6 +60,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
         pg_ctlcluster --force "$version" "$cluster" stop >/dev/null 2>&1 || true
         if [ -f "/etc/postgresql/$version/$cluster/start.conf" ]; then
           echo manual >"/etc/postgresql/$version/$cluster/start.conf"
+        fi
+      done
+    fi
+    # Debian's clamav-daemon (and the clamav-freshclam it pulls in) may start
+    # a system clamd and a freshclam that downloads the signatures from the
+    # network: stop both and keep them from starting at boot. The tests run
+    # their own clamd, with a signature file they write, and no network.
+    if [[ " ${missing[*]} " == *" clamav-daemon "* ]]; then
+      for service in clamav-freshclam clamav-daemon; do
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+          systemctl disable --now "$service" >/dev/null 2>&1 || true
+        else
+          service "$service" stop >/dev/null 2>&1 || true
+          update-rc.d "$service" disable >/dev/null 2>&1 || true
         fi
       done
     fi

@@ -15,6 +15,7 @@ import trustme
 from hypothesis import settings
 
 from mss_relay.passwords import hash_password
+from tests.support.clamd import Clamd, clamd_available
 from tests.support.postgres import PostgresServer, postgres_available, unique_name
 from tests.support.processes import Relay, Upstream, free_port
 
@@ -305,3 +306,31 @@ def postgres_db(postgres_server: PostgresServer) -> Iterator[PgDatabase]:
         postgres_server.start()
         postgres_server.drop_database(name)
         postgres_server.drop_role(name)
+
+
+# -- clamd: a private daemon for the session (tests/support/clamd.py) --
+
+
+@pytest.fixture(scope="session")
+def clamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    """One private clamd, with the test signature only, for the whole session."""
+    reason = clamd_available()
+    if reason is not None:
+        # scripts/test.sh installs clamav-daemon: in CI a missing one is a
+        # failure, never a silently skipped antivirus check.
+        if os.environ.get("CI"):
+            pytest.fail(f"clamd is required in CI: {reason}")
+        pytest.skip(reason)
+    with Clamd(tmp_path_factory.mktemp("clamd")) as server:
+        yield server
+
+
+@pytest.fixture
+def clamd(clamd_server: Clamd) -> Iterator[Clamd]:
+    """The session's clamd, running and answering; brought back afterwards
+    for the tests after this one (a test may stop or freeze it)."""
+    clamd_server.start()
+    try:
+        yield clamd_server
+    finally:
+        clamd_server.start()

@@ -73,3 +73,17 @@ class MessageFacts:
     dkim: tuple[DkimCheck, ...] | None = None
     # log.required, checked again at the end of DATA (it may fail since MAIL).
     log_writable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What the antivirus (clamd, mss_relay/inspect/antivirus.py) said of a
+    message: the signature it found, or why it gave no answer (unreachable,
+    too slow, an ERROR reply); neither: clean."""
+
+    found: str | None = None
+    error: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return self.found is None and self.error is None

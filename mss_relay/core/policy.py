@@ -12,11 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mss_relay.core.directory import DirectoryMode, DirectorySettings
-from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts
+from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, ScanResult
 from mss_relay.core.filetypes import AttachmentRules
 from mss_relay.core.mailbox import BalDirectory
 from mss_relay.core.operator import OperatorList
 from mss_relay.core.rules import (
+    antivirus,
     availability,
     content,
     directory,
@@ -66,6 +67,7 @@ class Policy:
         directory: DirectorySettings | None = None,
         whitelist: OperatorList | None = None,
         require_operator_certificate: bool = False,
+        accept_unscanned: bool = False,
     ) -> None:
         self.limits = limits
         self.bals = bals
@@ -78,6 +80,9 @@ class Policy:
         self.whitelist = whitelist
         # inbound.require_operator_certificate (config.py: only with a whitelist).
         self.require_operator_certificate = require_operator_certificate
+        # antivirus.on_error: accept (config.py): a message clamd could not
+        # scan is accepted (and the front warns), rather than 451.
+        self.accept_unscanned = accept_unscanned
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -189,3 +194,16 @@ class Policy:
         """After signing (outgoing side): a message dkimpy could not sign
         (failure names its error) is refused; None when it was signed."""
         return signing.dkim_signable(failure)
+
+    def evaluate_scan(self, scan: ScanResult) -> Verdict:
+        """After the antivirus (a message the rules of DATA accepted, before
+        it is signed): a refusal, or an acceptance saying whether the message
+        was scanned (not, with antivirus.on_error: accept)."""
+        stage = "antivirus"
+        refused = antivirus.no_malware(scan, self.accept_unscanned)
+        if refused is not None:
+            return refused
+        if scan.error is not None:
+            reason = f"not scanned (on_error: accept): {scan.error}"
+            return Verdict.accept(rule=stage, reason=reason)
+        return Verdict.accept(rule=stage, reason="clean")

@@ -93,6 +93,9 @@ STATE_UNAVAILABLE = Reply(
 )
 # RFC 3463 4.3.0: the Annuaire Santé (state database) cannot answer just now.
 DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Annuaire Santé indisponible, réessayez plus tard")
+# The antivirus gave no verdict (clamd unreachable, too slow, an error): the
+# client retries; a message is never sent on unscanned (antivirus.on_error).
+SCANNER_UNAVAILABLE = Reply(451, "4.3.0", "Analyse antivirus indisponible, réessayez plus tard")
 # RFC 3463 4.3.0: the counters the relays share (AUTH failures, sending rates,
 # on PostgreSQL) cannot be read or counted just now: never an unchecked accept.
 SHARED_STATE_UNAVAILABLE = Reply(
@@ -167,6 +170,9 @@ MIME_UNREADABLE = Reply(
     550, "5.6.0", "Structure MIME du message illisible (parties imbriquées trop profondément)"
 )
 UNSIGNABLE = Reply(550, "5.6.0", "Message mal formé : impossible de le signer (DKIM)")
+# RFC 3463 §3.8: X.7.1, delivery not authorized (the message's content: a
+# signature of the antivirus matched it). malware_found() names the signature.
+MALWARE_FOUND = Reply(550, "5.7.1", "Message refusé : contenu malveillant détecté")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message trop volumineux")
 SENDER_NOT_TRUST_SPACE = Reply(
     550,
@@ -273,6 +279,24 @@ def with_id_line(line: str, ref: str) -> str:
     if quoted_id(line):
         return line
     return f"{line} (id {ref})"
+
+
+# A signature name as quoted to the client: clamd's names are ASCII words
+# (« Win.Test.EICAR_HDB-1 », « Xyz.UNOFFICIAL »); anything else is replaced,
+# and a name from a third-party database is bounded.
+_SIGNATURE_NAME = re.compile(r"[^A-Za-z0-9._:/+-]")
+SIGNATURE_NAME_LIMIT = 100
+
+
+def signature_name(name: str) -> str:
+    """A signature's name for a reply (and the log): printable ASCII only,
+    at most SIGNATURE_NAME_LIMIT characters."""
+    return _SIGNATURE_NAME.sub("_", name.strip())[:SIGNATURE_NAME_LIMIT] or "?"
+
+
+def malware_found(name: str) -> Reply:
+    """550 5.7.1, naming what the antivirus found (signature_name's form)."""
+    return MALWARE_FOUND.with_text(f"{MALWARE_FOUND.text} ({signature_name(name)})")
 
 
 def message_accepted(txid: str) -> Reply:

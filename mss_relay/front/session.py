@@ -33,7 +33,7 @@ from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
 from mss_relay.core.message import MessageInfo, crlf_lines
 from mss_relay.core.policy import INBOUND, Policy
-from mss_relay.core.reply import Reply, internal_error, with_id
+from mss_relay.core.reply import Reply, internal_error, signature_name, with_id
 from mss_relay.core.reports import is_null_sender_mdn, reported_ids
 from mss_relay.core.rules.signing import signing_domain
 from mss_relay.core.rules.syntax import path_syntax
@@ -41,6 +41,7 @@ from mss_relay.core.throttle import ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
 from mss_relay.delivery.upstream import Upstream
 from mss_relay.front.ending import Ending, Examined, Fingerprint, inspect, message_work
+from mss_relay.inspect.antivirus import Antivirus
 from mss_relay.log import Clock
 from mss_relay.signing import Signer
 from mss_relay.state.activity import ActivityRecorder
@@ -104,6 +105,8 @@ class RelayContext:
     # The Annuaire Santé's answer for a normalized address (the state
     # database, within state.record_timeout); None: no store opened.
     directory: Callable[[str], Awaitable[DirectoryAnswer]] | None = None
+    # clamd (config « antivirus »); None: messages are not scanned.
+    antivirus: Antivirus | None = None
 
     @property
     def inbound(self) -> bool:
@@ -401,6 +404,9 @@ class ClientSession:
         wire, examined = examined.wire, replace(examined, wire=b"")
         if examined.verdict.reply is not None:
             return Ending(examined, examined.verdict)
+        refused = await self.scan(wire)
+        if refused is not None:
+            return Ending(examined, refused)
         fields, message_id = self.added_headers(txn.txid, examined.info)
         verifier = self.ctx.verifier if self.inbound else None
         checks = examined.dkim
@@ -435,6 +441,29 @@ class ClientSession:
             message=message,
             dkim=examined.dkim_log if verifier else [k.label for k in keys] if keys else "unsigned",
         )
+
+    async def scan(self, wire: bytes) -> Verdict | None:
+        """The antivirus, on a message the policy accepted, as the recipient
+        will read it (before our fields and signatures, which it need not
+        see): the refusal (malware found, or no verdict: 451 unless
+        antivirus.on_error: accept), or None to go on. Logged: the decision
+        line, and virus_found (the signature, never the subject nor a file's
+        name) or antivirus_unavailable (every message accepted unscanned)."""
+        antivirus, txn = self.ctx.antivirus, self.txn
+        if antivirus is None or txn is None:
+            return None
+        started = time.monotonic()
+        result = await antivirus.scan(wire)
+        elapsed = round((time.monotonic() - started) * 1000, 1)
+        verdict = self.quoted(self.ctx.policy.evaluate_scan(result))
+        if result.found is not None:
+            self.log.warning("virus_found", txid=txn.txid, signature=signature_name(result.found))
+        elif result.error is not None and verdict.accepted:
+            self.log.warning(
+                "antivirus_unavailable", txid=txn.txid, error=result.error, on_error="accept"
+            )
+        self.decision("antivirus", verdict, scan_ms=elapsed)
+        return verdict if verdict.reply is not None else None
 
     def layout(self, wire: bytes, results: bytes | None, added: list[tuple[str, str]]) -> bytes:
         """The message as the front delivers it, before its signatures (what

@@ -24,7 +24,7 @@ THROTTLE_KEYS = (
     " max_connections_per_client, messages_per_minute, recipients_per_hour"
 )
 ROOT_KEYS = (
-    "attachments, bals, control, conversations, directory, dkim, hostname, inbound,"
+    "antivirus, attachments, bals, control, conversations, directory, dkim, hostname, inbound,"
     " inbound_delivery, lifecycle, limits, listeners, log, metrics, state, throttle, timeouts,"
     " tls, trust_space, trusted_clients, upstream, users, workers"
 )
@@ -43,6 +43,11 @@ MILTER_TLS = (
     " leave tls out (listen on loopback or on a Unix socket: path)"
 )
 MAPPING = "must be a mapping of keys to values"
+CLAMD_FORM = "must be unix:/path/to/clamd.ctl or tcp:host:port"
+MAX_SIZE_BELOW = (
+    "the largest message limits.max_message_size admits, as sent on the wire (base64 and"
+    " headers); raise it (and clamd's StreamMaxLength with it) or lower limits.max_message_size"
+)
 
 
 def good() -> dict[str, Any]:
@@ -123,6 +128,83 @@ CASES: list[tuple[str, Change, str]] = [
     ("workers-bool", put("workers", value=True), "workers: must be a whole number"),
     ("workers-low", put("workers", value=0), "workers: must be between 1 and 64"),
     ("workers-high", put("workers", value=65), "workers: must be between 1 and 64"),
+    # antivirus (clamd)
+    ("antivirus-type", put("antivirus", value="clamd"), f"antivirus: {MAPPING}"),
+    ("antivirus-empty", put("antivirus", value={}), "antivirus.clamd: is required"),
+    (
+        "antivirus-clamd-kind",
+        put("antivirus", value={"clamd": "/run/clamav/clamd.ctl"}),
+        f"antivirus.clamd: {CLAMD_FORM}",
+    ),
+    (
+        "antivirus-clamd-unix-empty",
+        put("antivirus", value={"clamd": "unix:"}),
+        f"antivirus.clamd: {CLAMD_FORM}",
+    ),
+    (
+        "antivirus-clamd-tcp-no-port",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1"}),
+        f"antivirus.clamd: {CLAMD_FORM}",
+    ),
+    (
+        "antivirus-clamd-tcp-port",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:70000"}),
+        "antivirus.clamd: port 70000 is not a TCP port (1-65535)",
+    ),
+    (
+        "antivirus-clamd-tcp-host",
+        put("antivirus", value={"clamd": "tcp:clam av:3310"}),
+        "antivirus.clamd: 'clam av' is not an IP address or a host name",
+    ),
+    (
+        "antivirus-clamd-number",
+        put("antivirus", value={"clamd": 3310}),
+        f"antivirus.clamd: {CLAMD_FORM}",
+    ),
+    (
+        "antivirus-timeout",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:3310", "timeout": "soon"}),
+        f"antivirus.timeout: 'soon' {NOT_A_DURATION}",
+    ),
+    (
+        "antivirus-timeout-zero",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:3310", "timeout": 0}),
+        "antivirus.timeout: must be more than zero",
+    ),
+    (
+        "antivirus-max-size-text",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:3310", "max_size": "100 Mo"}),
+        f"antivirus.max_size: '100 Mo' {NOT_A_SIZE}",
+    ),
+    (
+        "antivirus-max-size-over-clamd",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:3310", "max_size": "5GB"}),
+        "antivirus.max_size: must be at most 4GB (clamd's StreamMaxLength limit)",
+    ),
+    (
+        # The default limits (60 MiB of content) admit 87142246 bytes on the wire.
+        "antivirus-max-size-below-limits",
+        put("antivirus", value={"clamd": "unix:/run/clamav/clamd.ctl", "max_size": "80MiB"}),
+        f"antivirus.max_size: must be at least 87142246 bytes: {MAX_SIZE_BELOW}",
+    ),
+    (
+        "antivirus-max-size-below-raised-limits",
+        both(
+            put("limits", "max_message_size", value="100MiB"),
+            put("antivirus", value={"clamd": "unix:/run/clamav/clamd.ctl"}),
+        ),
+        f"antivirus.max_size: must be at least 144538000 bytes: {MAX_SIZE_BELOW}",
+    ),
+    (
+        "antivirus-on-error",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:3310", "on_error": "tempfail"}),
+        "antivirus.on_error: must be one of refuse, accept",
+    ),
+    (
+        "antivirus-unknown",
+        put("antivirus", value={"clamd": "tcp:127.0.0.1:3310", "socket": "x"}),
+        "antivirus.socket: unknown key (expected one of: clamd, max_size, on_error, timeout)",
+    ),
     # trust_space (the ANS liste blanche)
     (
         "trust-space-url-http",
@@ -1258,3 +1340,36 @@ def test_warnings_are_exact(base: Path) -> None:
         "bals[0].users: user 'secretariat' is not in users",
         "bals: accueil@ch-autre.mssante.fr has no DKIM key (dkim): sent unsigned",
     )
+
+
+def test_the_antivirus_section_as_loaded(base: Path) -> None:
+    """The contract of issue 19: both kinds of clamd socket, the defaults
+    (30 s, 100 MiB, refuse), a relative socket path from the file's folder."""
+    config = good()
+    assert parse_config(config, base / "relay.yaml").antivirus is None
+    config["antivirus"] = {"clamd": "unix:/run/clamav/clamd.ctl"}
+    loaded = parse_config(config, base / "relay.yaml").antivirus
+    assert loaded is not None
+    assert (str(loaded.clamd), loaded.timeout, loaded.max_size) == (
+        "unix:/run/clamav/clamd.ctl",
+        30.0,
+        100 * 1024**2,
+    )
+    assert not loaded.accepts_unscanned
+    config["antivirus"] = {"clamd": "unix:run/clamd.ctl", "timeout": "2m", "on_error": "accept"}
+    loaded = parse_config(config, base / "relay.yaml").antivirus
+    assert loaded is not None
+    assert (loaded.clamd.path, loaded.timeout, loaded.accepts_unscanned) == (
+        base.resolve() / "run" / "clamd.ctl",
+        120.0,
+        True,
+    )
+    for written, host, port in (
+        ("tcp:127.0.0.1:3310", "127.0.0.1", 3310),
+        ("tcp:[::1]:3310", "::1", 3310),
+        ("tcp:clamav.ch-exemple.local:3310", "clamav.ch-exemple.local", 3310),
+    ):
+        config["antivirus"] = {"clamd": written}
+        loaded = parse_config(config, base / "relay.yaml").antivirus
+        assert loaded is not None
+        assert (loaded.clamd.host, loaded.clamd.port, str(loaded.clamd)) == (host, port, written)

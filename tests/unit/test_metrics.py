@@ -125,6 +125,52 @@ def test_what_each_event_counts() -> None:
     assert at("mss_relay_transaction_duration_seconds_sum") == pytest.approx(0.0525)
 
 
+def test_antivirus_scans_are_counted_and_timed() -> None:
+    """The « antivirus » decision lines (front/session.py): a refusal by
+    rule like any other, and every scan's duration, whatever its verdict."""
+    counter, registry = tap()
+    sub = {"listener": "inbound", "txid": "A"}
+    feed(
+        counter,
+        "decision",
+        **sub,
+        stage="antivirus",
+        verdict="accept",
+        rule="antivirus",
+        scan_ms=30.0,
+    )
+    feed(
+        counter,
+        "decision",
+        **sub,
+        stage="antivirus",
+        verdict="reject",
+        rule="malware",
+        scan_ms=45.5,
+    )
+    feed(
+        counter,
+        "decision",
+        **sub,
+        stage="antivirus",
+        verdict="tempfail",
+        rule="antivirus_unavailable",
+        scan_ms=1000.0,
+    )
+    feed(counter, "decision", **sub, stage="data", verdict="accept", rule="policy", scan_ms=5.0)
+    seen = values(registry)
+
+    def at(name: str, **labels: str) -> float:
+        return seen.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    refusals = "mss_relay_refusals_total"
+    assert at(refusals, listener="inbound", stage="antivirus", rule="malware") == 1
+    assert at(refusals, listener="inbound", stage="antivirus", rule="antivirus_unavailable") == 1
+    assert at("mss_relay_antivirus_scan_seconds_count") == 3
+    assert at("mss_relay_antivirus_scan_seconds_sum") == pytest.approx(1.0755)
+    assert at("mss_relay_antivirus_scan_seconds_bucket", le="0.05") == 2
+
+
 def test_reloads_are_counted_by_worker_0_only() -> None:
     # The events of the reload helper (issue 15): every worker logs its own.
     first, registry = tap()
