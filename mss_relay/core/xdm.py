@@ -41,10 +41,10 @@ from mss_relay.core.addresses import (
     split_address,
     unquoted_local_part,
 )
-from mss_relay.core.filetypes import MAX_MEMBERS
+from mss_relay.core.filetypes import MAX_ARCHIVE_DEPTH, MAX_INNER_BYTES, MAX_MEMBERS
 from mss_relay.core.findings import Finding, Mode, decide
-from mss_relay.core.message import MessageInfo
-from mss_relay.core.mss_headers import MssHeaders, header_findings
+from mss_relay.core.message import MessageInfo, archive_parts
+from mss_relay.core.mss_headers import MssHeaders, header_findings, read_mss_headers
 from mss_relay.core.reply import Reply
 from mss_relay.core.verdict import Verdict
 
@@ -187,6 +187,20 @@ def examine(
     return XdmReport(packages, _once(findings), patients)
 
 
+def check_message(
+    wire: bytes, info: MessageInfo, recipients: Sequence[str], settings: XdmSettings
+) -> XdmReport:
+    """The whole check of one message, as the end of DATA runs it: its X-MSS
+    fields, and its packages when wanted(info) (then each zip part is decoded
+    whole and its METADATA.XML inflated: the caller runs this in a worker
+    thread when wanted(info), at once otherwise). wire: the CRLF message."""
+    if settings.mode is Mode.OFF:
+        return XdmReport(0, ())
+    parts = archive_parts(wire, crlf=True) if wanted(info) else ()
+    attachments = [Attachment(names, data) for names, data in parts]
+    return examine(attachments, read_mss_headers(wire), recipients, settings)
+
+
 def decision(report: XdmReport, settings: XdmSettings) -> Verdict | None:
     """The refusal the report gives in the configured mode (None: accept)."""
     return decide(report.findings, settings.mode, rule="xdm")
@@ -221,22 +235,49 @@ class _Reader:
         self.findings: list[Finding] = []
         self.patients: set[PatientId] = set()
         self.budget = MAX_TOTAL_METADATA_BYTES
+        self.inner_budget = MAX_INNER_BYTES  # IHE_XDM.zip files inside other zips
 
-    def read(self, attachment: Attachment) -> bool:
-        """Whether the attachment is a package (its findings recorded)."""
+    def read(self, attachment: Attachment, depth: int = 1) -> int:
+        """How many packages the attachment is or holds (their findings
+        recorded): itself, or, in a zip that is not one, the IHE_XDM.zip
+        files it holds (a package sent in an envoi.zip is still checked),
+        down to MAX_ARCHIVE_DEPTH archives deep."""
         named = any(_named(n) for n in attachment.names)
         archive = _open(attachment.data)
         if archive is None:
             if named:
-                self.findings.append(Finding("xdm_unreadable", UNREADABLE, "not a zip archive"))
-            return named
+                self._unreadable("not a zip archive")
+            return int(named)
         with archive:
             infos = archive.infolist()
             paths = [i.filename.replace("\\", "/") for i in infos]
-            if not (named or any(p.upper().startswith("IHE_XDM/") for p in paths)):
-                return False
-            self._package(archive, infos, paths)
-        return True
+            if named or any(p.upper().startswith("IHE_XDM/") for p in paths):
+                self._package(archive, infos, paths)
+                return 1
+            return self._inner(archive, infos, paths, depth)
+
+    def _inner(
+        self, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], paths: list[str], depth: int
+    ) -> int:
+        """The packages in the zips a zip holds (by name: « .zip »), each
+        read whole within one budget for the message (core.filetypes'
+        bound on inner archives), as deep as core.filetypes looks: an
+        archive deeper than that is refused by the dangerous-attachment rule."""
+        inner = [(i, p) for i, p in zip(infos, paths, strict=True) if p.lower().endswith(".zip")]
+        named = sum(_named(p) for _, p in inner)
+        if depth >= MAX_ARCHIVE_DEPTH or len(infos) > MAX_ENTRIES:
+            if named:
+                self._unreadable("IHE_XDM.zip nested too deep, or among too many entries")
+            return named
+        found = 0
+        for info, path in inner:
+            data = self._inflate(archive, info, self.inner_budget, "inner archive")
+            if data is None:
+                found += _named(path)
+                continue
+            self.inner_budget -= len(data)
+            found += self.read(Attachment((path,), data), depth + 1)
+        return found
 
     def _package(
         self, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], paths: list[str]
@@ -252,35 +293,39 @@ class _Reader:
             self.findings.append(Finding("xdm_missing_metadata", MISSING_METADATA))
             return
         for info in metadata:
-            data = self._inflate(archive, info)
+            data = self._inflate(
+                archive, info, min(MAX_METADATA_BYTES, self.budget), "METADATA.XML"
+            )
             if data is not None:
+                self.budget -= len(data)
                 self._metadata(data)
 
     def _unreadable(self, why: str) -> None:
         self.findings.append(Finding("xdm_unreadable", UNREADABLE, why))
 
-    def _inflate(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
-        """METADATA.XML decompressed, never past the bounds, whatever the
-        archive's header claims (a bomb lies about its sizes)."""
+    def _inflate(
+        self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, what: str
+    ) -> bytes | None:
+        """A member decompressed, never past `limit`, whatever the archive's
+        header claims (a bomb lies about its sizes: zipfile then stops at
+        the size it claims, and its CRC fails)."""
         if info.flag_bits & 0x1:
-            self._unreadable("encrypted METADATA.XML")
+            self._unreadable(f"encrypted {what}")
             return None
         if info.compress_type not in _BOUNDED:
-            self._unreadable("METADATA.XML compressed by a method we do not run")
+            self._unreadable(f"{what} compressed by a method we do not run")
             return None
-        limit = min(MAX_METADATA_BYTES, self.budget)
         if info.file_size > limit:
-            self._unreadable("METADATA.XML too large")
+            self._unreadable(f"{what} too large")
             return None
         try:
             with archive.open(info) as member:
                 data = member.read(limit + 1)  # deflate stops at that many bytes out
         except Exception:  # zipfile raises many kinds on a corrupt member
-            self._unreadable("unreadable METADATA.XML")
+            self._unreadable(f"unreadable {what}")
             return None
-        self.budget -= len(data)
         if len(data) > limit:
-            self._unreadable("METADATA.XML inflates past the bound")
+            self._unreadable(f"{what} inflates past the bound")
             return None
         return data
 

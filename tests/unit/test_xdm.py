@@ -6,13 +6,15 @@ from __future__ import annotations
 import zipfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mss_relay.core import xdm
 from mss_relay.core.findings import Finding, Mode, decide
 from mss_relay.core.message import archive_parts, inspect_message
 from mss_relay.core.mss_headers import MssHeaders
 from mss_relay.core.verdict import Action
-from mss_relay.core.xdm import Attachment, XdmSettings, decision, examine, wanted
+from mss_relay.core.xdm import Attachment, XdmSettings, check_message, decision, examine, wanted
 from tests.support import xdm as build
 from tests.support.files import pdf, zip_of
 from tests.support.mail import make_message
@@ -291,3 +293,56 @@ def test_from_a_real_message() -> None:
 def test_not_wanted_without_a_zip() -> None:
     assert not wanted(inspect_message(make_message(attachments={"cr.pdf": pdf()})))
     assert archive_parts(make_message(attachments={"cr.pdf": pdf()})) == ()
+
+
+def test_a_package_inside_another_zip_is_checked() -> None:
+    outer = zip_of({"IHE_XDM.zip": build.for_patient(build.OTHER_PATIENT), "cr.pdf": pdf()})
+    report = _run(outer, names=("envoi.zip",), recipients=(PATIENT_ADDRESS,))
+    assert (report.packages, report.codes) == (1, ("xdm_other_patient",))
+    good = zip_of({"dossier/ihe_xdm.zip": build.for_patient()})
+    assert _run(good, names=("envoi.zip",), recipients=(PATIENT_ADDRESS,)).findings == ()
+    # As deep as the dangerous-attachment rule looks (core.filetypes), no deeper.
+    two = zip_of({"b.zip": zip_of({"IHE_XDM.zip": build.for_patient(build.OTHER_PATIENT)})})
+    assert _run(two, names=("a.zip",)).packages == 1
+    three = zip_of({"b.zip": zip_of({"c.zip": zip_of({"IHE_XDM.zip": build.for_patient()})})})
+    assert _run(three, names=("a.zip",)).codes == ("xdm_unreadable",)
+    nested = zip_of({"IHE_XDM.zip": zip_of({"IHE_XDM.zip": build.for_patient()})})
+    assert _run(zip_of({"IHE_XDM.zip": nested}), names=("a.zip",)).codes == (
+        "xdm_missing_metadata",
+    )
+
+
+def test_archive_parts_through_the_standard_library() -> None:
+    """A message core.mime's scan leaves to the standard library's parser
+    (bare LF line ends): the same parts."""
+    raw = make_message(attachments={"IHE_XDM.zip": build.for_patient()}).replace(b"\r\n", b"\n")
+    parts = archive_parts(raw)
+    assert [(names, data) for names, data in parts] == [(("IHE_XDM.zip",), build.for_patient())]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2048))
+def test_hostile_bytes_never_raise(data: bytes) -> None:
+    for blob in (data, build.package(metadata_xml=data)):
+        report = _run(blob)
+        assert report.packages == 1
+        assert all(f.code.startswith("xdm_") for f in report.findings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_hostile_identifiers_never_raise(value: str) -> None:
+    report = _run(_metadata(value, value))
+    assert report.codes == () or report.codes[0].startswith("xdm_")
+
+
+def test_check_message_in_one_call() -> None:
+    raw = make_message(attachments={"IHE_XDM.zip": build.for_patient(oid=build.TEST_NIR_OID)})
+    raw = raw.replace(b"\r\n\r\n", b"\r\nX-MSS-INS: O\r\nX-MSS-NIL: mon logiciel\r\n\r\n", 1)
+    info = inspect_message(raw)
+    report = check_message(raw, info, (PRO,), XdmSettings(Mode.REFUSE))
+    assert report.codes == ("mss_header_malformed", "xdm_test_identity")
+    assert check_message(raw, info, (PRO,), XdmSettings(Mode.OFF)).codes == ()
+    allowed = XdmSettings(Mode.REFUSE, allow_test_identities=True)
+    plain = make_message()
+    assert check_message(plain, inspect_message(plain), (PRO,), allowed).codes == ()
