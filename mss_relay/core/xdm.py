@@ -80,11 +80,14 @@ UNREADABLE = Reply(
 MISSING_METADATA = Reply(
     550, "5.7.1", "Paquet IHE_XDM refusé : fichier IHE_XDM/SUBSET*/METADATA.XML absent"
 )
+# Both say « METADATA.XML invalide »: to the sender, a bomb and a typing
+# error are the same fault (fix the producing software); the codes differ
+# for the log, where a bomb is worth an alert.
 INVALID_METADATA = Reply(
-    550, "5.7.1", "Paquet IHE_XDM refusé : METADATA.XML n'est pas un document XML valide"
+    550, "5.7.1", "Paquet IHE_XDM refusé : METADATA.XML invalide (document XML mal formé)"
 )
 UNSAFE_METADATA = Reply(
-    550, "5.7.1", "Paquet IHE_XDM refusé : METADATA.XML contient une DTD ou des entités XML"
+    550, "5.7.1", "Paquet IHE_XDM refusé : METADATA.XML invalide (DTD ou entités XML interdites)"
 )
 MISSING_PATIENT_ID = Reply(
     550, "5.7.1", "Paquet IHE_XDM refusé : identifiant du patient absent de METADATA.XML"

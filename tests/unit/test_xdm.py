@@ -3,16 +3,18 @@ and warn modes, hostile XML and zip bombs refused without being expanded."""
 
 from __future__ import annotations
 
+import tracemalloc
 import zipfile
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mss_relay.core import xdm
+from mss_relay.core import mss_headers, xdm
 from mss_relay.core.findings import Finding, Mode, decide
 from mss_relay.core.message import archive_parts, inspect_message
 from mss_relay.core.mss_headers import MssHeaders
+from mss_relay.core.reply import Reply, ascii_text
 from mss_relay.core.verdict import Action
 from mss_relay.core.xdm import Attachment, XdmSettings, check_message, decision, examine, wanted
 from tests.support import xdm as build
@@ -346,3 +348,40 @@ def test_check_message_in_one_call() -> None:
     allowed = XdmSettings(Mode.REFUSE, allow_test_identities=True)
     plain = make_message()
     assert check_message(plain, inspect_message(plain), (PRO,), allowed).codes == ()
+
+
+@pytest.mark.parametrize("xml", [build.BILLION_LAUGHS, build.EXTERNAL_ENTITY, build.NOT_XML])
+def test_bombs_are_refused_as_invalid_metadata(xml: bytes) -> None:
+    verdict = decision(_run(build.package(metadata_xml=xml)), XdmSettings(Mode.REFUSE))
+    assert verdict is not None and verdict.reply is not None
+    assert "METADATA.XML invalide" in verdict.reply.text
+    # Nothing of /etc/passwd can reach a text or a log field.
+    assert "root" not in verdict.reply.text and "root" not in verdict.reason
+
+
+@pytest.mark.parametrize("blob", [build.bomb(), build.lying_bomb()], ids=["bomb", "lying"])
+def test_a_zip_bomb_is_never_inflated(blob: bytes) -> None:
+    """64 MiB of METADATA.XML deflated to some 64 KiB: the reader stops at
+    its bound, so the memory it takes stays far below what it would inflate."""
+    tracemalloc.start()
+    try:
+        report = _run(blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.codes == ("xdm_unreadable",)
+    # zipfile may hold a chunk and the joined result: some twice the bound.
+    assert len(blob) < 2**20 and peak < 3 * xdm.MAX_METADATA_BYTES < 64 * 2**20
+
+
+def test_reply_texts_fold_to_one_ascii_line() -> None:
+    """What the fronts send (core.reply.ascii_text): within RFC 5321's 512
+    octets with the code, the id the fronts add and the CRLF."""
+    replies = [v for v in vars(xdm).values() if isinstance(v, Reply)]
+    replies += [v for v in vars(mss_headers).values() if isinstance(v, Reply)]
+    replies += list(mss_headers.REPEATED.values())
+    assert len(replies) >= 15
+    for reply in replies:
+        text = ascii_text(reply.text)
+        assert text.isascii() and len(text) < 400, text
+        assert (reply.code, reply.enhanced[:2]) in {(550, "5.")}
