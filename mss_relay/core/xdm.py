@@ -68,7 +68,10 @@ MAX_TOTAL_METADATA_BYTES = 16 * 2**20  # every METADATA.XML of the message
 # attachment is at most some 20 MB, documents compress little (PDF, JPEG).
 MAX_DECLARED_BYTES = 512 * 2**20
 _METADATA = re.compile(r"IHE_XDM/SUBSET[^/]*/METADATA\.XML", re.IGNORECASE)
-_CX = re.compile(r"([^\^&\s]+)\^\^\^&([0-9]+(?:\.[0-9]+)+)&ISO")
+# HL7 CX « ID^^^&OID&ISO » (ITI TF-3 §4.2.3.1.7), with at most an identifier
+# type code after it (CX.5, « ^NH »): French software writes the INS so,
+# as in its HL7 v2 PID segments, and the patient is named by (ID, OID) alone.
+_CX = re.compile(r"([^\^&\s]+)\^\^\^&([0-9]+(?:\.[0-9]+)+)&ISO(?:\^[A-Za-z0-9]{1,10})?")
 # zipfile hands bzip2 and LZMA decompressors whole chunks without an output
 # bound; stored and deflated members are read to a bound (core.filetypes).
 _BOUNDED = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)

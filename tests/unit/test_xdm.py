@@ -385,3 +385,23 @@ def test_reply_texts_fold_to_one_ascii_line() -> None:
         text = ascii_text(reply.text)
         assert text.isascii() and len(text) < 400, text
         assert (reply.code, reply.enhanced[:2]) in {(550, "5.")}
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        (build.cx(), True),
+        (build.cx() + "^NH", True),  # an identifier type code (CX.5)
+        (build.cx() + "^INS", True),
+        (build.cx() + "^NH^x", False),
+        (build.cx() + "^", False),
+        (f"{build.PATIENT}^^^ASIP-SANTE-INS-NIR&{build.NIR_OID}&ISO", False),  # HD.1 set
+        (f"{build.PATIENT}^^^&{build.NIR_OID}&iso", False),
+        (f" {build.cx()} ", True),
+    ],
+)
+def test_cx_form(value: str, valid: bool) -> None:
+    report = _run(_metadata(value, value))
+    assert (report.findings == ()) is valid, report.codes
+    if not valid:
+        assert report.codes == ("xdm_invalid_patient_id",)
