@@ -497,3 +497,29 @@ def _info(tree: Tree, *, bounded: bool = False) -> MessageInfo:
         auto_submitted=_header(msg, "Auto-Submitted"),
         original_message_id=original_message_id,
     )
+
+
+def archive_parts(raw: bytes, *, crlf: bool = False) -> tuple[tuple[tuple[str, ...], bytes], ...]:
+    """The names and decoded bytes of each part a zip archive may be (one
+    that is, at its start or appended to other bytes, or that is named
+    « .zip »), in order: for the IHE-XDM check (core.xdm), which reads a file
+    inside them. Each such part is decoded whole, and the standard library's
+    parser may run: not for the event loop. A message whose structure cannot
+    be followed gives none (the MIME rules refuse it)."""
+    tree = scan(raw, crlf=crlf)
+    if isinstance(tree, TooDeep):
+        return ()
+    if tree is None:
+        found = _stdlib_tree(raw)
+        if isinstance(found, MessageInfo):
+            return ()
+        tree = found
+    parts = []
+    for part, payload in tree.leaves:
+        names = _names(part)
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        data = _decode(payload.whole(), cte)
+        named = any(name.lower().rstrip(". ").endswith(".zip") for name in names)
+        if named or is_archive(data[:HEAD_SIZE]) or _ZIP_END in data[-_ZIP_END_WINDOW:]:
+            parts.append((names, data))
+    return tuple(parts)
