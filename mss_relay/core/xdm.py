@@ -199,7 +199,9 @@ def check_message(
     """The whole check of one message, as the end of DATA runs it: its X-MSS
     fields, and its packages when wanted(info) (then each zip part is decoded
     whole and its METADATA.XML inflated: the caller runs this in a worker
-    thread when wanted(info), at once otherwise). wire: the CRLF message."""
+    thread when wanted(info), else as front.ending.message_work does, in a
+    thread above INLINE_LIMIT since the X-MSS fields are searched through
+    the whole header section). wire: the CRLF message."""
     if settings.mode is Mode.OFF:
         return XdmReport(0, ())
     parts = archive_parts(wire, crlf=True) if wanted(info) else ()

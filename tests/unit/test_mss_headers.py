@@ -101,3 +101,20 @@ def test_ins_yes_only_for_one_o() -> None:
     assert not MssHeaders(ins=("N",)).ins_yes
     assert not MssHeaders(ins=("O", "O")).ins_yes
     assert not MssHeaders().ins_yes
+
+
+def test_only_fields_at_a_line_start_of_the_header_section() -> None:
+    raw = (
+        b"X-MSS-NIL: A1\r\n"  # the very first line
+        b"Subject: x\r\n X-MSS-INS: N\r\n"  # a continuation of Subject, not a field
+        b"XX-MSS-MES: FIN\r\n"  # another field's name
+        b"X-Mss-Codecda: 34112-3\r\n\t11490-0\r\n"
+        b"\r\n"
+        b"X-MSS-MES: FIN\r\n"  # the body
+    )
+    assert read_mss_headers(raw) == MssHeaders((), (), ("34112-3 11490-0",), ("A1",))
+
+
+def test_no_header_section_end() -> None:
+    assert read_mss_headers(b"X-MSS-INS: O\r\nSubject: x\r\n") == MssHeaders(ins=("O",))
+    assert read_mss_headers(b"") == MssHeaders()
