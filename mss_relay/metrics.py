@@ -105,7 +105,7 @@ class Instruments:
         )
         self.auth = counter(
             "mss_relay_auth_attempts_total",
-            "AUTH attempts, by result (success, failure, locked, trusted_client).",
+            "AUTH attempts, by result (success, failure, locked, unavailable, trusted_client).",
             ("result",),
         )
         self.upstream_failures = counter(
@@ -121,7 +121,7 @@ class Instruments:
         )
         # The known label values start at 0, so that a series exists (and a
         # rate() or an alert on it works) before its first event.
-        for result in ("success", "failure", "locked"):
+        for result in ("success", "failure", "locked", "unavailable"):
             self.auth.labels(result)
         for stage in ("mail", "rcpt", "data"):
             for kind in ("tempfailed", "permfailed"):

@@ -174,10 +174,14 @@ def shown(url: str) -> str:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "postgresql://?"
-    host = params.get("host") or "localhost"
-    port = f":{params['port']}" if params.get("port") else ""
+    # A multi-host URL (a standby to fail over to) names its hosts and ports
+    # as two lists: shown back as host:port pairs, as they were written.
+    hosts = str(params.get("host") or "localhost").split(",")
+    ports = str(params.get("port") or "").split(",")
+    ports = ports * len(hosts) if len(ports) == 1 else ports
+    where = ",".join(h + (f":{p}" if p else "") for h, p in zip(hosts, ports, strict=False))
     user = f"{params['user']}@" if params.get("user") else ""
-    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+    return f"postgresql://{user}{where}/{params.get('dbname') or ''}"
 
 
 def _password(settings: PostgresSettings) -> str | None:

@@ -78,6 +78,16 @@ def patient_sends(relay: Relay, patient: str, in_reply_to: str) -> tuple[int, by
         return client.getreply()
 
 
+def colleague_sends(relay: Relay, subject: str = "Avis") -> None:
+    """A professional of another structure writes to a BAL, through the
+    inbound listener: mail that needs no shared state (a refusal raises)."""
+    colleague = "confrere@ch-autre.mssante.fr"
+    content = make_message(sender=colleague, to=DR, subject=subject)
+    with smtplib.SMTP("127.0.0.1", relay.port_of("inbound"), timeout=30) as client:
+        client.ehlo("mta.operateur.test")
+        client.sendmail(colleague, [DR], wire_data(content))
+
+
 def relay_config(
     pki: Pki, hashes: dict[str, str], pair: tuple[Upstream, Upstream], url: str, key: Path
 ) -> dict[str, Any]:
@@ -331,6 +341,12 @@ def test_the_server_stopped_gives_451_and_the_relays_recover_without_a_restart(
         assert refusals and all(c == 451 and t.startswith(b"4.3.0") for c, t in refusals)
         status, body = _fetch(metrics, "/healthz")
         assert status == 503 and "database unreachable" in body
+        # Mail that needs no state (no AUTH, no rate, no conversation: a
+        # colleague's message to a BAL) keeps flowing during the outage.
+        colleague_sends(pair.b, "Avis pendant la panne")
+        assert wait_for(
+            lambda: any(b"Avis pendant la panne" in data for _, data in pair.mailbox.messages())
+        )
         assert postgres_db.password not in body
 
         postgres_db.server.start()

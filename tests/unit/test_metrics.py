@@ -210,6 +210,7 @@ def test_known_series_exist_before_their_first_event() -> None:
     text = generate_latest(Instruments().registry).decode()
     for line in (
         'mss_relay_auth_attempts_total{result="failure"} 0.0',
+        'mss_relay_auth_attempts_total{result="unavailable"} 0.0',
         'mss_relay_upstream_failures_total{kind="tempfailed",stage="data"} 0.0',
         'mss_relay_upstream_failures_total{kind="permfailed",stage="rcpt"} 0.0',
         'mss_relay_config_reloads_total{result="failure"} 0.0',
