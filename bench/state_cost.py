@@ -39,14 +39,18 @@ each backend (issue 6's flat cost: within ±10 %), and postgres to sqlite at
 each count.
 
 bench/results/state_cost.json: {"sessions", "messages", "repeats",
-"backends", "postgres" (server version, or "given"), "results": one entry per
+"backends", "rates", "postgres" (server version, or "given"), "results": one entry per
 cell (backend, conversations, fill_seconds [+ copy_seconds], runs in the
 order measured, the medians: msgs_per_s, cpu_ms_per_msg (the relay's, as
 before), server_cpu_ms_per_msg, total_cpu_ms_per_msg; spread: min and max of
 the relay's and the total CPU; conversations_opened, state_errors),
-"ratios": {"largest_to_smallest": {backend: {relay_cpu, total_cpu, msgs_per_s}},
+"ratios": {"largest_to_smallest": {backend: {relay_cpu, total_cpu, msgs_per_s,
+and paired_*: the median of the ratios of the runs of the same repeat}},
 "postgres_to_sqlite": {count: {...}}}, "cpu_ratio_largest_to_smallest" (the
 relay's CPU, SQLite, as before; PostgreSQL's alone when only it ran)}.
+--no-rates: the per-user sending rates off on both backends (with PostgreSQL
+they are two transactions a message on the server), written to
+bench/results/state_cost-no-rates.json instead.
 Loopback only.
 """
 
@@ -299,8 +303,20 @@ class Subject:
     runs: list[dict[str, float]] = field(default_factory=list)
 
 
+# --no-rates: the per-user sending rates off (0: no limit), on both backends:
+# with PostgreSQL they are counted on the server (two transactions a
+# message); without them, what is left is the conversation state's own cost.
+NO_RATES = {"throttle": {"messages_per_minute": 0, "recipients_per_hour": 0}}
+
+
 def prepare(
-    backend: str, count: int, work: Path, sink: Sink, pg: Postgres | None = None
+    backend: str,
+    count: int,
+    work: Path,
+    sink: Sink,
+    pg: Postgres | None = None,
+    *,
+    rates: bool = True,
 ) -> Subject:
     directory = work / f"{backend}-{count}"
     directory.mkdir()
@@ -311,6 +327,8 @@ def prepare(
     port = free_port()
     key = work / "dkim" / "bench.key"
     sections: dict[str, Any] = dict(RELAY_SECTIONS)
+    if not rates:
+        sections["throttle"] = {**sections["throttle"], **NO_RATES["throttle"]}
     url = None
     if pg is not None:
         url = pg.database(count)
@@ -387,11 +405,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def _paired(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    """The median of the ratios of the runs of the same repeat: a cost that
+    drifts along the run (the shared throttles' rows piling up within their
+    hour, the machine's load) then divides out, where the medians' ratio
+    compares runs of different repeats."""
+    pairs = [x[key] / y[key] for x, y in zip(a["runs"], b["runs"], strict=True) if y[key]]
+    return round(statistics.median(pairs), 3) if pairs else None
+
+
 def _ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
     return {
         "relay_cpu": _ratio(a["cpu_ms_per_msg"], b["cpu_ms_per_msg"]),
         "total_cpu": _ratio(a["total_cpu_ms_per_msg"], b["total_cpu_ms_per_msg"]),
         "msgs_per_s": _ratio(a["msgs_per_s"], b["msgs_per_s"]),
+        "paired_relay_cpu": _paired(a, b, "cpu_ms_per_msg"),
+        "paired_total_cpu": _paired(a, b, "total_cpu_ms_per_msg"),
+        "paired_msgs_per_s": _paired(a, b, "msgs_per_s"),
     }
 
 
@@ -418,6 +448,11 @@ def main() -> None:
         "--backends", nargs="+", choices=("sqlite", "postgres"), default=["sqlite", "postgres"]
     )
     parser.add_argument("--postgres", metavar="URL", help="a server of yours (CREATE DATABASE)")
+    parser.add_argument(
+        "--no-rates",
+        action="store_true",
+        help="per-user sending rates off (state_cost-no-rates.json)",
+    )
     args = parser.parse_args()
     backends = list(dict.fromkeys(args.backends))
     with tempfile.TemporaryDirectory(prefix="mss-bench-") as name, contextlib.ExitStack() as stack:
@@ -430,7 +465,8 @@ def main() -> None:
             for backend in backends:
                 for count in args.counts:
                     cell_pg = pg if backend == "postgres" else None
-                    subjects.append(prepare(backend, count, work, sink, cell_pg))
+                    subject = prepare(backend, count, work, sink, cell_pg, rates=not args.no_rates)
+                    subjects.append(subject)
                     print(f"{backend} {count:,}: filled", flush=True)
             measure_all(subjects, args.messages, args.repeats)
         finally:
@@ -444,6 +480,7 @@ def main() -> None:
         "messages": args.messages,
         "repeats": args.repeats,
         "backends": backends,
+        "rates": not args.no_rates,
         "postgres": pg.version if pg else None,
         "results": results,
         "ratios": figures,
@@ -452,7 +489,8 @@ def main() -> None:
         ),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "state_cost.json").write_text(json.dumps(output, indent=2) + "\n")
+    name = "state_cost-no-rates.json" if args.no_rates else "state_cost.json"
+    (RESULTS / name).write_text(json.dumps(output, indent=2) + "\n")
     for r in results:
         server = r["server_cpu_ms_per_msg"]
         print(
