@@ -89,3 +89,11 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests while this one wanted it
+    (/proc/stat's steal, summed over CPUs): noise that no process of this
+    machine shows, such as another virtual machine on the same host."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / CLK_TCK
