@@ -257,7 +257,10 @@ def test_a_day_change_switches_files_and_the_chain_goes_on(
     upstream.start()
     relay = _daily(tmp_path, pki, password_hashes, upstream.port)
     logs = tmp_path / "var" / "log"
-    _faked(relay, "2026-06-01 23:59:57")
+    # 15 s before midnight: room for a start slowed by a loaded machine (the
+    # fake clock runs from the process's start), so the first message is
+    # still of June 1st; then messages until the day changes.
+    _faked(relay, "2026-06-01 23:59:45")
     before, after = logs / "mss-relay-2026-06-01.jsonl", logs / "mss-relay-2026-06-02.jsonl"
     try:
         relay.start()
@@ -267,7 +270,7 @@ def test_a_day_change_switches_files_and_the_chain_goes_on(
             sends(relay, upstream, pki, 1)
             return after.exists()
 
-        assert wait_for(next_day, timeout=30)
+        assert wait_for(next_day, timeout=60)
         relay.stop()
     finally:
         relay.stop()
