@@ -415,12 +415,15 @@ def _paired(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
 
 
 def _ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+    # A server whose CPU was not read (--postgres elsewhere): its runs'
+    # totals are the relay's alone, no total to compare.
+    totals = a["total_cpu_ms_per_msg"] is not None and b["total_cpu_ms_per_msg"] is not None
     return {
         "relay_cpu": _ratio(a["cpu_ms_per_msg"], b["cpu_ms_per_msg"]),
         "total_cpu": _ratio(a["total_cpu_ms_per_msg"], b["total_cpu_ms_per_msg"]),
         "msgs_per_s": _ratio(a["msgs_per_s"], b["msgs_per_s"]),
         "paired_relay_cpu": _paired(a, b, "cpu_ms_per_msg"),
-        "paired_total_cpu": _paired(a, b, "total_cpu_ms_per_msg"),
+        "paired_total_cpu": _paired(a, b, "total_cpu_ms_per_msg") if totals else None,
         "paired_msgs_per_s": _paired(a, b, "msgs_per_s"),
     }
 
