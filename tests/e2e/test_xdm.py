@@ -7,16 +7,18 @@ nothing logged. The log never holds a matricule INS nor the file's name."""
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Pki, Stack, base_config
+from tests.conftest import Pki, Stack, base_config, with_inbound
 from tests.e2e.test_metrics import scrape, value
 from tests.support import xdm as build
-from tests.support.mail import connect, make_message, send, without_id
+from tests.support.mail import connect, make_message, send, wire_data, without_id
 from tests.support.milter_client import MilterClient
 from tests.support.processes import Relay, Upstream, free_port
 
@@ -99,24 +101,32 @@ CASES: dict[str, tuple[bytes, str, str | None, str | None]] = {
 IDS = list(CASES)
 
 
-def start(tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any) -> Iterator[Stack]:
-    upstream = Upstream(tmp)
+@dataclass
+class Relayed(Stack):
+    mailbox: Upstream  # inbound_delivery: the structure's mailbox server
+
+
+def start(tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any) -> Iterator[Relayed]:
+    """A relay with the milter and the inbound listener too."""
+    upstream, mailbox = Upstream(tmp / "op"), Upstream(tmp / "mb")
     upstream.start()
-    config = base_config(pki, hashes, upstream.port, **overrides)
+    mailbox.start()
+    config = with_inbound(base_config(pki, hashes, upstream.port, **overrides), mailbox.port)
     config["listeners"].append({"name": "milter", "role": "milter", "port": free_port()})
     relay = Relay(tmp, config)
     try:
         relay.start()
-        yield Stack(relay, upstream, pki)
+        yield Relayed(relay, upstream, pki, mailbox)
     finally:
         relay.stop()
         upstream.stop()
+        mailbox.stop()
 
 
 @pytest.fixture(scope="module")
 def refuse(
     tmp_path_factory: pytest.TempPathFactory, pki: Pki, password_hashes: dict[str, str]
-) -> Iterator[Stack]:
+) -> Iterator[Relayed]:
     tmp = tmp_path_factory.mktemp("xdm-refuse")
     metrics = {"port": free_port()}
     yield from start(tmp, pki, password_hashes, xdm={"mode": "refuse"}, metrics=metrics)
@@ -224,6 +234,32 @@ def test_the_milter_refuses_with_the_same_reply(refuse: Stack) -> None:
         replies = client.message(content)
     assert replies[-1].code == "y", replies
     assert without_id(replies[-1].text) == refusal
+    no_health_data(refuse)
+
+
+def test_the_inbound_listener_checks_too(refuse: Relayed) -> None:
+    """The operator delivering to the structure's BALs: the same check."""
+    box = refuse.mailbox
+    before = len(box.messages())
+
+    def deliver(package: bytes) -> str:
+        content = message(package, to=SENDER).replace(
+            f"From: {SENDER}".encode(), f"From: {PRO}".encode()
+        )
+        with smtplib.SMTP("127.0.0.1", refuse.relay.port_of("inbound"), timeout=30) as client:
+            client.ehlo("mta.operateur.test")
+            assert client.mail(PRO)[0] == 250
+            assert client.rcpt(SENDER)[0] == 250
+            client.docmd("DATA")
+            client.send(wire_data(content))
+            code, text = client.getreply()
+        return f"{code} {without_id(text.decode())}"
+
+    refused = deliver(build.for_patient(oid=build.TEST_NIR_OID))
+    assert refused == REFUSED + "identite de test interdite sur ce relais"
+    assert len(box.messages()) == before
+    assert deliver(build.for_patient()).startswith("250 ")
+    assert len(box.messages()) == before + 1
     no_health_data(refuse)
 
 
