@@ -35,10 +35,12 @@ from mss_relay.core.addresses import (
 )
 from mss_relay.core.directory import DirectoryMode, DirectorySettings
 from mss_relay.core.filetypes import AttachmentRules
+from mss_relay.core.findings import Mode as XdmMode
 from mss_relay.core.mailbox import Bal, BalType
 from mss_relay.core.policy import Limits
 from mss_relay.core.rules.size import wire_size_limit
 from mss_relay.core.throttle import ThrottleSettings, ip_address
+from mss_relay.core.xdm import XdmSettings
 from mss_relay.passwords import is_password_hash
 from mss_relay.schema import (
     REQUIRED,
@@ -467,6 +469,27 @@ class AntivirusConfig:
         return self.on_error == OnScanError.ACCEPT
 
 
+def _xdm_mode(raw: object, where: Where) -> XdmMode:
+    # YAML 1.1 reads a bare « off » as false: the same word to the operator.
+    text = "off" if raw is False else raw
+    choices = [m.value for m in XdmMode]
+    if not isinstance(text, str) or text not in choices:
+        where.fail("must be one of " + ", ".join(choices))
+    return XdmMode(text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Xdm:
+    """IHE-XDM packages and the X-MSS fields at the end of DATA (core/xdm.py,
+    core/mss_headers.py): findings logged (warn, the default: a structure
+    refuses once its software is known to send clean packages), refused
+    (refuse), or nothing read (off)."""
+
+    mode: Annotated[XdmMode, Convert(_xdm_mode)] = XdmMode.WARN
+    # The INS test OIDs (…4.10, …4.11): for a test platform only.
+    allow_test_identities: bool = False
+
+
 # --- sections whose runtime object differs (converted in _runtime below)
 
 
@@ -753,6 +776,7 @@ class _File:
     metrics: MetricsConfig | None = None
     directory: _Directory
     antivirus: AntivirusConfig | None = None
+    xdm: _Xdm
 
     def validate(self, where: Where) -> None:
         """What relates keys of different sections."""
@@ -954,6 +978,7 @@ class Config:
     trust_space: TrustSpaceConfig = field(default_factory=TrustSpaceConfig)
     postgres: PostgresSettings | None = None  # state.database: postgresql://...
     antivirus: AntivirusConfig | None = None  # None: no scanning
+    xdm: XdmSettings = field(default_factory=XdmSettings)
 
     def summary(self) -> str:
         listeners = ", ".join(f"{li.name} {li.endpoint} ({li.tls})" for li in self.listeners)
@@ -1027,6 +1052,7 @@ def _runtime(file: _File, path: Path) -> Config:
         directory=DirectorySettings(file.directory.mode, file.directory.also_accept),
         trust_space=file.trust_space,
         antivirus=file.antivirus,
+        xdm=XdmSettings(file.xdm.mode, file.xdm.allow_test_identities),
     )
 
 

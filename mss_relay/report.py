@@ -90,6 +90,7 @@ RULES: dict[str, str] = {
     "single_from": "Plusieurs expéditeurs (From)",
     "trust_space": "Destinataire hors de l'espace de confiance",
     "wire_size": "Message trop volumineux (transmission)",
+    "xdm": "Paquet IHE-XDM ou en-tête X-MSS non conforme",
 }
 # A rule, outcome or flag as the relay writes it: anything else in the field
 # (a line written by something else, or tampered with) is not shown.

@@ -392,6 +392,7 @@ class Runtime:
             whitelist=prepared.whitelist,
             require_operator_certificate=config.inbound.require_operator_certificate,
             accept_unscanned=config.antivirus is not None and config.antivirus.accepts_unscanned,
+            xdm=config.xdm,
         )
         # Stateless (a connection per message): a reload's settings apply to
         # the sessions of the new generation.

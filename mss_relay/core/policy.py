@@ -30,6 +30,7 @@ from mss_relay.core.rules import (
     size,
 )
 from mss_relay.core.verdict import Verdict
+from mss_relay.core.xdm import XdmReport, XdmSettings, decision
 
 INBOUND = "inbound"
 Check = tuple[str, Callable[[], Verdict | None]]
@@ -68,6 +69,7 @@ class Policy:
         whitelist: OperatorList | None = None,
         require_operator_certificate: bool = False,
         accept_unscanned: bool = False,
+        xdm: XdmSettings | None = None,
     ) -> None:
         self.limits = limits
         self.bals = bals
@@ -83,6 +85,9 @@ class Policy:
         # antivirus.on_error: accept (config.py): a message clamd could not
         # scan is accepted (and the front warns), rather than 451.
         self.accept_unscanned = accept_unscanned
+        # The xdm section (config.py): whether packages and X-MSS fields are
+        # read at all, and what their findings become.
+        self.xdm = xdm or XdmSettings()
 
     def evaluate_mail(self, facts: MailFacts) -> Verdict:
         limits = self.limits
@@ -207,3 +212,15 @@ class Policy:
             reason = f"not scanned (on_error: accept): {scan.error}"
             return Verdict.accept(rule=stage, reason=reason)
         return Verdict.accept(rule=stage, reason="clean")
+
+    def evaluate_xdm(self, report: XdmReport) -> Verdict:
+        """After the antivirus (a message clamd passed: suspect attachments
+        are not opened), before signing: the refusal its findings give in
+        xdm.mode: refuse, or an acceptance naming them (warn, or findings
+        that are only reported). The reason has the codes only, never an
+        identifier or a name."""
+        refused = decision(report, self.xdm)
+        if refused is not None:
+            return refused
+        codes = ",".join(report.codes)
+        return Verdict.accept(rule="xdm", reason=f"{self.xdm.mode.value}: {codes}")

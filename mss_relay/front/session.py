@@ -31,6 +31,7 @@ from mss_relay.core.conversation import (
 )
 from mss_relay.core.directory import DirectoryAnswer
 from mss_relay.core.facts import MailFacts, MessageFacts, RcptFacts, SessionFacts
+from mss_relay.core.findings import Mode as XdmMode
 from mss_relay.core.message import MessageInfo, crlf_lines
 from mss_relay.core.policy import INBOUND, Policy
 from mss_relay.core.reply import Reply, internal_error, signature_name, with_id
@@ -39,8 +40,16 @@ from mss_relay.core.rules.signing import signing_domain
 from mss_relay.core.rules.syntax import path_syntax
 from mss_relay.core.throttle import ThrottleSettings, ip_address
 from mss_relay.core.verdict import Verdict
+from mss_relay.core.xdm import check_message, wanted
 from mss_relay.delivery.upstream import Upstream
-from mss_relay.front.ending import Ending, Examined, Fingerprint, inspect, message_work
+from mss_relay.front.ending import (
+    INLINE_LIMIT,
+    Ending,
+    Examined,
+    Fingerprint,
+    inspect,
+    message_work,
+)
 from mss_relay.inspect.antivirus import Antivirus
 from mss_relay.log import Clock
 from mss_relay.signing import Signer
@@ -405,6 +414,8 @@ class ClientSession:
         if examined.verdict.reply is not None:
             return Ending(examined, examined.verdict)
         refused = await self.scan(wire)
+        if refused is None:
+            refused = await self.check_xdm(wire, examined.info)
         if refused is not None:
             return Ending(examined, refused)
         fields, message_id = self.added_headers(txn.txid, examined.info)
@@ -463,6 +474,28 @@ class ClientSession:
                 "antivirus_unavailable", txid=txn.txid, error=result.error, on_error="accept"
             )
         self.decision("antivirus", verdict, scan_ms=elapsed)
+        return verdict if verdict.reply is not None else None
+
+    async def check_xdm(self, wire: bytes, info: MessageInfo) -> Verdict | None:
+        """The IHE-XDM packages and the X-MSS fields (core.xdm), on a message
+        the policy and the antivirus accepted: the refusal (xdm.mode:
+        refuse), or None to go on. Logged on a decision line when there are
+        findings, their codes only (never an INS, a file name, a value).
+        A message that may hold a package is read in a worker thread (each
+        zip decoded, its METADATA.XML inflated, a few MiB at most); one that
+        may not is read at once (its top header block only), unless large."""
+        settings, txn = self.ctx.policy.xdm, self.txn
+        if settings.mode is XdmMode.OFF or txn is None:
+            return None
+        recipients = tuple(txn.recipients)
+        if wanted(info) or len(wire) > INLINE_LIMIT:
+            report = await asyncio.to_thread(check_message, wire, info, recipients, settings)
+        else:
+            report = check_message(wire, info, recipients, settings)
+        if not report.findings:
+            return None
+        verdict = self.quoted(self.ctx.policy.evaluate_xdm(report))
+        self.decision("xdm", verdict, xdm=list(report.codes))
         return verdict if verdict.reply is not None else None
 
     def layout(self, wire: bytes, results: bytes | None, added: list[tuple[str, str]]) -> bytes:

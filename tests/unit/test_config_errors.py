@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from mss_relay.config import ConfigError, load_config, parse_config
+from mss_relay.core.findings import Mode
+from mss_relay.core.xdm import XdmSettings
 
 HASH = "scrypt$15$8$1$k/uNk+RFO+Bg2Vuq3yt1pw==$I14WhHUEOSrrsOyFD8D8X4itpl6+8/XsgEpwDmKS4vs="
 BAL = "jean.dupont@ch-exemple.mssante.fr"
@@ -26,7 +28,7 @@ THROTTLE_KEYS = (
 ROOT_KEYS = (
     "antivirus, attachments, bals, control, conversations, directory, dkim, hostname, inbound,"
     " inbound_delivery, lifecycle, limits, listeners, log, metrics, state, throttle, timeouts,"
-    " tls, trust_space, trusted_clients, upstream, users, workers"
+    " tls, trust_space, trusted_clients, upstream, users, workers, xdm"
 )
 UPSTREAM_KEYS = (
     "ca_file, capture, client_certificate, client_key, host, password_file, pool_idle,"
@@ -1268,6 +1270,21 @@ CASES: list[tuple[str, Change, str]] = [
         put("directory", "mod", value="warn"),
         "directory.mod: unknown key (expected one of: also_accept, mode)",
     ),
+    # xdm (IHE-XDM packages, the X-MSS fields)
+    ("xdm-type", put("xdm", value="refuse"), f"xdm: {MAPPING}"),
+    ("xdm-mode", put("xdm", "mode", value="strict"), "xdm.mode: must be one of refuse, warn, off"),
+    ("xdm-mode-true", put("xdm", "mode", value=True), "xdm.mode: must be one of refuse, warn, off"),
+    ("xdm-mode-number", put("xdm", "mode", value=1), "xdm.mode: must be one of refuse, warn, off"),
+    (
+        "xdm-allow-test-identities",
+        put("xdm", "allow_test_identities", value="yes"),
+        "xdm.allow_test_identities: must be true or false",
+    ),
+    (
+        "xdm-unknown",
+        put("xdm", "allow_test", value=True),
+        "xdm.allow_test: unknown key (expected one of: allow_test_identities, mode)",
+    ),
 ]
 
 
@@ -1373,3 +1390,16 @@ def test_the_antivirus_section_as_loaded(base: Path) -> None:
         loaded = parse_config(config, base / "relay.yaml").antivirus
         assert loaded is not None
         assert (loaded.clamd.host, loaded.clamd.port, str(loaded.clamd)) == (host, port, written)
+
+
+def test_the_xdm_section_as_loaded(base: Path) -> None:
+    """Issue 19: absent, warn (logged only) without test identities; YAML's
+    bare « off » (false) is the mode off."""
+    config = good()
+    assert parse_config(config, base / "relay.yaml").xdm == XdmSettings(Mode.WARN, False)
+    config["xdm"] = {"mode": "refuse", "allow_test_identities": True}
+    assert parse_config(config, base / "relay.yaml").xdm == XdmSettings(Mode.REFUSE, True)
+    config["xdm"] = {"mode": False}
+    assert parse_config(config, base / "relay.yaml").xdm == XdmSettings(Mode.OFF, False)
+    config["xdm"] = None
+    assert parse_config(config, base / "relay.yaml").xdm == XdmSettings()

@@ -133,6 +133,7 @@ def full() -> dict[str, Any]:
         "data_rate_grace": "30s",
     }
     config["workers"] = 3
+    config["xdm"] = {"mode": "refuse", "allow_test_identities": True}
     return config
 
 

@@ -118,3 +118,32 @@ def test_only_fields_at_a_line_start_of_the_header_section() -> None:
 def test_no_header_section_end() -> None:
     assert read_mss_headers(b"X-MSS-INS: O\r\nSubject: x\r\n") == MssHeaders(ins=("O",))
     assert read_mss_headers(b"") == MssHeaders()
+
+
+def _parsed(raw: bytes) -> MssHeaders:
+    """The reference: the header parser always run (no fast path)."""
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
+    end = raw.find(b"\r\n\r\n")
+    block = raw if end < 0 else raw[: end + 4]
+    fields = BytesHeaderParser(policy=compat32).parsebytes(block).items()
+    return MssHeaders.of((str(k), str(v)) for k, v in fields)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"X-MSS-INS: O\r\nFrom: a@b.fr\r\n\r\nbody\r\n",  # the first line
+        b"From: a@b.fr\r\nx-mss-ins: N\r\n\r\nbody\r\n",  # any case
+        b"From: a@b.fr\r\nSubject: x\r\n X-MSS-INS: O\r\n\r\nbody\r\n",  # folded: not a field
+        b"From: a@b.fr\r\nX-MSS-INSX: O\r\n\r\nX-MSS-INS: O\r\n",  # another name; the body
+        b"From: a@b.fr\r\nX-MSS-MES: FIN",  # no body, no blank line
+        b"From: a@b.fr\r\nX-Other: X-MSS-INS: O\r\n\r\n",  # in a value
+        b"",
+    ],
+)
+def test_the_fast_path_reads_as_the_parser(raw: bytes) -> None:
+    """read_mss_headers finds the fields without the parser: what the
+    parser finds, either way."""
+    assert read_mss_headers(raw) == _parsed(raw)
