@@ -279,3 +279,21 @@ def test_a_reload_changes_the_mode(off: Stack) -> None:
         assert mss_relay("reload", "--config", str(off.relay.config_path)).returncode == 0
         assert len(off.relay.wait_event("reloaded", 2)) == 2
     assert submit(off, content, to)[0].startswith("250 ")
+
+
+def test_the_x_mss_fields_reach_the_upstream_untouched(refuse: Stack) -> None:
+    """Passed through: the fields of the client referential arrive as the
+    client wrote them (folding and case too), in refuse mode as in the others."""
+    fields = {
+        "X-MSS-INS": "O",
+        "X-MSS-CODECDA": "11488-4,34112-3",
+        "X-MSS-NIL": "NIL-0001",
+        "X-Mss-Mes": "FIN",
+    }
+    before = len(refuse.upstream.messages())
+    reply, _ = submit(refuse, message(build.for_patient(), PATIENT, fields), PATIENT)
+    assert reply.startswith("250 "), reply
+    _, delivered = refuse.upstream.messages()[before]
+    head = delivered.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    for name, written in fields.items():
+        assert f"\r\n{name}: {written}\r\n".encode() in head, name
