@@ -256,6 +256,9 @@ def test_a_day_change_switches_files_and_the_chain_goes_on(
     upstream = Upstream(tmp_path)
     upstream.start()
     relay = _daily(tmp_path, pki, password_hashes, upstream.port)
+    # Messages until the day changes: as many as the clock takes, unthrottled.
+    relay.config.setdefault("throttle", {})["messages_per_minute"] = 0
+    relay.config_path.write_text(yaml.safe_dump(relay.config, sort_keys=False))
     logs = tmp_path / "var" / "log"
     # 15 s before midnight: room for a start slowed by a loaded machine (the
     # fake clock runs from the process's start), so the first message is
