@@ -122,7 +122,11 @@ class Upstream:
         self.process.stop()
 
     def control(self, **settings: Any) -> None:
-        (self.dir / "control.json").write_text(json.dumps(settings))
+        # Atomically (a rename): the server reads the file at each command,
+        # and a half-written one made it answer 500 to a MAIL it had taken.
+        staged = self.dir / "control.json.new"
+        staged.write_text(json.dumps(settings))
+        staged.replace(self.dir / "control.json")
 
     def journal(self) -> list[dict[str, Any]]:
         """What each connection did (upstream_server.py's journal.jsonl), whole lines only."""
