@@ -13,11 +13,10 @@ import json
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import Pki, Stack, base_config, two_sided
+from tests.conftest import Pki, Stack, _stack, base_config, two_sided
 from tests.e2e.test_antivirus_client import CARRIERS, mail
 from tests.e2e.test_metrics import scrape, value
 from tests.e2e.test_postfix import DEST as POSTFIX_DEST
@@ -26,7 +25,7 @@ from tests.e2e.test_postfix import gateway_for
 from tests.support import files
 from tests.support.clamd import FOUND, TEST_PATTERN, Clamd, pdf_with
 from tests.support.mail import connect, send, wire_data, without_id
-from tests.support.processes import Relay, Upstream, free_port
+from tests.support.processes import free_port
 
 SENDER = "jean.dupont@ch-exemple.mssante.fr"
 DEST = "dr.martin@chu-b.mssante.fr"
@@ -41,18 +40,6 @@ def antivirus(clamd: Clamd, **settings: object) -> dict[str, object]:
     return {"clamd": clamd.address, "timeout": "10s", **settings}
 
 
-def stack_with(tmp: Path, pki: Pki, hashes: dict[str, str], **overrides: Any) -> Iterator[Stack]:
-    upstream = Upstream(tmp)
-    upstream.start()
-    relay = Relay(tmp, base_config(pki, hashes, upstream.port, **overrides))
-    try:
-        relay.start()
-        yield Stack(relay, upstream, pki)
-    finally:
-        relay.stop()
-        upstream.stop()
-
-
 @pytest.fixture(scope="module")
 def scanned(
     tmp_path_factory: pytest.TempPathFactory,
@@ -62,7 +49,7 @@ def scanned(
 ) -> Iterator[Stack]:
     """A relay scanning with the session's clamd, its metrics served."""
     tmp = tmp_path_factory.mktemp("antivirus")
-    yield from stack_with(
+    yield from _stack(
         tmp, pki, password_hashes, antivirus=antivirus(clamd_server), metrics={"port": free_port()}
     )
 
@@ -164,9 +151,7 @@ def test_clamd_stopped_is_a_451_and_nothing_goes_upstream(scanned: Stack, clamd:
 def test_clamd_slower_than_the_timeout_is_a_451(
     tmp_path: Path, clamd: Clamd, pki: Pki, password_hashes: dict[str, str]
 ) -> None:
-    for stack in stack_with(
-        tmp_path, pki, password_hashes, antivirus=antivirus(clamd, timeout="1s")
-    ):
+    for stack in _stack(tmp_path, pki, password_hashes, antivirus=antivirus(clamd, timeout="1s")):
         with clamd.frozen_while():
             code, text = submit(stack, CARRIERS["zip"]())
         assert (code, without_id(text)) == (451, UNAVAILABLE), text
@@ -182,7 +167,7 @@ def test_clamd_slower_than_the_timeout_is_a_451(
 def test_on_error_accept_passes_unscanned_with_a_warning_each_time(
     tmp_path: Path, clamd: Clamd, pki: Pki, password_hashes: dict[str, str]
 ) -> None:
-    for stack in stack_with(
+    for stack in _stack(
         tmp_path, pki, password_hashes, antivirus=antivirus(clamd, on_error="accept")
     ):
         clamd.stop()
@@ -283,7 +268,7 @@ def test_a_reload_turns_the_antivirus_on_and_off(
     a reload adding or removing the section applies to the next sessions."""
     from tests.e2e.test_reload import mss_relay, rewrite
 
-    for stack in stack_with(tmp_path, pki, password_hashes):
+    for stack in _stack(tmp_path, pki, password_hashes):
         assert submit(stack, CARRIERS["zip"]())[0] == 250  # not scanned
         rewrite(stack.relay, lambda c: c.update(antivirus=antivirus(clamd)))
         done = mss_relay("reload", "--config", str(stack.relay.config_path))
